@@ -1,0 +1,31 @@
+# Two commands on a fresh machine (see README):
+#   make pipeline   # creates .venv if needed, then preprocess -> train -> evaluate -> predict
+#   make test       # lint (black --check, flake8) + the pytest suite
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SCORED := outputs/predictions/telco_churn_test_scored.parquet
+
+.PHONY: venv pipeline lint test
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements-dev.txt
+	$(PY) -m pip install --disable-pip-version-check -q -e . --no-deps
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+pipeline: venv
+	$(PY) data_preprocessing.py
+	$(PY) train.py
+	$(PY) evaluate.py
+	$(PY) predict.py input=data/processed/telco_churn/test.parquet output=$(SCORED)
+
+lint: venv
+	$(VENV)/bin/black --check .
+	$(VENV)/bin/flake8
+
+test: lint
+	$(PY) -m pytest -q

@@ -1,0 +1,191 @@
+"""The feature pipeline: fitted on the train split only, applied everywhere.
+
+`fit_feature_state` learns, from training rows alone, how to impute and scale each
+numeric column and which levels each categorical column keeps. Its result is plain
+JSON-able data saved in the model artifact; `transform_features` applies it in
+training, evaluation, batch prediction and the API alike.
+
+Categorical codes reserve 0 for a missing value and 1 for a level not seen (or
+too rare) in training; kept levels start at 2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .errors import ModelSphereError
+from .schema import Schema
+
+STATE_VERSION = 1
+MISSING_CODE, UNSEEN_CODE, FIRST_LEVEL_CODE = 0, 1, 2
+QUANTILE_CLIP = 1e-7  # keeps the normal quantile function finite at the extremes
+
+
+@dataclass
+class FeatureArrays:
+    numeric: np.ndarray  # float32 [rows, numeric columns (+ missing indicators)]
+    categorical: np.ndarray  # int64 [rows, categorical columns]
+
+
+def fit_feature_state(
+    train: pd.DataFrame, schema: Schema, options: Any, seed: int
+) -> Dict[str, Any]:
+    """Learn the feature transform from the training rows (sklearn's `fit`)."""
+    rng = np.random.default_rng(seed)
+    numeric = [_fit_numeric(train[name], name, options, rng) for name in schema.numeric]
+    categorical = [
+        _fit_categorical(train[name], name, options) for name in schema.categorical
+    ]
+    return {
+        "version": STATE_VERSION,
+        "numeric": numeric,
+        "categorical": categorical,
+        "target": _fit_target(train[schema.target], schema),
+    }
+
+
+def _fit_numeric(values: pd.Series, name: str, options: Any, rng) -> Dict[str, Any]:
+    present = values.dropna().to_numpy(dtype=np.float64)
+    if present.size == 0:
+        raise ModelSphereError(
+            f"numeric column {name!r} has no values in the train split"
+        )
+    state: Dict[str, Any] = {
+        "name": name,
+        "fill_value": float(np.median(present)),
+        "missing_indicator": bool(options.missing_indicator and values.isna().any()),
+        "scaling": options.numeric_scaling,
+    }
+    if options.numeric_scaling == "standard":
+        std = float(present.std())
+        state.update(mean=float(present.mean()), std=std if std > 0 else 1.0)
+    elif options.numeric_scaling == "quantile_normal":
+        if present.size > options.quantile_subsample:
+            present = rng.choice(
+                present, size=options.quantile_subsample, replace=False
+            )
+        n_quantiles = int(min(options.n_quantiles, present.size))
+        levels = np.linspace(0.0, 1.0, max(n_quantiles, 2))
+        state["quantiles"] = np.quantile(present, levels).tolist()
+    return state
+
+
+def _fit_categorical(values: pd.Series, name: str, options: Any) -> Dict[str, Any]:
+    counts = values.dropna().value_counts()
+    counts = counts[counts >= options.min_category_count]
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], str(item[0])))
+    levels = [str(level) for level, _ in ranked[: options.max_category_levels]]
+    return {"name": name, "levels": levels}
+
+
+def _fit_target(values: pd.Series, schema: Schema) -> Dict[str, Any]:
+    state: Dict[str, Any] = {"name": schema.target, "task": schema.task}
+    if schema.is_classification:
+        state["classes"] = list(schema.classes)
+    else:
+        target = values.to_numpy(dtype=np.float64)
+        std = float(target.std())
+        state.update(mean=float(target.mean()), std=std if std > 0 else 1.0)
+    return state
+
+
+def numeric_width(state: Dict[str, Any]) -> int:
+    """Numeric inputs to the model: one per column plus missing indicators."""
+    return sum(1 + int(col["missing_indicator"]) for col in state["numeric"])
+
+
+def cardinalities(state: Dict[str, Any]) -> List[int]:
+    """Embedding table sizes: kept levels plus the missing and unseen codes."""
+    return [len(col["levels"]) + FIRST_LEVEL_CODE for col in state["categorical"]]
+
+
+def _quantile_normal(values: np.ndarray, quantiles: List[float]) -> np.ndarray:
+    q = np.asarray(quantiles, dtype=np.float64)
+    refs = np.linspace(0.0, 1.0, len(q))
+    # Interpolating up and down and averaging handles repeated quantiles (ties).
+    ranks = 0.5 * (
+        np.interp(values, q, refs) - np.interp(-values, -q[::-1], -refs[::-1])
+    )
+    ranks = np.clip(ranks, QUANTILE_CLIP, 1.0 - QUANTILE_CLIP)
+    return torch.special.ndtri(torch.from_numpy(ranks)).numpy()
+
+
+def _transform_numeric(values: pd.Series, col: Dict[str, Any]) -> List[np.ndarray]:
+    raw = values.to_numpy(dtype=np.float64, na_value=np.nan)
+    missing = np.isnan(raw)
+    filled = np.where(missing, col["fill_value"], raw)
+    if col["scaling"] == "standard":
+        scaled = (filled - col["mean"]) / col["std"]
+    elif col["scaling"] == "quantile_normal":
+        scaled = _quantile_normal(filled, col["quantiles"])
+    else:
+        scaled = filled
+    out = [scaled]
+    if col["missing_indicator"]:
+        out.append(missing.astype(np.float64))
+    return out
+
+
+def _transform_categorical(values: pd.Series, col: Dict[str, Any]) -> np.ndarray:
+    codes = pd.Categorical(values, categories=col["levels"]).codes.astype(np.int64)
+    missing = values.isna().to_numpy()
+    return np.where(
+        missing,
+        MISSING_CODE,
+        np.where(codes < 0, UNSEEN_CODE, codes + FIRST_LEVEL_CODE),
+    )
+
+
+def transform_features(frame: pd.DataFrame, state: Dict[str, Any]) -> FeatureArrays:
+    """Apply the fitted transform (sklearn's `transform`); `frame` is cleaned/typed."""
+    n_rows = len(frame)
+    numeric_parts: List[np.ndarray] = []
+    for col in state["numeric"]:
+        numeric_parts.extend(_transform_numeric(frame[col["name"]], col))
+    numeric = (
+        np.column_stack(numeric_parts).astype(np.float32)
+        if numeric_parts
+        else np.zeros((n_rows, 0), dtype=np.float32)
+    )
+    categorical_parts = [
+        _transform_categorical(frame[col["name"]], col) for col in state["categorical"]
+    ]
+    categorical = (
+        np.column_stack(categorical_parts).astype(np.int64)
+        if categorical_parts
+        else np.zeros((n_rows, 0), dtype=np.int64)
+    )
+    return FeatureArrays(numeric, categorical)
+
+
+def encode_target(values: pd.Series, state: Dict[str, Any], where: str) -> np.ndarray:
+    """Class indices (int64) or the standardised regression target (float32)."""
+    target = state["target"]
+    if target["task"] == "regression":
+        raw = values.to_numpy(dtype=np.float64, na_value=np.nan)
+        return ((raw - target["mean"]) / target["std"]).astype(np.float32)
+    classes = target["classes"]
+    labels = (
+        values.astype(object) if not isinstance(classes[0], str) else values.astype(str)
+    )
+    codes = pd.Categorical(labels, categories=classes).codes
+    unknown = codes < 0
+    if unknown.any():
+        first = (
+            labels[unknown].iloc[0] if hasattr(labels, "iloc") else labels[unknown][0]
+        )
+        raise ModelSphereError(
+            f"{where}: target {target['name']!r} holds {int(unknown.sum())} value(s) "
+            f"that are not classes of this model, e.g. {first!r}; classes: {classes}"
+        )
+    return codes.astype(np.int64)
+
+
+def decode_regression(values: np.ndarray, state: Dict[str, Any]) -> np.ndarray:
+    target = state["target"]
+    return values * target["std"] + target["mean"]

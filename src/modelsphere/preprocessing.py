@@ -1,0 +1,502 @@
+"""Raw CSV -> typed train/val/test splits (Parquet or CSV) + schema + profile.
+
+Two streaming passes over the raw CSV keep memory bounded by the read block size
+(plus one byte per row for the split assignment):
+
+1. scan: per-column statistics (to infer the schema and profile the data) and
+   the target's class of every row (to stratify the split);
+2. write: each block is typed by the schema and its rows go to the three split
+   writers as the seeded assignment says.
+
+The processed folder is built under a temporary name and renamed into place, so
+a failure never leaves a half-written dataset where a good one was.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from omegaconf import OmegaConf
+
+from .cleaning import clean_frame
+from .csvio import iter_string_frames, read_header
+from .errors import ModelSphereError
+from .fileio import (
+    atomic_write_json,
+    atomic_write_text,
+    file_lock,
+    read_json,
+    sha256_file,
+    sha256_text,
+)
+from .schema import ColumnStats, Schema, infer_schema
+from .sources import materialise_raw_csv
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+TRAIN, VAL, TEST, DROPPED = 0, 1, 2, 255
+MANIFEST_VERSION = 1
+
+
+@dataclass
+class ProcessedData:
+    """A processed dataset on disk: the split files, their schema and manifest."""
+
+    directory: Path
+    schema: Schema
+    format: str
+    manifest: Dict[str, Any]
+
+    def split_path(self, split: str) -> Path:
+        return self.directory / f"{split}.{self.format}"
+
+    def split_sha256(self, split: str) -> str:
+        return self.manifest["splits"][split]["sha256"]
+
+
+def processed_dir(data_cfg: Any, data_dir: str | Path) -> Path:
+    return Path(data_dir) / "processed" / data_cfg.name
+
+
+def config_fingerprint(data_cfg: Any) -> str:
+    """What preprocessing depends on in the config (the whole data node)."""
+    plain = (
+        OmegaConf.to_container(data_cfg, resolve=True)
+        if OmegaConf.is_config(data_cfg)
+        else data_cfg
+    )
+    return sha256_text(json.dumps(plain, sort_keys=True))
+
+
+def prepare_data(
+    data_cfg: Any, data_dir: str | Path, force: bool = False
+) -> ProcessedData:
+    """The processed dataset for `data_cfg`, preprocessing first if missing or stale."""
+    target_dir = processed_dir(data_cfg, data_dir)
+    with file_lock(target_dir.with_name(target_dir.name + ".lock")):
+        raw_path = materialise_raw_csv(data_cfg)
+        if not force:
+            current = _load_if_fresh(target_dir, data_cfg, raw_path)
+            if current is not None:
+                log.info("processed data is up to date: %s", target_dir)
+                return current
+        return _preprocess(data_cfg, raw_path, target_dir)
+
+
+def load_processed(directory: str | Path) -> ProcessedData:
+    directory = Path(directory)
+    manifest = read_json(directory / "manifest.json", "processed-data manifest")
+    schema = Schema.from_dict(read_json(directory / "schema.json", "schema"))
+    return ProcessedData(directory, schema, manifest["format"], manifest)
+
+
+def _load_if_fresh(
+    directory: Path, data_cfg: Any, raw_path: Path
+) -> Optional[ProcessedData]:
+    if not (directory / "manifest.json").is_file():
+        return None
+    try:
+        processed = load_processed(directory)
+    except (ModelSphereError, KeyError):
+        return None
+    manifest = processed.manifest
+    reasons = []
+    if manifest.get("version") != MANIFEST_VERSION:
+        reasons.append("manifest version")
+    if manifest.get("config_sha256") != config_fingerprint(data_cfg):
+        reasons.append("data config changed")
+    elif manifest.get("raw", {}).get("sha256") != sha256_file(raw_path):
+        reasons.append("raw file changed")
+    elif not all(processed.split_path(split).is_file() for split in SPLITS):
+        reasons.append("split file missing")
+    if reasons:
+        log.info(
+            "processed data at %s is stale (%s): preprocessing again",
+            directory,
+            ", ".join(reasons),
+        )
+        return None
+    return processed
+
+
+def _scan(raw_path: Path, columns: List[str], data_cfg: Any):
+    """Pass 1: column statistics, and the target class code of every row."""
+    stats = {name: ColumnStats(name) for name in columns}
+    target_codes: List[np.ndarray] = []
+    code_of: Dict[str, int] = {}
+    track_codes = True
+    offset = 0
+    for frame in iter_string_frames(
+        raw_path,
+        columns,
+        data_cfg.delimiter,
+        data_cfg.encoding,
+        data_cfg.read_block_bytes,
+    ):
+        frame.index = pd.RangeIndex(len(frame))
+        for name in columns:
+            stats[name].update(frame[name], offset, data_cfg.max_tracked_levels)
+        if track_codes:
+            labels = frame[data_cfg.target].str.strip()
+            labels = labels.mask(labels == "")
+            for label in labels.dropna().unique():
+                code_of.setdefault(label, len(code_of))
+            if len(code_of) > data_cfg.max_tracked_levels:
+                track_codes, target_codes = False, []
+            else:
+                codes = labels.map(code_of).fillna(-1).to_numpy(dtype=np.int32)
+                target_codes.append(codes)
+        offset += len(frame)
+    if offset == 0:
+        raise ModelSphereError(f"{raw_path} has a header but no data rows")
+    codes = np.concatenate(target_codes) if track_codes else None
+    return stats, offset, codes
+
+
+def assign_splits(
+    n_rows: int,
+    strata: Optional[np.ndarray],
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+) -> np.ndarray:
+    """A seeded train/val/test assignment per row (uint8), stratified if `strata`.
+
+    Rows whose stratum is negative (missing target) are marked DROPPED. Within each
+    stratum the rows are in random order and the first `test_fraction` of them go to
+    test, the next `val_fraction` to val, so every class keeps its share.
+    """
+    rng = np.random.default_rng(seed)
+    assignment = np.full(n_rows, TRAIN, dtype=np.uint8)
+    order = rng.permutation(n_rows)
+    if strata is None:
+        strata = np.zeros(n_rows, dtype=np.int32)
+    order = order[np.argsort(strata[order], kind="stable")]
+    sorted_strata = strata[order]
+    starts = np.flatnonzero(np.r_[True, sorted_strata[1:] != sorted_strata[:-1]])
+    ends = np.r_[starts[1:], n_rows]
+    for start, end in zip(starts, ends):
+        rows = order[start:end]
+        if sorted_strata[start] < 0:
+            assignment[rows] = DROPPED
+            continue
+        n_test = int(round(len(rows) * test_fraction))
+        n_val = int(round(len(rows) * val_fraction))
+        assignment[rows[:n_test]] = TEST
+        assignment[rows[n_test : n_test + n_val]] = VAL
+    return assignment
+
+
+def arrow_schema(schema: Schema) -> pa.Schema:
+    """The typed layout of a processed split."""
+    fields = []
+    if schema.id_column is not None:
+        fields.append(pa.field(schema.id_column, pa.string()))
+    fields += [pa.field(name, pa.float64()) for name in schema.numeric]
+    fields += [pa.field(name, pa.string()) for name in schema.categorical]
+    target_type = {"float": pa.float64(), "int": pa.int64(), "string": pa.string()}
+    fields.append(pa.field(schema.target, target_type[schema.target_kind]))
+    return pa.schema(fields)
+
+
+class _SplitWriters:
+    """One writer per split; Parquet (zstd) or CSV."""
+
+    def __init__(self, directory: Path, fmt: str, schema: pa.Schema, data_cfg: Any):
+        self.fmt, self.schema = fmt, schema
+        self.row_group_rows = data_cfg.write_row_group_rows
+        self.paths = {split: directory / f"{split}.{fmt}" for split in SPLITS}
+        if fmt == "parquet":
+            self.writers = {
+                split: pq.ParquetWriter(path, schema, compression=data_cfg.compression)
+                for split, path in self.paths.items()
+            }
+        else:
+            self.writers = {
+                split: pacsv.CSVWriter(str(path), schema)
+                for split, path in self.paths.items()
+            }
+        self.rows = Counter()
+
+    def write(self, split: str, frame: pd.DataFrame) -> None:
+        table = pa.Table.from_pandas(frame, schema=self.schema, preserve_index=False)
+        if self.fmt == "parquet":
+            self.writers[split].write_table(table, row_group_size=self.row_group_rows)
+        else:
+            self.writers[split].write_table(table)
+        self.rows[split] += len(frame)
+
+    def close(self) -> None:
+        for writer in self.writers.values():
+            writer.close()
+
+
+def _preprocess(data_cfg: Any, raw_path: Path, target_dir: Path) -> ProcessedData:
+    started = time.perf_counter()
+    columns = read_header(raw_path, data_cfg.delimiter, data_cfg.encoding)
+    if data_cfg.target not in columns:
+        infer_schema({}, columns, data_cfg, str(raw_path))  # raises the friendly error
+    log.info("scanning %s (%d columns)", raw_path, len(columns))
+    stats, n_rows, codes = _scan(raw_path, columns, data_cfg)
+    schema = infer_schema(stats, columns, data_cfg, str(raw_path))
+    log.info(
+        "schema: task=%s target=%r, %d numeric, %d categorical, id=%r, %d ignored",
+        schema.task,
+        schema.target,
+        len(schema.numeric),
+        len(schema.categorical),
+        schema.id_column,
+        len(schema.ignored),
+    )
+    split_cfg = data_cfg.split
+    stratify = schema.is_classification and split_cfg.stratify and codes is not None
+    strata = codes if stratify else _missing_target_strata(stats, codes, n_rows)
+    assignment = assign_splits(
+        n_rows, strata, split_cfg.val_fraction, split_cfg.test_fraction, split_cfg.seed
+    )
+
+    staging = target_dir.with_name(f".{target_dir.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        counts = _write_splits(raw_path, columns, schema, assignment, staging, data_cfg)
+        manifest = _finish(staging, schema, stats, counts, raw_path, data_cfg, n_rows)
+        _swap_into_place(staging, target_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info(
+        "processed %d rows in %.1fs -> %s (%s)",
+        n_rows,
+        time.perf_counter() - started,
+        target_dir,
+        manifest["rows"],
+    )
+    return ProcessedData(target_dir, schema, data_cfg.format, manifest)
+
+
+def _missing_target_strata(stats, codes, n_rows) -> Optional[np.ndarray]:
+    """Without stratification, still mark rows with a missing target (code -1)."""
+    if codes is None:
+        return None
+    return np.where(codes < 0, -1, 0).astype(np.int32)
+
+
+def _write_splits(
+    raw_path, columns, schema, assignment, staging, data_cfg
+) -> Dict[str, Any]:
+    """Pass 2: type each block by the schema and route its rows to the splits."""
+    writers = _SplitWriters(staging, data_cfg.format, arrow_schema(schema), data_cfg)
+    problems: Counter = Counter()
+    dropped = 0
+    offset = 0
+    try:
+        for frame in iter_string_frames(
+            raw_path,
+            columns,
+            data_cfg.delimiter,
+            data_cfg.encoding,
+            data_cfg.read_block_bytes,
+        ):
+            frame.index = pd.RangeIndex(len(frame))
+            typed = clean_frame(frame, schema, str(raw_path), offset, counts=problems)
+            part = assignment[offset : offset + len(frame)]
+            missing_target = typed[schema.target].isna().to_numpy()
+            part = np.where(missing_target, DROPPED, part)
+            dropped += int(missing_target.sum())
+            for code, split in enumerate(SPLITS):
+                rows = part == code
+                if rows.any():
+                    writers.write(split, typed[rows])
+            offset += len(frame)
+    finally:
+        writers.close()
+    for problem, count in sorted(problems.items()):
+        log.warning("%s: %s (%d value(s) treated as missing)", raw_path, problem, count)
+    if dropped:
+        log.warning(
+            "%s: dropped %d row(s) with a missing target %r",
+            raw_path,
+            dropped,
+            schema.target,
+        )
+    for split in SPLITS:
+        if writers.rows[split] == 0:
+            raise ModelSphereError(
+                f"{raw_path}: the {split} split is empty ({offset} rows in all); "
+                "the data set is too small for data.split fractions"
+            )
+    return {
+        "rows": dict(writers.rows),
+        "dropped_missing_target": dropped,
+        "problems": dict(problems),
+    }
+
+
+def _finish(
+    staging, schema, stats, counts, raw_path, data_cfg, n_rows
+) -> Dict[str, Any]:
+    """schema.json, profile.json/.md and manifest.json in the staging folder."""
+    atomic_write_json(staging / "schema.json", schema.to_dict())
+    profile = _profile(schema, stats, counts, staging, data_cfg.format, n_rows)
+    atomic_write_json(staging / "profile.json", profile)
+    atomic_write_text(staging / "profile.md", _profile_markdown(profile))
+    manifest = {
+        "version": MANIFEST_VERSION,
+        "format": data_cfg.format,
+        "config_sha256": config_fingerprint(data_cfg),
+        "raw": {"path": str(raw_path), "sha256": sha256_file(raw_path), "rows": n_rows},
+        "rows": counts["rows"],
+        "splits": {
+            split: {
+                "file": f"{split}.{data_cfg.format}",
+                "rows": counts["rows"][split],
+                "sha256": sha256_file(staging / f"{split}.{data_cfg.format}"),
+            }
+            for split in SPLITS
+        },
+    }
+    atomic_write_json(staging / "manifest.json", manifest)
+    return manifest
+
+
+def _class_counts(path: Path, schema: Schema, fmt: str) -> Dict[str, int]:
+    labels = read_split_columns(path, schema, fmt, [schema.target])[schema.target]
+    return {
+        str(label): int(count)
+        for label, count in labels.value_counts().sort_index().items()
+    }
+
+
+def _profile(schema, stats, counts, staging, fmt, n_rows) -> Dict[str, Any]:
+    roles = {name: "numeric" for name in schema.numeric}
+    roles.update({name: "categorical" for name in schema.categorical})
+    roles.update({name: f"ignored ({why})" for name, why in schema.ignored.items()})
+    roles[schema.target] = f"target ({schema.task})"
+    if schema.id_column:
+        roles[schema.id_column] = "id"
+    profile: Dict[str, Any] = {
+        "rows": n_rows,
+        "dropped_missing_target": counts["dropped_missing_target"],
+        "split_rows": counts["rows"],
+        "values_made_missing": counts["problems"],
+        "columns": {
+            name: _column_profile(name, roles, stats) for name in schema.columns
+        },
+    }
+    if schema.is_classification:
+        profile["class_counts"] = {
+            split: _class_counts(staging / f"{split}.{fmt}", schema, fmt)
+            for split in SPLITS
+        }
+    return profile
+
+
+def _column_profile(name, roles, stats) -> Dict[str, Any]:
+    role = roles.get(name, "unused")
+    column = {"role": role, **stats[name].profile()}
+    if not (role == "categorical" or role.startswith("target")):
+        column.pop("top_levels", None)
+    if role == "categorical" or role.startswith("target ("):
+        for key in ("min", "max", "mean", "std"):
+            column.pop(key, None)
+    return column
+
+
+def _profile_markdown(profile: Dict[str, Any]) -> str:
+    lines = [
+        "# Data profile",
+        "",
+        f"Rows: {profile['rows']} (dropped for a missing target: "
+        f"{profile['dropped_missing_target']}); "
+        + ", ".join(
+            f"{split}: {rows}" for split, rows in profile["split_rows"].items()
+        ),
+        "",
+    ]
+    if "class_counts" in profile:
+        lines += ["Class counts per split: " + json.dumps(profile["class_counts"]), ""]
+    lines += [
+        "| column | role | missing | distinct | min | mean | max | top levels |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+
+    def fmt(value):
+        return (
+            ""
+            if value is None
+            else f"{value:.4g}" if isinstance(value, float) else str(value)
+        )
+
+    for name, col in profile["columns"].items():
+        top = ", ".join(
+            f"{level} ({count})" for level, count in col.get("top_levels", {}).items()
+        )
+        lines.append(
+            f"| {name} | {col['role']} | {col['missing_fraction']:.1%} "
+            f"| {fmt(col['distinct'])} | {fmt(col.get('min'))} "
+            f"| {fmt(col.get('mean'))} | {fmt(col.get('max'))} | {top} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _swap_into_place(staging: Path, target_dir: Path) -> None:
+    """Replace the old processed folder by the new one with two renames."""
+    old = target_dir.with_name(f".{target_dir.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target_dir.exists():
+        target_dir.rename(old)
+    staging.rename(target_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def read_split_columns(
+    path: Path, schema: Schema, fmt: str, columns: Optional[List[str]] = None
+) -> pd.DataFrame:
+    """Read a processed split (or some of its columns) with the schema's types."""
+    layout = arrow_schema(schema)
+    names = columns or layout.names
+    if fmt == "parquet":
+        table = pq.read_table(path, columns=names)
+    else:
+        table = pacsv.read_csv(
+            path,
+            convert_options=pacsv.ConvertOptions(
+                column_types={name: layout.field(name).type for name in names},
+                include_columns=names,
+                null_values=[""],
+                strings_can_be_null=True,
+            ),
+        )
+    return table.to_pandas(types_mapper={pa.string(): pd.StringDtype()}.get)
+
+
+def load_split(processed: ProcessedData, split: str) -> pd.DataFrame:
+    if split not in SPLITS:
+        raise ModelSphereError(f"unknown split {split!r}: choose one of {SPLITS}")
+    path = processed.split_path(split)
+    if not path.is_file():
+        raise ModelSphereError(
+            f"processed split not found: {path}; run data_preprocessing.py"
+        )
+    return read_split_columns(path, processed.schema, processed.format)
+
+
+def run_preprocessing(cfg: Any, force: bool = True) -> ProcessedData:
+    """data_preprocessing.py: validate the config, then (re)build the splits."""
+    from .config import validate_train_app
+
+    validate_train_app(cfg)
+    return prepare_data(cfg.data, cfg.paths.data_dir, force=force)

@@ -1,0 +1,311 @@
+"""The table's schema: which column is the target, which are features, and of what kind.
+
+`ColumnStats` accumulates what a streaming scan of the raw CSV sees in each column;
+`infer_schema` turns those statistics plus the user's explicit column roles into a
+`Schema`, which is saved as `schema.json` and travels inside every model artifact.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import pandas as pd
+
+from .errors import ModelSphereError
+
+log = logging.getLogger(__name__)
+
+ID_NAME_PATTERN = re.compile(
+    r"^(id|rownames|index|unnamed_\d+)$|(_id|id)$", re.IGNORECASE
+)
+MIN_ROWS_FOR_UNIQUE_TEXT_AS_ID = 20
+TOP_LEVELS_IN_PROFILE = 5
+
+
+@dataclass
+class ColumnStats:
+    """Running statistics of one raw column (values seen as stripped strings)."""
+
+    name: str
+    n_rows: int = 0
+    n_missing: int = 0
+    n_numeric: int = 0
+    n_integer: int = 0
+    n_nonfinite: int = 0
+    first_text_row: Optional[int] = None
+    first_text_value: Optional[str] = None
+    total: float = 0.0
+    total_sq: float = 0.0
+    minimum: float = math.inf
+    maximum: float = -math.inf
+    levels: Dict[str, int] = field(default_factory=dict)
+    levels_overflow: bool = False
+
+    @property
+    def n_present(self) -> int:
+        return self.n_rows - self.n_missing
+
+    @property
+    def numeric_share(self) -> float:
+        return self.n_numeric / self.n_present if self.n_present else 0.0
+
+    def update(self, values: pd.Series, row_offset: int, max_levels: int) -> None:
+        """Fold one batch of string values (NA = missing) into the statistics."""
+        values = values.str.strip()
+        present = values.notna() & (values != "")
+        self.n_rows += len(values)
+        self.n_missing += int((~present).sum())
+        text = values[present]
+        numbers = pd.to_numeric(text, errors="coerce").astype("float64")
+        parsed = numbers.notna()
+        self.n_numeric += int(parsed.sum())
+        if self.first_text_row is None and not parsed.all():
+            position = int(np.flatnonzero(~parsed.to_numpy())[0])
+            self.first_text_row = row_offset + int(text.index[position]) + 1
+            self.first_text_value = str(text.iloc[position])[:80]
+        finite = numbers[parsed].to_numpy()
+        is_finite = np.isfinite(finite)
+        self.n_nonfinite += int((~is_finite).sum())
+        finite = finite[is_finite]
+        if finite.size:
+            self.n_integer += int((finite == np.round(finite)).sum())
+            self.total += float(finite.sum())
+            self.total_sq += float(np.square(finite).sum())
+            self.minimum = min(self.minimum, float(finite.min()))
+            self.maximum = max(self.maximum, float(finite.max()))
+        if not self.levels_overflow:
+            for level, count in text.value_counts(sort=False).items():
+                self.levels[level] = self.levels.get(level, 0) + int(count)
+            if len(self.levels) > max_levels:
+                self.levels_overflow = True
+                self.levels = {}
+
+    def profile(self) -> Dict[str, Any]:
+        """A short, JSON-able description for the data profile."""
+        out: Dict[str, Any] = {
+            "missing": self.n_missing,
+            "missing_fraction": (
+                round(self.n_missing / self.n_rows, 6) if self.n_rows else 0
+            ),
+            "distinct": None if self.levels_overflow else len(self.levels),
+        }
+        n_finite = self.n_numeric - self.n_nonfinite
+        if n_finite:
+            mean = self.total / n_finite
+            variance = max(self.total_sq / n_finite - mean * mean, 0.0)
+            out.update(
+                min=self.minimum, max=self.maximum, mean=mean, std=math.sqrt(variance)
+            )
+        if self.levels and not self.levels_overflow:
+            top = sorted(self.levels.items(), key=lambda item: (-item[1], item[0]))
+            out["top_levels"] = dict(top[:TOP_LEVELS_IN_PROFILE])
+        return out
+
+
+@dataclass
+class Schema:
+    """Column roles and the target's task; plain data, saved as JSON."""
+
+    columns: List[str]
+    target: str
+    task: str
+    numeric: List[str]
+    categorical: List[str]
+    id_column: Optional[str] = None
+    ignored: Dict[str, str] = field(default_factory=dict)
+    classes: Optional[List[Any]] = None
+    target_kind: str = "float"  # float (regression) | int | string (class labels)
+
+    @property
+    def features(self) -> List[str]:
+        return self.numeric + self.categorical
+
+    @property
+    def is_classification(self) -> bool:
+        return self.task != "regression"
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, payload: Dict[str, Any]) -> "Schema":
+        try:
+            return cls(**payload)
+        except TypeError as exc:
+            raise ModelSphereError(f"schema is malformed: {exc}") from exc
+
+
+def _classes_from_levels(stats: ColumnStats) -> tuple[List[Any], str]:
+    labels = list(stats.levels)
+    if stats.n_numeric == stats.n_present and stats.n_integer == stats.n_present:
+        values = sorted({int(float(label)) for label in labels})
+        return values, "int"
+    return sorted(labels), "string"
+
+
+def _guess_task(target: ColumnStats, max_classes: int) -> str:
+    """Numbers with many values or fractions: regression; otherwise classes."""
+    numeric = target.n_present > 0 and target.n_numeric == target.n_present
+    many_levels = target.levels_overflow or len(target.levels) > max_classes
+    fractional = target.n_integer < target.n_numeric
+    if numeric and (many_levels or fractional):
+        return "regression"
+    return "binary" if len(target.levels) == 2 else "multiclass"
+
+
+def _infer_task(target: ColumnStats, requested: Optional[str], max_classes: int) -> str:
+    if target.n_present == 0:
+        raise ModelSphereError(f"target column {target.name!r} has no values")
+    task = requested or _guess_task(target, max_classes)
+    if requested is None:
+        log.info(
+            "target %r: task inferred as %s (set data.task to change)",
+            target.name,
+            task,
+        )
+    if task == "regression":
+        if target.n_numeric < target.n_present:
+            raise ModelSphereError(
+                f"target column {target.name!r} is not numeric (row "
+                f"{target.first_text_row} holds {target.first_text_value!r}); "
+                "regression needs numbers: fix the value or use data.task=multiclass"
+            )
+        if target.n_nonfinite:
+            raise ModelSphereError(
+                f"target column {target.name!r} holds {target.n_nonfinite} infinite "
+                "value(s); remove them"
+            )
+        return task
+    if target.levels_overflow:
+        raise ModelSphereError(
+            f"target column {target.name!r} has too many distinct values for "
+            "classification; if it is a number to predict, set data.task=regression"
+        )
+    n_levels = len(target.levels)
+    if n_levels < 2:
+        raise ModelSphereError(
+            f"target column {target.name!r} has a single class {list(target.levels)}: "
+            "classification needs at least two"
+        )
+    if task == "binary" and n_levels != 2:
+        shown = sorted(target.levels)[:10]
+        raise ModelSphereError(
+            f"data.task=binary but target column {target.name!r} has {n_levels} "
+            f"classes {shown}; use data.task=multiclass"
+        )
+    return task
+
+
+def _check_named(columns: List[str], names, key: str, path: str) -> List[str]:
+    names = list(names or [])
+    unknown = [name for name in names if name not in columns]
+    if unknown:
+        raise ModelSphereError(
+            f"{key} names column(s) {unknown} that {path} does not have; "
+            f"its columns are {columns}"
+        )
+    return names
+
+
+def infer_schema(
+    stats: Dict[str, ColumnStats],
+    columns: List[str],
+    data_cfg: Any,
+    path: str,
+) -> Schema:
+    """Decide column roles from scan statistics and the user's explicit choices."""
+    target = data_cfg.target
+    if target not in columns:
+        hint = ""
+        if len(columns) == 1:
+            hint = " (only one column was found: is data.delimiter right?)"
+        raise ModelSphereError(
+            f"target column {target!r} not found in {path}{hint}; "
+            f"columns are {columns}"
+        )
+    numeric = _check_named(columns, data_cfg.numeric, "data.numeric", path)
+    categorical = _check_named(columns, data_cfg.categorical, "data.categorical", path)
+    ignore = _check_named(columns, data_cfg.ignore, "data.ignore", path)
+    id_column = data_cfg.id_column
+    if id_column is not None:
+        _check_named(columns, [id_column], "data.id_column", path)
+    overlap = (set(numeric) & set(categorical)) | (
+        {target} & set(numeric + categorical)
+    )
+    if overlap:
+        raise ModelSphereError(f"column(s) {sorted(overlap)} are given two roles")
+
+    ignored: Dict[str, str] = {name: "listed in data.ignore" for name in ignore}
+    explicit = set(numeric) | set(categorical) | set(ignore) | {target}
+    for name in columns:
+        if name in explicit or name == id_column:
+            continue
+        col = stats[name]
+        unique = not col.levels_overflow and len(col.levels) == col.n_rows
+        if id_column is None and unique and ID_NAME_PATTERN.search(name):
+            id_column = name
+            log.info("column %r looks like an identifier: kept as the id column", name)
+            continue
+        if col.n_present == 0:
+            ignored[name] = "all values missing"
+        elif len(col.levels) == 1 and col.n_missing == 0 and not col.levels_overflow:
+            ignored[name] = "constant"
+        elif col.numeric_share >= data_cfg.numeric_threshold:
+            numeric.append(name)
+        elif (
+            not col.levels_overflow
+            and len(col.levels) == col.n_present
+            and col.n_present >= MIN_ROWS_FOR_UNIQUE_TEXT_AS_ID
+        ):
+            ignored[name] = "every value is unique text (an identifier?)"
+        else:
+            categorical.append(name)
+    for name, reason in ignored.items():
+        log.info("column %r ignored: %s", name, reason)
+
+    target_stats = stats[target]
+    task = _infer_task(target_stats, data_cfg.task, data_cfg.max_inferred_classes)
+    classes, target_kind = None, "float"
+    if task != "regression":
+        classes, target_kind = _classes_from_levels(target_stats)
+        classes = _order_classes(classes, task, data_cfg.positive_class, target)
+    elif data_cfg.positive_class is not None:
+        raise ModelSphereError("data.positive_class applies to binary targets only")
+    order = {name: position for position, name in enumerate(columns)}
+    schema = Schema(
+        columns=list(columns),
+        target=target,
+        task=task,
+        numeric=sorted(numeric, key=order.get),
+        categorical=sorted(categorical, key=order.get),
+        id_column=id_column,
+        ignored=ignored,
+        classes=classes,
+        target_kind=target_kind,
+    )
+    if not schema.features:
+        raise ModelSphereError(
+            f"{path} has no usable feature columns besides the target"
+        )
+    return schema
+
+
+def _order_classes(
+    classes: List[Any], task: str, positive: Any, target: str
+) -> List[Any]:
+    """Binary: the positive class goes last (index 1: its probability is the score)."""
+    if positive is None:
+        return classes
+    if task != "binary":
+        raise ModelSphereError("data.positive_class applies to binary targets only")
+    matches = [label for label in classes if str(label) == str(positive)]
+    if not matches:
+        raise ModelSphereError(
+            f"data.positive_class={positive!r} is not a class of {target!r}: {classes}"
+        )
+    return [label for label in classes if label != matches[0]] + matches

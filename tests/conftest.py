@@ -1,0 +1,89 @@
+"""Shared fixtures: tiny tables in tmp_path, in-process config composition, CLI runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import List
+
+import numpy as np
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+
+import modelsphere.config  # noqa: F401  (registers the config schemas)
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO / "conf"
+
+
+def make_table(rows: int = 240, task: str = "binary", seed: int = 0) -> pd.DataFrame:
+    """A small mixed-type table whose target depends on its features."""
+    rng = np.random.default_rng(seed)
+    age = rng.integers(18, 80, rows).astype(float)
+    income = np.round(rng.lognormal(10, 0.5, rows), 2)
+    plan = rng.choice(["basic", "plus", "premium"], rows, p=[0.5, 0.3, 0.2])
+    region = rng.choice(["north", "south", "east", "west"], rows)
+    score = (age - 45) / 15 + (plan == "premium") * 1.5 - (region == "south") * 0.8
+    score = score + rng.normal(0, 0.5, rows)
+    frame = pd.DataFrame(
+        {
+            "customer_id": [f"C{i:05d}" for i in range(rows)],
+            "age": age,
+            "income": income,
+            "plan": plan,
+            "region": region,
+        }
+    )
+    frame.loc[rng.random(rows) < 0.05, "income"] = np.nan
+    frame.loc[rng.random(rows) < 0.05, "region"] = None
+    if task == "binary":
+        frame["label"] = np.where(score > 0, "yes", "no")
+    elif task == "multiclass":
+        frame["label"] = np.digitize(score, [-0.7, 0.7]).astype(int)
+    else:
+        frame["label"] = np.round(score * 10 + 50, 3)
+    return frame
+
+
+@pytest.fixture
+def tiny_csv(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.csv"
+    make_table().to_csv(path, index=False)
+    return path
+
+
+def csv_overrides(path: Path, tmp_path: Path, task: str | None = None) -> List[str]:
+    """Overrides that point data=csv at `path` and keep every output in tmp_path."""
+    overrides = [
+        "data=csv",
+        f"data.path={path}",
+        "data.target=label",
+        f"paths.data_dir={tmp_path / 'data'}",
+        f"paths.outputs_dir={tmp_path / 'outputs'}",
+        "device=cpu",
+        "model=mlp_small",
+    ]
+    if task:
+        overrides.append(f"data.task={task}")
+    return overrides
+
+
+def compose_config(overrides: List[str], config_name: str = "config"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides)
+
+
+def run_cli(script: str, *overrides: str, cwd: Path = REPO, timeout: int = 300):
+    """Run an entry point as a user would; returns the CompletedProcess."""
+    env = dict(os.environ, HYDRA_FULL_ERROR="0", PYTHONUNBUFFERED="1")
+    return subprocess.run(
+        [sys.executable, str(REPO / script), *overrides],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
