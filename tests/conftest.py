@@ -87,3 +87,28 @@ def run_cli(script: str, *overrides: str, cwd: Path = REPO, timeout: int = 300):
         text=True,
         timeout=timeout,
     )
+
+
+# ---------------------------------------------------------------------------
+# End-to-end helpers (tests/test_e2e_*.py)
+
+
+def train_tiny(
+    base: Path, *overrides: str, task: str = "binary", run_name: str = "run"
+) -> Path:
+    """Train mlp_small in-process (2 epochs) on a make_table(task) CSV under `base`.
+
+    Data and outputs stay under `base`; returns the run dir
+    `<base>/outputs/train/<run_name>`. Later `overrides` win over the defaults.
+    """
+    from modelsphere.training import run_training
+
+    csv = base / f"tiny_{task}.csv"
+    if not csv.exists():
+        make_table(task=task).to_csv(csv, index=False)
+    cfg = compose_config(
+        csv_overrides(csv, base, task) + ["train.max_epochs=2", *overrides]
+    )
+    run_dir = base / "outputs" / "train" / run_name
+    run_training(cfg, run_dir)
+    return run_dir

@@ -125,8 +125,9 @@ def load_artifact(run_dir: str | Path) -> Artifact:
         schema = Schema.from_dict(meta["schema"])
         feature_state = meta["feature_state"]
         config = meta["config"]
-    except (SafetensorError, KeyError, TypeError) as exc:
+    except (SafetensorError, KeyError, TypeError, ModelSphereError) as exc:
         raise ModelSphereError(
-            f"{run_dir} holds a damaged model artifact: {exc!r}"
+            f"{run_dir / META_FILE} (with {weights_path.name}) is a damaged model "
+            f"artifact: {exc}"
         ) from exc
     return Artifact(run_dir, spec, feature_state, schema, config, meta, state_dict)

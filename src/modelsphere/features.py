@@ -107,33 +107,37 @@ def cardinalities(state: Dict[str, Any]) -> List[int]:
 def _quantile_normal(values: np.ndarray, quantiles: List[float]) -> np.ndarray:
     q = np.asarray(quantiles, dtype=np.float64)
     refs = np.linspace(0.0, 1.0, len(q))
-    # Interpolating up and down and averaging handles repeated quantiles (ties).
-    ranks = 0.5 * (
-        np.interp(values, q, refs) - np.interp(-values, -q[::-1], -refs[::-1])
-    )
+    if np.all(np.diff(q) > 0):
+        ranks = np.interp(values, q, refs)
+    else:
+        # Repeated quantiles (ties): interpolate up and down and average, so a tied
+        # value maps to the middle of its rank range rather than to its edge.
+        ranks = 0.5 * (
+            np.interp(values, q, refs) - np.interp(-values, -q[::-1], -refs[::-1])
+        )
     ranks = np.clip(ranks, QUANTILE_CLIP, 1.0 - QUANTILE_CLIP)
     return torch.special.ndtri(torch.from_numpy(ranks)).numpy()
 
 
-def _transform_numeric(values: pd.Series, col: Dict[str, Any]) -> List[np.ndarray]:
+def _transform_numeric(values: pd.Series, col: Dict[str, Any], out: np.ndarray) -> int:
+    """Write the column (and its missing indicator) into `out`; return the width."""
     raw = values.to_numpy(dtype=np.float64, na_value=np.nan)
     missing = np.isnan(raw)
     filled = np.where(missing, col["fill_value"], raw)
     if col["scaling"] == "standard":
-        scaled = (filled - col["mean"]) / col["std"]
+        filled = (filled - col["mean"]) / col["std"]
     elif col["scaling"] == "quantile_normal":
-        scaled = _quantile_normal(filled, col["quantiles"])
-    else:
-        scaled = filled
-    out = [scaled]
+        filled = _quantile_normal(filled, col["quantiles"])
+    out[:, 0] = filled
     if col["missing_indicator"]:
-        out.append(missing.astype(np.float64))
-    return out
+        out[:, 1] = missing
+        return 2
+    return 1
 
 
 def _transform_categorical(values: pd.Series, col: Dict[str, Any]) -> np.ndarray:
-    codes = pd.Categorical(values, categories=col["levels"]).codes.astype(np.int64)
     missing = values.isna().to_numpy()
+    codes = pd.Index(col["levels"], dtype=object).get_indexer(values.astype(object))
     return np.where(
         missing,
         MISSING_CODE,
@@ -142,24 +146,19 @@ def _transform_categorical(values: pd.Series, col: Dict[str, Any]) -> np.ndarray
 
 
 def transform_features(frame: pd.DataFrame, state: Dict[str, Any]) -> FeatureArrays:
-    """Apply the fitted transform (sklearn's `transform`); `frame` is cleaned/typed."""
+    """Apply the fitted transform (sklearn's `transform`); `frame` is cleaned/typed.
+
+    Columns are written one at a time into preallocated float32/int64 arrays, so
+    peak memory is the output plus one float64 column.
+    """
     n_rows = len(frame)
-    numeric_parts: List[np.ndarray] = []
+    numeric = np.empty((n_rows, numeric_width(state)), dtype=np.float32)
+    position = 0
     for col in state["numeric"]:
-        numeric_parts.extend(_transform_numeric(frame[col["name"]], col))
-    numeric = (
-        np.column_stack(numeric_parts).astype(np.float32)
-        if numeric_parts
-        else np.zeros((n_rows, 0), dtype=np.float32)
-    )
-    categorical_parts = [
-        _transform_categorical(frame[col["name"]], col) for col in state["categorical"]
-    ]
-    categorical = (
-        np.column_stack(categorical_parts).astype(np.int64)
-        if categorical_parts
-        else np.zeros((n_rows, 0), dtype=np.int64)
-    )
+        position += _transform_numeric(frame[col["name"]], col, numeric[:, position:])
+    categorical = np.empty((n_rows, len(state["categorical"])), dtype=np.int64)
+    for position, col in enumerate(state["categorical"]):
+        categorical[:, position] = _transform_categorical(frame[col["name"]], col)
     return FeatureArrays(numeric, categorical)
 
 
@@ -170,15 +169,11 @@ def encode_target(values: pd.Series, state: Dict[str, Any], where: str) -> np.nd
         raw = values.to_numpy(dtype=np.float64, na_value=np.nan)
         return ((raw - target["mean"]) / target["std"]).astype(np.float32)
     classes = target["classes"]
-    labels = (
-        values.astype(object) if not isinstance(classes[0], str) else values.astype(str)
-    )
-    codes = pd.Categorical(labels, categories=classes).codes
+    labels = values.astype(object)
+    codes = pd.Index(classes, dtype=object).get_indexer(labels)
     unknown = codes < 0
     if unknown.any():
-        first = (
-            labels[unknown].iloc[0] if hasattr(labels, "iloc") else labels[unknown][0]
-        )
+        first = labels[unknown].iloc[0]
         raise ModelSphereError(
             f"{where}: target {target['name']!r} holds {int(unknown.sum())} value(s) "
             f"that are not classes of this model, e.g. {first!r}; classes: {classes}"

@@ -127,9 +127,11 @@ def sha256_text(text: str) -> str:
 
 
 @contextlib.contextmanager
-def file_lock(path: str | os.PathLike) -> Iterator[None]:
-    """An exclusive advisory lock, so parallel sweep jobs do not race on a file."""
-    path = Path(path)
+def file_lock(guarded: str | os.PathLike) -> Iterator[None]:
+    """An exclusive advisory lock on `guarded` (a file or folder), so parallel sweep
+    jobs do not race on it. The lock file lives in a hidden `.locks/` beside it."""
+    guarded = Path(guarded)
+    path = guarded.parent / ".locks" / f"{guarded.name}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)

@@ -86,7 +86,7 @@ def prepare_data(
 ) -> ProcessedData:
     """The processed dataset for `data_cfg`, preprocessing first if missing or stale."""
     target_dir = processed_dir(data_cfg, data_dir)
-    with file_lock(target_dir.with_name(target_dir.name + ".lock")):
+    with file_lock(target_dir):
         raw_path = materialise_raw_csv(data_cfg)
         if not force:
             current = _load_if_fresh(target_dir, data_cfg, raw_path)
@@ -138,15 +138,7 @@ def _scan(raw_path: Path, columns: List[str], data_cfg: Any):
     target_codes: List[np.ndarray] = []
     code_of: Dict[str, int] = {}
     track_codes = True
-    offset = 0
-    for frame in iter_string_frames(
-        raw_path,
-        columns,
-        data_cfg.delimiter,
-        data_cfg.encoding,
-        data_cfg.read_block_bytes,
-    ):
-        frame.index = pd.RangeIndex(len(frame))
+    for offset, frame in _raw_blocks(raw_path, columns, data_cfg):
         for name in columns:
             stats[name].update(frame[name], offset, data_cfg.max_tracked_levels)
         if track_codes:
@@ -159,11 +151,26 @@ def _scan(raw_path: Path, columns: List[str], data_cfg: Any):
             else:
                 codes = labels.map(code_of).fillna(-1).to_numpy(dtype=np.int32)
                 target_codes.append(codes)
-        offset += len(frame)
-    if offset == 0:
+    n_rows = stats[columns[0]].n_rows
+    if n_rows == 0:
         raise ModelSphereError(f"{raw_path} has a header but no data rows")
     codes = np.concatenate(target_codes) if track_codes else None
-    return stats, offset, codes
+    return stats, n_rows, codes
+
+
+def _raw_blocks(raw_path: Path, columns: List[str], data_cfg: Any):
+    """(row offset, block of string columns) over the raw CSV, in bounded memory."""
+    offset = 0
+    frames = iter_string_frames(
+        raw_path,
+        columns,
+        data_cfg.delimiter,
+        data_cfg.encoding,
+        data_cfg.read_block_bytes,
+    )
+    for frame in frames:
+        yield offset, frame
+        offset += len(frame)
 
 
 def assign_splits(
@@ -301,16 +308,9 @@ def _write_splits(
     writers = _SplitWriters(staging, data_cfg.format, arrow_schema(schema), data_cfg)
     problems: Counter = Counter()
     dropped = 0
-    offset = 0
+    n_rows = 0
     try:
-        for frame in iter_string_frames(
-            raw_path,
-            columns,
-            data_cfg.delimiter,
-            data_cfg.encoding,
-            data_cfg.read_block_bytes,
-        ):
-            frame.index = pd.RangeIndex(len(frame))
+        for offset, frame in _raw_blocks(raw_path, columns, data_cfg):
             typed = clean_frame(frame, schema, str(raw_path), offset, counts=problems)
             part = assignment[offset : offset + len(frame)]
             missing_target = typed[schema.target].isna().to_numpy()
@@ -320,7 +320,7 @@ def _write_splits(
                 rows = part == code
                 if rows.any():
                     writers.write(split, typed[rows])
-            offset += len(frame)
+            n_rows = offset + len(frame)
     finally:
         writers.close()
     for problem, count in sorted(problems.items()):
@@ -335,7 +335,7 @@ def _write_splits(
     for split in SPLITS:
         if writers.rows[split] == 0:
             raise ModelSphereError(
-                f"{raw_path}: the {split} split is empty ({offset} rows in all); "
+                f"{raw_path}: the {split} split is empty ({n_rows} rows in all); "
                 "the data set is too small for data.split fractions"
             )
     return {

@@ -20,9 +20,13 @@ from .errors import ModelSphereError
 
 log = logging.getLogger(__name__)
 
+# Whole names like "id" or "rownames" (any case), "*_id", or camelCase "customerID".
 ID_NAME_PATTERN = re.compile(
-    r"^(id|rownames|index|unnamed_\d+)$|(_id|id)$", re.IGNORECASE
+    r"(?i:^(id|rownames|index|unnamed_\d+)$|_id$)|[a-z0-9](Id|ID)$"
 )
+# Past `data.max_tracked_levels`, a column is "nearly unique" if at least this share
+# of the values seen up to then were distinct.
+NEAR_UNIQUE_SHARE = 0.5
 MIN_ROWS_FOR_UNIQUE_TEXT_AS_ID = 20
 TOP_LEVELS_IN_PROFILE = 5
 
@@ -45,10 +49,18 @@ class ColumnStats:
     maximum: float = -math.inf
     levels: Dict[str, int] = field(default_factory=dict)
     levels_overflow: bool = False
+    distinct_share_at_overflow: float = 0.0
 
     @property
     def n_present(self) -> int:
         return self.n_rows - self.n_missing
+
+    @property
+    def nearly_unique(self) -> bool:
+        """Every value distinct (or, past the tracking cap, most values distinct)."""
+        if self.levels_overflow:
+            return self.distinct_share_at_overflow >= NEAR_UNIQUE_SHARE
+        return self.n_present > 0 and len(self.levels) == self.n_present
 
     @property
     def numeric_share(self) -> float:
@@ -83,6 +95,7 @@ class ColumnStats:
                 self.levels[level] = self.levels.get(level, 0) + int(count)
             if len(self.levels) > max_levels:
                 self.levels_overflow = True
+                self.distinct_share_at_overflow = len(self.levels) / self.n_present
                 self.levels = {}
 
     def profile(self) -> Dict[str, Any]:
@@ -148,20 +161,21 @@ def _classes_from_levels(stats: ColumnStats) -> tuple[List[Any], str]:
     return sorted(labels), "string"
 
 
-def _guess_task(target: ColumnStats, max_classes: int) -> str:
+def _guess_task(target: ColumnStats, n_classes: int, max_classes: int) -> str:
     """Numbers with many values or fractions: regression; otherwise classes."""
     numeric = target.n_present > 0 and target.n_numeric == target.n_present
-    many_levels = target.levels_overflow or len(target.levels) > max_classes
+    many_levels = target.levels_overflow or n_classes > max_classes
     fractional = target.n_integer < target.n_numeric
     if numeric and (many_levels or fractional):
         return "regression"
-    return "binary" if len(target.levels) == 2 else "multiclass"
+    return "binary" if n_classes == 2 else "multiclass"
 
 
 def _infer_task(target: ColumnStats, requested: Optional[str], max_classes: int) -> str:
     if target.n_present == 0:
         raise ModelSphereError(f"target column {target.name!r} has no values")
-    task = requested or _guess_task(target, max_classes)
+    classes = [] if target.levels_overflow else _classes_from_levels(target)[0]
+    task = requested or _guess_task(target, len(classes), max_classes)
     if requested is None:
         log.info(
             "target %r: task inferred as %s (set data.task to change)",
@@ -186,17 +200,15 @@ def _infer_task(target: ColumnStats, requested: Optional[str], max_classes: int)
             f"target column {target.name!r} has too many distinct values for "
             "classification; if it is a number to predict, set data.task=regression"
         )
-    n_levels = len(target.levels)
-    if n_levels < 2:
+    if len(classes) < 2:
         raise ModelSphereError(
-            f"target column {target.name!r} has a single class {list(target.levels)}: "
+            f"target column {target.name!r} has a single class {classes}: "
             "classification needs at least two"
         )
-    if task == "binary" and n_levels != 2:
-        shown = sorted(target.levels)[:10]
+    if task == "binary" and len(classes) != 2:
         raise ModelSphereError(
-            f"data.task=binary but target column {target.name!r} has {n_levels} "
-            f"classes {shown}; use data.task=multiclass"
+            f"data.task=binary but target column {target.name!r} has {len(classes)} "
+            f"classes {classes[:10]}; use data.task=multiclass"
         )
     return task
 
@@ -246,8 +258,8 @@ def infer_schema(
         if name in explicit or name == id_column:
             continue
         col = stats[name]
-        unique = not col.levels_overflow and len(col.levels) == col.n_rows
-        if id_column is None and unique and ID_NAME_PATTERN.search(name):
+        id_like = col.nearly_unique and col.n_missing == 0
+        if id_column is None and id_like and ID_NAME_PATTERN.search(name):
             id_column = name
             log.info("column %r looks like an identifier: kept as the id column", name)
             continue
@@ -257,11 +269,7 @@ def infer_schema(
             ignored[name] = "constant"
         elif col.numeric_share >= data_cfg.numeric_threshold:
             numeric.append(name)
-        elif (
-            not col.levels_overflow
-            and len(col.levels) == col.n_present
-            and col.n_present >= MIN_ROWS_FOR_UNIQUE_TEXT_AS_ID
-        ):
+        elif col.nearly_unique and col.n_present >= MIN_ROWS_FOR_UNIQUE_TEXT_AS_ID:
             ignored[name] = "every value is unique text (an identifier?)"
         else:
             categorical.append(name)

