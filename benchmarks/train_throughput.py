@@ -3,10 +3,10 @@
     python benchmarks/train_throughput.py                  # 1M rows x 64 numeric
     python benchmarks/train_throughput.py --rows 20000 --repeats 1   # smoke size
 
-All three loops train the same TabularMLP (hidden [256, 256]) with AdamW at the same
-batch size on the same generated table, side by side in one process; each figure
-is the median of `--repeats` epochs after one warm-up epoch. Results go to
-benchmarks/results/train_throughput.{json,md} with the machine noted.
+The loops train the same TabularMLP (hidden [256, 256], no dropout unless named)
+with AdamW at the same batch size on the same generated table, side by side in one
+process; each figure is the median of `--repeats` epochs after one warm-up epoch.
+Results go to benchmarks/results/train_throughput.{json,md} with the machine noted.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from modelsphere.devices import select_device
+from modelsphere.devices import make_grad_scaler, select_device
 from modelsphere.model import ModelSpec, build_model
 from modelsphere.provenance import package_versions
 from modelsphere.training import (
@@ -60,9 +60,9 @@ def make_data(rows: int, features: int, device: torch.device) -> SplitTensors:
     return SplitTensors(numeric.to(device), categorical.to(device), target.to(device))
 
 
-def fresh_model(args, device):
+def fresh_model(args, device, dropout: float = 0.0):
     torch.manual_seed(0)
-    spec = ModelSpec(args.features, [], [], list(args.hidden), 1, "relu", 0.0, "none")
+    spec = ModelSpec(args.features, [], [], list(args.hidden), 1, "relu", dropout)
     model = build_model(spec).to(device)
     return model, make_optimizer(model, 1e-3, 1e-4)
 
@@ -79,15 +79,14 @@ def timed(epoch_fn, repeats: int) -> list:
     return times
 
 
-def ours(args, data, choice):
-    model, optimizer = fresh_model(args, choice.device)
+def ours(args, data, choice, dropout: float = 0.0):
+    """train_one_epoch as train.py runs it: clipping, cosine schedule, NaN check."""
+    model, optimizer = fresh_model(args, choice.device, dropout)
     train_cfg = argparse.Namespace(max_epochs=1000, warmup_epochs=0, scheduler="cosine")
     steps = -(-len(data) // args.batch_size)
     scheduler = make_scheduler(optimizer, train_cfg, steps)
     loss_fn = make_loss("binary", data.target, "none")
     generator = torch.Generator().manual_seed(0)
-    from modelsphere.devices import make_grad_scaler
-
     scaler = make_grad_scaler(choice)
 
     def epoch():
@@ -152,7 +151,12 @@ def main() -> None:
     args = parse_args()
     choice = select_device(args.device)
     data = make_data(args.rows, args.features, choice.device)
-    loops = {"ours": ours, "bare_randperm_loop": bare}
+    loops = {
+        "ours": ours,
+        "bare_randperm_loop": bare,
+        # The default `mlp` preset adds dropout 0.1; its cost shows here.
+        "ours_with_dropout_0.1": lambda *a: ours(*a, dropout=0.1),
+    }
     if not args.skip_dataloader:
         loops["per_row_dataloader"] = per_row_dataloader
     results = {}
@@ -178,7 +182,7 @@ def main() -> None:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {
             "platform": platform.platform(),
-            "processor": platform.processor(),
+            "processor": cpu_model(),
             "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "device": str(choice.device),
@@ -201,12 +205,23 @@ def main() -> None:
     print(json.dumps(ratios, indent=2))
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def render_markdown(payload) -> str:
     setup, machine = payload["setup"], payload["machine"]
     lines = [
         "# Training-loop throughput",
         "",
-        f"{payload['date']}, {machine['platform']}, {machine['cpu_count']} CPUs, "
+        f"{payload['date']}, {machine['processor']}, {machine['platform']}, "
+        f"{machine['cpu_count']} CPUs, "
         f"torch threads {machine['torch_threads']}, device {machine['device']}, "
         f"torch {payload['versions']['torch']}.",
         "",

@@ -9,6 +9,7 @@ from torch import nn
 
 from modelsphere.config import ModelConfig
 from modelsphere.model import (
+    Dropout,
     ModelSpec,
     TabularMLP,
     build_model,
@@ -95,7 +96,7 @@ def test_normalization_and_activation_layers(
     )
     model = TabularMLP(spec)
     kinds = [type(module) for module in model.backbone]
-    assert kinds == [nn.Linear, layer, act_layer, nn.Dropout] * 2
+    assert kinds == [nn.Linear, layer, act_layer, Dropout] * 2
     assert model.backbone[3].p == 0.25
     model.train()
     assert model(*inputs(spec)).shape == (ROWS, 3)
@@ -197,3 +198,22 @@ def test_spec_from_config_outputs_per_task(task, classes, n_outputs):
     cfg = OmegaConf.structured(ModelConfig())
     spec = spec_from_config(cfg, feature_state(task, classes), task)
     assert spec.n_outputs == n_outputs
+
+
+def test_dropout_is_inverted_dropout():
+    torch.manual_seed(0)
+    layer = Dropout(0.25)
+    x = torch.ones(200, 500)
+    out = layer.train()(x)
+    kept = out != 0
+    # Kept values are scaled by 1/(1-p); about 75% are kept; the mean is preserved.
+    assert torch.allclose(out[kept], torch.full_like(out[kept], 1 / 0.75))
+    assert abs(kept.float().mean().item() - 0.75) < 0.01
+    assert abs(out.mean().item() - 1.0) < 0.02
+    assert torch.equal(layer.eval()(x), x)
+    assert torch.equal(Dropout(0.0).train()(x), x)
+    # Gradients flow through kept units only, with the same scale.
+    x = torch.ones(4, 1000, requires_grad=True)
+    out = layer.train()(x)
+    out.sum().backward()
+    assert torch.allclose(x.grad, (out != 0).float() / 0.75)
