@@ -238,3 +238,14 @@ def test_unseen_levels_and_missing_values_are_scored(run_dir, tmp_path):
     np.testing.assert_array_equal(
         pd.read_parquet(twin_out)[PROBABILITIES].to_numpy(), probabilities[0:4]
     )
+
+
+def test_undefined_validation_metric_stops_with_a_clear_message(tmp_path):
+    """A class too rare to reach the val split leaves val ROC-AUC undefined."""
+    frame = make_table(rows=80)
+    frame["label"] = ["yes" if i < 2 else "no" for i in range(len(frame))]
+    csv = tmp_path / "rare.csv"
+    frame.to_csv(csv, index=False)
+    cfg = compose_config(csv_overrides(csv, tmp_path) + ["train.max_epochs=2"])
+    with pytest.raises(ModelSphereError, match=r"val_roc_auc is undefined in epoch 1"):
+        run_training(cfg, tmp_path / "outputs" / "train" / "rare")

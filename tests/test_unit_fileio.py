@@ -62,11 +62,11 @@ def test_atomic_write_replaces_content_and_creates_parents(tmp_path):
     assert entries(path.parent) == ["f.txt"]
 
 
-def test_atomic_write_json_rejects_nan_without_touching_the_file(tmp_path):
+def test_atomic_write_json_rejects_non_json_without_touching_the_file(tmp_path):
     path = tmp_path / "m.json"
     atomic_write_json(path, {"ok": 1})
-    with pytest.raises(ValueError):
-        atomic_write_json(path, {"bad": float("nan")})
+    with pytest.raises(TypeError):
+        atomic_write_json(path, {"bad": {1, 2}})
     assert json.loads(path.read_text()) == {"ok": 1}
     assert entries(tmp_path) == ["m.json"]
 
@@ -258,3 +258,9 @@ def test_file_lock_excludes_a_second_holder(tmp_path):
     assert events == ["first in", "first out", "second in"]
     with file_lock(guarded):  # released again: can be taken at once
         pass
+
+
+def test_atomic_write_json_writes_undefined_numbers_as_null(tmp_path):
+    path = tmp_path / "metrics.json"
+    atomic_write_json(path, {"roc_auc": float("nan"), "x": [1.5, float("inf")]})
+    assert json.loads(path.read_text()) == {"roc_auc": None, "x": [1.5, None]}

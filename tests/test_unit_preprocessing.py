@@ -217,6 +217,18 @@ def test_changing_the_raw_file_rebuilds(prepared, tmp_path, caplog):
     np.testing.assert_array_equal(train["age"], expected)
 
 
+def test_changed_preprocessing_code_rebuilds(prepared, tmp_path, caplog, monkeypatch):
+    from modelsphere import preprocessing
+
+    processed, _, _, path = prepared
+    assert processed.manifest["code_sha256"] == preprocessing.code_fingerprint()
+    monkeypatch.setattr(preprocessing, "code_fingerprint", lambda: "a newer rule")
+    caplog.set_level(logging.INFO, logger="modelsphere")
+    rebuilt, _ = prepare(path, tmp_path)
+    assert "preprocessing code changed" in caplog.text
+    assert rebuilt.manifest["code_sha256"] == "a newer rule"
+
+
 def test_missing_split_file_rebuilds(prepared, tmp_path):
     processed, _, _, path = prepared
     processed.split_path("val").unlink()

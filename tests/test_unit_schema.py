@@ -191,8 +191,9 @@ def test_explicit_roles_are_honoured():
     assert schema.ignored["region"] == "listed in data.ignore"
     assert schema.id_column == "code"
     # An explicit id column switches off id detection: customer_id, unique text,
-    # is then ignored as an identifier-like column.
-    assert "unique" in schema.ignored["customer_id"]
+    # is then ignored as a second identifier (it would leak the row order).
+    assert "identifier" in schema.ignored["customer_id"]
+    assert "customer_id" not in schema.features
     assert "customer_id" not in schema.features
 
 
@@ -392,3 +393,14 @@ def test_id_column_beyond_tracked_levels_is_not_a_categorical_feature():
     schema = infer_schema(stats, list(frame.columns), data_cfg(), "big.csv")
     assert "customer_id" not in schema.categorical
     assert schema.categorical == ["plan", "region"]
+
+
+def test_second_row_index_is_ignored_not_a_feature():
+    """pandas' unnamed index beside R's rownames: both are row numbers."""
+    frame = labelled(n=40)
+    frame.insert(0, "unnamed_0", range(40))
+    frame.insert(1, "rownames", range(1, 41))
+    schema = infer(frame)
+    assert schema.id_column == "unnamed_0"
+    assert "rownames" in schema.ignored
+    assert "rownames" not in schema.features

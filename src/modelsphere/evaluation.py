@@ -81,9 +81,9 @@ def _run_split(predictor: Predictor, split: str) -> pd.DataFrame:
     if expected != processed.split_sha256(split):
         raise ModelSphereError(
             f"the {split} split at {processed.split_path(split)} is not the one "
-            f"{artifact.run_dir} was trained with (its SHA-256 differs): the raw data "
-            "or the library versions changed. Evaluate on a file with input=..., "
-            "or retrain."
+            f"{artifact.run_dir} was trained with (its SHA-256 differs): the raw data, "
+            "the preprocessing code or library versions changed. Evaluate on a file "
+            "with input=..., or retrain."
         )
     return load_split(processed, split)
 

@@ -13,6 +13,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -95,8 +96,19 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write(path, lambda handle: handle.write(text), mode="w")
 
 
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities are not JSON: they become null (e.g. an undefined AUC)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    return value
+
+
 def atomic_write_json(path: str | os.PathLike, payload: Any) -> None:
-    text = json.dumps(payload, indent=2, sort_keys=False, allow_nan=False)
+    text = json.dumps(_json_safe(payload), indent=2, allow_nan=False)
     atomic_write_text(path, text + "\n")
 
 

@@ -47,12 +47,16 @@ def compute_metrics(
     scores, target = scores.detach().float().cpu(), target.detach().cpu()
     if task == "binary":
         target = target.long()
+        # Ranking metrics are undefined (NaN) when only one class is present.
         single_class = bool(target.min() == target.max())
+        nan = float("nan")
         metrics = {
-            "roc_auc": (
-                float("nan") if single_class else float(C.binary_auroc(scores, target))
+            "roc_auc": nan if single_class else float(C.binary_auroc(scores, target)),
+            "pr_auc": (
+                nan
+                if single_class
+                else float(C.binary_average_precision(scores, target))
             ),
-            "pr_auc": float(C.binary_average_precision(scores, target)),
             "accuracy": float(
                 C.binary_accuracy(scores, target, threshold=DECISION_THRESHOLD)
             ),

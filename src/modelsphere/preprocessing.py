@@ -14,9 +14,11 @@ a failure never leaves a half-written dataset where a good one was.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -81,6 +83,17 @@ def config_fingerprint(data_cfg: Any) -> str:
     return sha256_text(json.dumps(plain, sort_keys=True))
 
 
+def code_fingerprint() -> str:
+    """The source of the modules that decide what preprocessing writes: a change
+    to any of them (a new inference rule, say) makes older processed data stale."""
+    from . import cleaning, csvio, schema
+
+    digest = hashlib.sha256()
+    for module in (cleaning, csvio, schema, sys.modules[__name__]):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()
+
+
 def prepare_data(
     data_cfg: Any, data_dir: str | Path, force: bool = False
 ) -> ProcessedData:
@@ -118,6 +131,8 @@ def _load_if_fresh(
         reasons.append("manifest version")
     if manifest.get("config_sha256") != config_fingerprint(data_cfg):
         reasons.append("data config changed")
+    elif manifest.get("code_sha256") != code_fingerprint():
+        reasons.append("preprocessing code changed")
     elif manifest.get("raw", {}).get("sha256") != sha256_file(raw_path):
         reasons.append("raw file changed")
     elif not all(processed.split_path(split).is_file() for split in SPLITS):
@@ -357,6 +372,7 @@ def _finish(
         "version": MANIFEST_VERSION,
         "format": data_cfg.format,
         "config_sha256": config_fingerprint(data_cfg),
+        "code_sha256": code_fingerprint(),
         "raw": {"path": str(raw_path), "sha256": sha256_file(raw_path), "rows": n_rows},
         "rows": counts["rows"],
         "splits": {

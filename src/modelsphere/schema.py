@@ -259,9 +259,14 @@ def infer_schema(
             continue
         col = stats[name]
         id_like = col.nearly_unique and col.n_missing == 0
-        if id_column is None and id_like and ID_NAME_PATTERN.search(name):
-            id_column = name
-            log.info("column %r looks like an identifier: kept as the id column", name)
+        if id_like and ID_NAME_PATTERN.search(name):
+            if id_column is None:
+                id_column = name
+                log.info("column %r looks like an identifier: the id column", name)
+            else:
+                # A second row index (e.g. pandas' unnamed index beside R's
+                # rownames) would leak the row order into the model.
+                ignored[name] = f"another identifier besides {id_column!r}"
             continue
         if col.n_present == 0:
             ignored[name] = "all values missing"

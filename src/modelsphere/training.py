@@ -139,6 +139,12 @@ def run_training(cfg: DictConfig, run_dir: str | Path) -> float:
             cfg.train.eval_batch_size,
             loss_fn,
         )
+        if math.isnan(val[monitor]):
+            raise ModelSphereError(
+                f"val_{monitor} is undefined in epoch {epoch} (NaN): the validation "
+                f"split ({len(tensors['val'])} rows) may hold a single class; use a "
+                "larger data.split.val_fraction or train.monitor=loss"
+            )
         loop.record(epoch, train_loss, val, optimizer, seconds, len(tensors["train"]))
         improved = is_improvement(
             val[monitor], loop.best_value, mode, cfg.train.min_delta
