@@ -10,6 +10,7 @@ the id column (if the input has it), the predicted label and one
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -136,11 +137,24 @@ class Predictor:
     def prepare(
         self, frame: pd.DataFrame, where: str, row_offset: int = 0
     ) -> pd.DataFrame:
-        """Check and type the feature columns (strict: bad values are errors)."""
+        """Check and type the feature columns (strict: text in a numeric column is an
+        error; infinities become missing values, as in training, with a warning)."""
         self.check_columns(list(frame.columns), where)
-        return clean_frame(
-            frame, self.schema, where, row_offset, strict=True, with_target=False
+        problems: Counter = Counter()
+        cleaned = clean_frame(
+            frame,
+            self.schema,
+            where,
+            row_offset,
+            strict=True,
+            with_target=False,
+            counts=problems,
         )
+        for problem, count in sorted(problems.items()):
+            log.warning(
+                "%s: %s (%d value(s) treated as missing)", where, problem, count
+            )
+        return cleaned
 
     def scores(self, cleaned: pd.DataFrame) -> torch.Tensor:
         """Probabilities or values for already-prepared rows, on the CPU."""
