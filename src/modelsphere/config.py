@@ -84,7 +84,8 @@ class DataConfig:
     format: str = "parquet"
     delimiter: str = ","
     encoding: str = "utf8"
-    read_block_bytes: int = 16 << 20
+    read_block_bytes: int = 1 << 20
+    read_frame_rows: int = 65_536
     write_row_group_rows: int = 131_072
     compression: str = "zstd"
     numeric_threshold: float = 0.95
@@ -276,6 +277,7 @@ def validate_data(data: DictConfig) -> None:
     )
     _require(data.max_inferred_classes >= 2, "data.max_inferred_classes must be >= 2")
     _require(data.read_block_bytes >= 1 << 16, "data.read_block_bytes must be >= 64KiB")
+    _require(data.read_frame_rows >= 1, "data.read_frame_rows must be >= 1")
     _require(data.write_row_group_rows >= 1, "data.write_row_group_rows must be >= 1")
     if data.source == "synthetic":
         syn = data.synthetic

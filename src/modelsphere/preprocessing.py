@@ -182,6 +182,7 @@ def _raw_blocks(raw_path: Path, columns: List[str], data_cfg: Any):
         data_cfg.delimiter,
         data_cfg.encoding,
         data_cfg.read_block_bytes,
+        data_cfg.read_frame_rows,
     )
     for frame in frames:
         yield offset, frame

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from .csvio import iter_string_frames, read_header
+from .csvio import DEFAULT_BLOCK_BYTES, iter_string_frames, read_header
 from .errors import ModelSphereError
 from .fileio import atomic_path
 
@@ -46,12 +46,14 @@ def table_columns(path: str | Path) -> List[str]:
 
 
 def iter_table_chunks(
-    path: str | Path, chunk_rows: int, block_bytes: int = 16 << 20
+    path: str | Path, chunk_rows: int, block_bytes: int = DEFAULT_BLOCK_BYTES
 ) -> Iterator[pd.DataFrame]:
     """Rows of a CSV (as strings) or Parquet file (typed), `chunk_rows` at most."""
     path = Path(path)
     if table_format(path, "input") == "csv":
-        frames = iter_string_frames(path, read_header(path), block_bytes=block_bytes)
+        frames = iter_string_frames(
+            path, read_header(path), block_bytes=block_bytes, frame_rows=chunk_rows
+        )
     else:
         frames = _parquet_frames(_parquet_file(path), path, chunk_rows)
     for frame in frames:
