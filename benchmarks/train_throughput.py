@@ -45,6 +45,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--no-amp", action="store_true", help="float32 on CUDA too")
     parser.add_argument("--skip-dataloader", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", default="train_throughput")
@@ -149,7 +150,7 @@ def per_row_dataloader(args, data, choice):
 
 def main() -> None:
     args = parse_args()
-    choice = select_device(args.device)
+    choice = select_device(args.device, amp=not args.no_amp)
     data = make_data(args.rows, args.features, choice.device)
     loops = {
         "ours": ours,
