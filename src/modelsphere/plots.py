@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torchmetrics.functional import classification as C  # noqa: E402
@@ -29,18 +30,23 @@ def _save(figure, path: Path) -> Path:
     return path
 
 
-def training_curve(history: List[Dict[str, Any]], monitor: str, path: Path) -> Path:
+def training_curve(
+    history: List[Dict[str, Any]], monitor: str, best_epoch: int, path: Path
+) -> Path:
+    """Losses and the monitored val metric per epoch; the restored epoch marked."""
     epochs = [row["epoch"] for row in history]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
     left.plot(epochs, [row["train_loss"] for row in history], label="train loss")
     left.plot(epochs, [row["val_loss"] for row in history], label="val loss")
-    left.set_xlabel("epoch")
     left.set_ylabel("loss")
-    left.legend()
     right.plot(epochs, [row[f"val_{monitor}"] for row in history], color="tab:green")
-    right.set_xlabel("epoch")
     right.set_ylabel(f"val {monitor}")
-    figure.suptitle("Training curve")
+    for axis in (left, right):
+        axis.axvline(best_epoch, linestyle=":", color="grey", label="best epoch")
+        axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    left.legend()
+    figure.suptitle(f"Training curve (weights restored from epoch {best_epoch})")
     return _save(figure, path)
 
 

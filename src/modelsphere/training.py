@@ -208,7 +208,9 @@ def run_training(cfg: DictConfig, run_dir: str | Path) -> float:
         run_dir, model, spec, feature_state, data.schema, to_plain(cfg), extra
     )
     if cfg.train.plot and loop.history:
-        plots.training_curve(loop.history, monitor, run_dir / CURVE_FILE)
+        plots.training_curve(
+            loop.history, monitor, loop.best_epoch, run_dir / CURVE_FILE
+        )
     update_latest(cfg.paths.outputs_dir, run_dir)
     log.info(
         "best val_%s %.4f at epoch %d; test %s; run dir %s",
