@@ -7,8 +7,9 @@ naming the column, row and value), so both see the same values the same way.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
-from typing import Optional
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -115,3 +116,32 @@ def clean_frame(
     if with_target:
         out[schema.target] = to_labels(frame[schema.target], schema, where, row_offset)
     return pd.DataFrame(out, index=frame.index)
+
+
+def category_text(value: Any) -> Optional[str]:
+    """One category value as `to_categories` types a column: integral numbers
+    without ".0", text stripped, blanks and NaN missing (None)."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return None
+    if isinstance(value, float) and value == round(value):
+        value = int(value)
+    text = str(value).strip()
+    return text or None
+
+
+def clean_records(
+    records: Sequence[Mapping[str, Any]], schema: Schema
+) -> Dict[str, list]:
+    """Feature columns from already type-checked records (the API's request models
+    guarantee numbers or None for numeric fields), typed as `clean_frame` types a
+    frame; numeric infinities become missing as in training."""
+    columns: Dict[str, list] = {}
+    for name in schema.numeric:
+        values = [record.get(name) for record in records]
+        columns[name] = [
+            None if value is None or not math.isfinite(value) else float(value)
+            for value in values
+        ]
+    for name in schema.categorical:
+        columns[name] = [category_text(record.get(name)) for record in records]
+    return columns

@@ -176,6 +176,33 @@ class PredictAppConfig:
     device: DeviceConfig = field(default_factory=DeviceConfig)
 
 
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    engine: str = "onnx"
+    threads_per_worker: int = 1
+    max_batch_rows: int = 1024
+    max_body_bytes: int = 1 << 20
+    inline_max_rows: int = 64
+    api_key: Optional[str] = None
+    model_name: Optional[str] = None
+    log_level: str = "info"
+    access_log: bool = False
+    timeout_keep_alive: int = 5
+
+
+@dataclass
+class ServeAppConfig:
+    """`conf/serve.yaml`: the real-time inference service."""
+
+    run_dir: Optional[str] = None
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+
+
 def _new_run_id() -> str:
     """Timestamp to the millisecond plus a random suffix: run dirs never collide."""
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")[:-3]
@@ -188,6 +215,7 @@ def register_configs() -> None:
     store.store(name="train_schema", node=TrainAppConfig)
     store.store(name="evaluate_schema", node=EvaluateAppConfig)
     store.store(name="predict_schema", node=PredictAppConfig)
+    store.store(name="serve_schema", node=ServeAppConfig)
     # use_cache: every `${run_id:}` in one process resolves to the same id.
     OmegaConf.register_new_resolver(
         "run_id", lambda: _new_run_id(), use_cache=True, replace=True
@@ -382,6 +410,31 @@ def validate_predict_app(cfg: DictConfig) -> None:
     validate_device(cfg.device)
     _require(cfg.chunk_rows >= 1, "chunk_rows must be >= 1")
     _require(cfg.batch_size >= 1, "batch_size must be >= 1")
+
+
+SERVE_ENGINES = ("onnx", "torch")
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+def validate_serve_app(cfg: DictConfig) -> None:
+    validate_device(cfg.device)
+    serve = cfg.serve
+    _require(1 <= serve.port <= 65535, f"serve.port must be 1..65535, got {serve.port}")
+    _require(serve.workers >= 1, "serve.workers must be >= 1")
+    _choice(serve.engine, "serve.engine", SERVE_ENGINES)
+    _require(serve.threads_per_worker >= 1, "serve.threads_per_worker must be >= 1")
+    _require(serve.max_batch_rows >= 1, "serve.max_batch_rows must be >= 1")
+    _require(serve.max_body_bytes >= 1024, "serve.max_body_bytes must be >= 1024")
+    _require(serve.inline_max_rows >= 0, "serve.inline_max_rows must be >= 0")
+    _choice(serve.log_level, "serve.log_level", LOG_LEVELS)
+    _require(serve.timeout_keep_alive >= 1, "serve.timeout_keep_alive must be >= 1")
+    if serve.api_key is not None:
+        _require(len(serve.api_key) >= 8, "serve.api_key must be at least 8 characters")
+    if serve.engine == "onnx":
+        _require(
+            cfg.device.name != "cuda",
+            "serve.engine=onnx runs on the CPU: use device=cpu or serve.engine=torch",
+        )
 
 
 def to_plain(cfg: DictConfig) -> dict:

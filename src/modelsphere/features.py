@@ -12,7 +12,7 @@ too rare) in training; kept levels start at 2.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Mapping
 
 import numpy as np
 import pandas as pd
@@ -104,10 +104,12 @@ def cardinalities(state: Dict[str, Any]) -> List[int]:
     return [len(col["levels"]) + FIRST_LEVEL_CODE for col in state["categorical"]]
 
 
-def _quantile_normal(values: np.ndarray, quantiles: List[float]) -> np.ndarray:
-    q = np.asarray(quantiles, dtype=np.float64)
-    refs = np.linspace(0.0, 1.0, len(q))
-    if np.all(np.diff(q) > 0):
+def _quantile_normal(
+    values: np.ndarray, q: np.ndarray, refs: np.ndarray, strictly_increasing: bool
+) -> np.ndarray:
+    """Map values to their train quantile level, then through the normal quantile
+    function (refs are the levels of `q`: 0 to 1, evenly spaced)."""
+    if strictly_increasing:
         ranks = np.interp(values, q, refs)
     else:
         # Repeated quantiles (ties): interpolate up and down and average, so a tied
@@ -119,47 +121,111 @@ def _quantile_normal(values: np.ndarray, quantiles: List[float]) -> np.ndarray:
     return torch.special.ndtri(torch.from_numpy(ranks)).numpy()
 
 
-def _transform_numeric(values: pd.Series, col: Dict[str, Any], out: np.ndarray) -> int:
-    """Write the column (and its missing indicator) into `out`; return the width."""
-    raw = values.to_numpy(dtype=np.float64, na_value=np.nan)
-    missing = np.isnan(raw)
-    filled = np.where(missing, col["fill_value"], raw)
-    if col["scaling"] == "standard":
-        filled = (filled - col["mean"]) / col["std"]
-    elif col["scaling"] == "quantile_normal":
-        filled = _quantile_normal(filled, col["quantiles"])
-    out[:, 0] = filled
-    if col["missing_indicator"]:
-        out[:, 1] = missing
-        return 2
-    return 1
-
-
-def _transform_categorical(values: pd.Series, col: Dict[str, Any]) -> np.ndarray:
-    missing = values.isna().to_numpy()
-    codes = pd.Index(col["levels"], dtype=object).get_indexer(values.astype(object))
-    return np.where(
-        missing,
-        MISSING_CODE,
-        np.where(codes < 0, UNSEEN_CODE, codes + FIRST_LEVEL_CODE),
+def as_float_array(values: Any) -> np.ndarray:
+    """float64 values with NaN for missing, from a Series, array or list."""
+    if hasattr(values, "to_numpy"):
+        return values.to_numpy(dtype=np.float64, na_value=np.nan)
+    return np.array(
+        [np.nan if value is None else value for value in values], dtype=np.float64
     )
 
 
-def transform_features(frame: pd.DataFrame, state: Dict[str, Any]) -> FeatureArrays:
-    """Apply the fitted transform (sklearn's `transform`); `frame` is cleaned/typed.
+def as_object_array(values: Any) -> np.ndarray:
+    """Category values as Python objects with None for missing."""
+    if hasattr(values, "to_numpy"):
+        return values.to_numpy(dtype=object, na_value=None)
+    return np.asarray(values, dtype=object)
 
-    Columns are written one at a time into preallocated float32/int64 arrays, so
-    peak memory is the output plus one float64 column.
+
+class FeatureTransform:
+    """The fitted state compiled once (arrays, level lookups) and applied many times:
+    per batch in training and predict.py, per request in the API.
+
+    `transform` takes any mapping from column name to values that are already
+    cleaned (`cleaning.py`): floats/NaN for numeric columns, strings/None for
+    categorical ones; a DataFrame or a dict of lists both work.
     """
-    n_rows = len(frame)
-    numeric = np.empty((n_rows, numeric_width(state)), dtype=np.float32)
-    position = 0
-    for col in state["numeric"]:
-        position += _transform_numeric(frame[col["name"]], col, numeric[:, position:])
-    categorical = np.empty((n_rows, len(state["categorical"])), dtype=np.int64)
-    for position, col in enumerate(state["categorical"]):
-        categorical[:, position] = _transform_categorical(frame[col["name"]], col)
-    return FeatureArrays(numeric, categorical)
+
+    LOOKUP_BELOW_ROWS = 256  # a dict lookup beats pandas' indexer on small inputs
+
+    def __init__(self, state: Dict[str, Any]):
+        self.state = state
+        self.numeric = []
+        for col in state["numeric"]:
+            compiled = dict(col)
+            if col["scaling"] == "quantile_normal":
+                q = np.asarray(col["quantiles"], dtype=np.float64)
+                compiled["q"], compiled["refs"] = q, np.linspace(0.0, 1.0, len(q))
+                compiled["increasing"] = bool(np.all(np.diff(q) > 0))
+            self.numeric.append(compiled)
+        self.categorical = [
+            (
+                col["name"],
+                {
+                    level: code
+                    for code, level in enumerate(col["levels"], FIRST_LEVEL_CODE)
+                },
+                pd.Index(col["levels"], dtype=object),
+            )
+            for col in state["categorical"]
+        ]
+        self.width = numeric_width(state)
+
+    def _numeric_column(
+        self, raw: np.ndarray, col: Dict[str, Any], out: np.ndarray
+    ) -> int:
+        missing = np.isnan(raw)
+        filled = np.where(missing, col["fill_value"], raw)
+        if col["scaling"] == "standard":
+            filled = (filled - col["mean"]) / col["std"]
+        elif col["scaling"] == "quantile_normal":
+            filled = _quantile_normal(filled, col["q"], col["refs"], col["increasing"])
+        out[:, 0] = filled
+        if col["missing_indicator"]:
+            out[:, 1] = missing
+            return 2
+        return 1
+
+    def _categorical_column(self, values: np.ndarray, lookup, index) -> np.ndarray:
+        if len(values) < self.LOOKUP_BELOW_ROWS:
+            return np.fromiter(
+                (
+                    (
+                        MISSING_CODE
+                        if value is None or value != value  # None or NaN
+                        else lookup.get(value, UNSEEN_CODE)
+                    )
+                    for value in values
+                ),
+                dtype=np.int64,
+                count=len(values),
+            )
+        missing = pd.isna(values)
+        codes = index.get_indexer(values)
+        return np.where(
+            missing,
+            MISSING_CODE,
+            np.where(codes < 0, UNSEEN_CODE, codes + FIRST_LEVEL_CODE),
+        )
+
+    def transform(self, columns: Mapping[str, Any], n_rows: int) -> FeatureArrays:
+        """Columns are written one at a time into preallocated float32/int64
+        arrays, so peak memory is the output plus one float64 column."""
+        numeric = np.empty((n_rows, self.width), dtype=np.float32)
+        position = 0
+        for col in self.numeric:
+            raw = as_float_array(columns[col["name"]])
+            position += self._numeric_column(raw, col, numeric[:, position:])
+        categorical = np.empty((n_rows, len(self.categorical)), dtype=np.int64)
+        for position, (name, lookup, index) in enumerate(self.categorical):
+            values = as_object_array(columns[name])
+            categorical[:, position] = self._categorical_column(values, lookup, index)
+        return FeatureArrays(numeric, categorical)
+
+
+def transform_features(frame: pd.DataFrame, state: Dict[str, Any]) -> FeatureArrays:
+    """Apply the fitted transform (sklearn's `transform`) to a cleaned frame."""
+    return FeatureTransform(state).transform(frame, len(frame))
 
 
 def encode_target(values: pd.Series, state: Dict[str, Any], where: str) -> np.ndarray:

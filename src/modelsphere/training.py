@@ -35,7 +35,8 @@ from .devices import (
 )
 from .errors import ModelSphereError
 from .features import encode_target, fit_feature_state, transform_features
-from .inference import outputs_to_scores, predict_outputs
+from .engines import predict_outputs
+from .inference import outputs_to_scores
 from .fileio import atomic_write_json, atomic_write_text
 from .metrics import compute_metrics, is_improvement, resolve_monitor
 from .model import TabularMLP, build_model, spec_from_config

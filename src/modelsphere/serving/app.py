@@ -1,0 +1,372 @@
+"""The FastAPI app: Open Inference Protocol v2 endpoints, /predict, health, metrics.
+
+`create_app` reads the run's `model.json` to build the request models (so /docs
+shows the real fields) and starts loading the predictor in the background from
+the lifespan: liveness answers at once, readiness (and inference) answer 503 until
+the model is loaded and warmed with one forward pass.
+
+(No `from __future__ import annotations` here: FastAPI reads the annotations of
+the routes, whose request models are built at run time.)
+"""
+
+import asyncio
+import json
+import logging
+import os
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from ..artifacts import META_FILE
+from ..devices import select_device
+from ..errors import ModelSphereError
+from ..fileio import read_json
+from ..inference import PREDICTION_COLUMN, PROBABILITY_SUFFIX, Predictor
+from ..schema import Schema
+from . import oip
+from .guards import BodyLimitMiddleware, api_key_guard, require_json
+from .schemas import (
+    ErrorResponse,
+    PredictResponse,
+    predict_request_model,
+    record_model,
+)
+from .telemetry import MetricsMiddleware, Telemetry
+
+log = logging.getLogger(__name__)
+
+SETTINGS_ENV = "MODELSPHERE_SERVE_SETTINGS"
+ERRORS_SHOWN = 3
+
+
+@dataclass
+class ServeSettings:
+    """What a worker needs to serve one run (passed to workers as JSON)."""
+
+    run_dir: str
+    engine: str = "onnx"
+    device: str = "cpu"
+    threads_per_worker: int = 1
+    max_batch_rows: int = 1024
+    max_body_bytes: int = 1 << 20
+    inline_max_rows: int = 64
+    batch_size: int = 8192
+    api_key: Optional[str] = None
+    model_name: Optional[str] = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "ServeSettings":
+        return cls(**json.loads(text))
+
+
+class _Service:
+    """The predictor once loaded, or why it could not be."""
+
+    def __init__(self):
+        self.predictor: Optional[Predictor] = None
+        self.error: Optional[str] = None
+
+    def ready_predictor(self) -> Predictor:
+        if self.predictor is None:
+            detail = (
+                f"model failed to load: {self.error}"
+                if self.error
+                else "model is loading"
+            )
+            raise HTTPException(503, detail)
+        return self.predictor
+
+
+def _load(settings: ServeSettings, service: _Service) -> None:
+    try:
+        device = select_device(settings.device, amp=False)
+        predictor = Predictor.from_run_dir(
+            settings.run_dir,
+            device,
+            settings.batch_size,
+            settings.engine,
+            settings.threads_per_worker,
+        )
+        predictor.warm_up()
+        service.predictor = predictor
+        log.info("model ready (%s engine, %s)", settings.engine, device.device)
+    except Exception as exc:  # noqa: BLE001 - reported by the readiness probe
+        service.error = str(exc)
+        log.error("model failed to load from %s: %s", settings.run_dir, exc)
+
+
+def create_app(settings: ServeSettings) -> FastAPI:
+    meta = read_json(Path(settings.run_dir) / META_FILE, "model metadata")
+    schema = Schema.from_dict(meta["schema"])
+    feature_state = meta["feature_state"]
+    model_name = settings.model_name or meta["config"]["data"]["name"]
+    model_version = Path(settings.run_dir).resolve().name
+    platform = (
+        "onnxruntime_onnx" if settings.engine == "onnx" else "pytorch_torchscript"
+    )
+    Record = record_model(schema, feature_state)
+    PredictRequest = predict_request_model(Record, settings.max_batch_rows)
+    telemetry = Telemetry()
+    service = _Service()
+    authorised = Depends(api_key_guard(settings.api_key))
+    json_body = Depends(require_json)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        torch.set_num_threads(settings.threads_per_worker)
+        loading = asyncio.get_running_loop().run_in_executor(
+            None, _load, settings, service
+        )
+        yield
+        await loading
+
+    app = FastAPI(
+        title=f"modelsphere: {model_name}",
+        version=__version__,
+        description=(
+            f"Real-time predictions of the {schema.task} model `{model_name}` "
+            f"(version `{model_version}`), target `{schema.target}`. "
+            "Open Inference Protocol v2 endpoints under /v2, a friendlier /predict, "
+            "Prometheus metrics at /metrics."
+        ),
+        lifespan=lifespan,
+        responses={422: {"model": ErrorResponse}},
+    )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, telemetry=telemetry)
+    _install_error_handlers(app)
+
+    def check_name(name: str) -> None:
+        if name != model_name:
+            raise HTTPException(
+                404, f"model {name!r} not found; this server serves {model_name!r}"
+            )
+
+    def check_rows(rows: int) -> None:
+        if rows > settings.max_batch_rows:
+            raise HTTPException(
+                413,
+                f"{rows} rows in one request; the limit is {settings.max_batch_rows} "
+                "(serve.max_batch_rows)",
+            )
+
+    async def run_predictor(predictor: Predictor, records: List[Dict[str, Any]]):
+        """Small requests inline; large ones in a thread, off the event loop, so the
+        health endpoints keep answering."""
+        if len(records) <= settings.inline_max_rows:
+            return predictor.predict_records(records)
+        return await run_in_threadpool(predictor.predict_records, records)
+
+    @app.get("/v2/health/live", tags=["health"], summary="Liveness")
+    async def live() -> Dict[str, bool]:
+        return {"live": True}
+
+    @app.get(
+        "/v2/health/ready",
+        tags=["health"],
+        summary="Readiness: 503 until the model is loaded",
+        responses={503: {"model": ErrorResponse}},
+    )
+    async def ready() -> Dict[str, bool]:
+        service.ready_predictor()
+        return {"ready": True}
+
+    @app.get("/v2", tags=["metadata"], summary="Server metadata")
+    async def server_metadata() -> Dict[str, Any]:
+        return {"name": "modelsphere", "version": __version__, "extensions": []}
+
+    @app.get(
+        "/v2/models/{name}",
+        tags=["metadata"],
+        summary="Model metadata: inputs, outputs, task, classes, training metrics",
+        dependencies=[authorised],
+        responses={401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}},
+    )
+    async def model_metadata(name: str) -> Dict[str, Any]:
+        check_name(name)
+        return oip.model_metadata(
+            schema,
+            feature_state,
+            model_name,
+            model_version,
+            platform,
+            meta.get("metrics", {}),
+        )
+
+    @app.get(
+        "/v2/models/{name}/ready",
+        tags=["health"],
+        summary="Model readiness",
+        responses={404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
+    )
+    async def model_ready(name: str) -> Dict[str, Any]:
+        check_name(name)
+        service.ready_predictor()
+        return {"name": model_name, "ready": True}
+
+    @app.post(
+        "/v2/models/{name}/infer",
+        tags=["inference"],
+        summary="Open Inference Protocol v2 inference: one input tensor per feature",
+        dependencies=[authorised, json_body],
+        response_model=oip.InferResponse,
+        response_model_exclude_none=True,
+        responses={
+            401: {"model": ErrorResponse},
+            404: {"model": ErrorResponse},
+            413: {"model": ErrorResponse},
+            415: {"model": ErrorResponse},
+            503: {"model": ErrorResponse},
+        },
+    )
+    async def infer(name: str, body: oip.InferRequest) -> Dict[str, Any]:
+        check_name(name)
+        check_rows(max((len(tensor.data) for tensor in body.inputs), default=0))
+        records = oip.records_from_inputs(body, schema)
+        predictor = service.ready_predictor()
+        columns = await run_predictor(predictor, records)
+        telemetry.rows.labels("/v2/models/{name}/infer").inc(len(records))
+        outputs = oip.outputs_from_columns(columns, schema.classes, schema.task)
+        if body.outputs:
+            wanted = {output.name for output in body.outputs}
+            outputs = [output for output in outputs if output.name in wanted]
+        return {
+            "model_name": model_name,
+            "model_version": model_version,
+            "id": body.id,
+            "outputs": outputs,
+        }
+
+    @app.post(
+        "/predict",
+        tags=["inference"],
+        summary="Score records: {'records': [{feature: value, ...}]}",
+        dependencies=[authorised, json_body],
+        response_model=PredictResponse,
+        response_model_exclude_none=True,
+        responses={
+            401: {"model": ErrorResponse},
+            413: {"model": ErrorResponse},
+            415: {"model": ErrorResponse},
+            503: {"model": ErrorResponse},
+        },
+    )
+    async def predict(body: PredictRequest) -> Dict[str, Any]:
+        check_rows(len(body.records))
+        predictor = service.ready_predictor()
+        records = [record.model_dump(by_alias=True) for record in body.records]
+        columns = await run_predictor(predictor, records)
+        telemetry.rows.labels("/predict").inc(len(records))
+        return {
+            "model_name": model_name,
+            "model_version": model_version,
+            "predictions": _predictions(records, columns, schema),
+        }
+
+    @app.get("/metrics", tags=["metadata"], summary="Prometheus metrics")
+    async def metrics():
+        return telemetry.render()
+
+    app.state.service = service
+    app.state.model_name = model_name
+    return app
+
+
+def _predictions(records, columns, schema: Schema) -> List[Dict[str, Any]]:
+    labels = columns[PREDICTION_COLUMN]
+    out = []
+    for row, label in enumerate(labels):
+        item: Dict[str, Any] = {}
+        if schema.id_column is not None:
+            item["id"] = records[row].get(schema.id_column)
+        if schema.task == "regression":
+            item["prediction"] = float(label)
+        else:
+            item["prediction"] = (
+                int(label) if schema.target_kind == "int" else str(label)
+            )
+            item["probabilities"] = {
+                str(cls): float(columns[f"{cls}{PROBABILITY_SUFFIX}"][row])
+                for cls in schema.classes
+            }
+        out.append(item)
+    return out
+
+
+def _error(status: int, message: str, detail: Optional[list] = None) -> JSONResponse:
+    return JSONResponse({"error": message, "detail": detail or []}, status_code=status)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every error is JSON {"error": ..., "detail": [{loc, msg, type}]}; bad input
+    is a 4xx naming the field, never a 500."""
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        detail = [
+            {
+                "loc": list(err.get("loc", [])),
+                "msg": err.get("msg", ""),
+                "type": err.get("type", ""),
+            }
+            for err in exc.errors()
+        ]
+        shown = "; ".join(
+            f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}"
+            for item in detail[:ERRORS_SHOWN]
+        )
+        more = (
+            f" (and {len(detail) - ERRORS_SHOWN} more)"
+            if len(detail) > ERRORS_SHOWN
+            else ""
+        )
+        return _error(422, f"invalid request: {shown}{more}", detail)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        response = _error(exc.status_code, str(exc.detail))
+        for key, value in (exc.headers or {}).items():
+            response.headers[key] = value
+        return response
+
+    @app.exception_handler(oip.OipError)
+    async def oip_error(request: Request, exc: oip.OipError):
+        return _error(
+            422,
+            exc.message,
+            [{"loc": exc.loc, "msg": exc.message, "type": "value_error"}],
+        )
+
+    @app.exception_handler(ModelSphereError)
+    async def model_error(request: Request, exc: ModelSphereError):
+        return _error(422, str(exc))
+
+    @app.exception_handler(RecursionError)
+    async def too_deep(request: Request, exc: RecursionError):
+        return _error(400, "request JSON is nested too deeply")
+
+
+def app_from_environment() -> FastAPI:
+    """The uvicorn factory for worker processes: settings come as JSON in the env."""
+    text = os.environ.get(SETTINGS_ENV)
+    if not text:
+        raise RuntimeError(
+            f"{SETTINGS_ENV} is not set: start the service with serve.py"
+        )
+    if not logging.getLogger().handlers:  # a spawned worker: log like serve.py does
+        logging.basicConfig(
+            level=logging.INFO, format="[%(asctime)s][%(levelname)s] %(message)s"
+        )
+    return create_app(ServeSettings.from_json(text))

@@ -1,0 +1,104 @@
+"""Request guards: body-size limit (413), JSON content type (415), API key (401)."""
+
+import json
+import secrets
+from typing import Optional
+
+from fastapi import HTTPException, Request
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def _error_body(status: int, message: str) -> dict:
+    return {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-type", b"application/json")],
+    }, {
+        "type": "http.response.body",
+        "body": json.dumps({"error": message, "detail": []}).encode(),
+    }
+
+
+class BodyLimitMiddleware:
+    """Refuses bodies over `max_bytes` with 413, by Content-Length up front and by
+    counting while reading (chunked uploads), before any of it is parsed."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if (
+            declared is not None
+            and declared.isdigit()
+            and int(declared) > self.max_bytes
+        ):
+            return await self._refuse(send)
+        seen = 0
+        started = False
+
+        async def counting_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise BodyTooLarge()
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except BodyTooLarge:
+            if not started:
+                await self._refuse(send)
+
+    async def _refuse(self, send):
+        start, body = _error_body(
+            413,
+            f"request body larger than {self.max_bytes} bytes (serve.max_body_bytes)",
+        )
+        await send(start)
+        await send(body)
+
+
+def require_json(request: Request) -> None:
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";")[0].strip().lower() != "application/json":
+        raise HTTPException(
+            415,
+            f"content-type must be application/json, got {content_type or 'none'!r}",
+        )
+
+
+def api_key_guard(api_key: Optional[str]):
+    """A dependency that checks X-API-Key (or `Authorization: Bearer <key>`)."""
+
+    def check(request: Request) -> None:
+        if api_key is None:
+            return
+        given = request.headers.get("x-api-key")
+        if given is None:
+            auth = request.headers.get("authorization", "")
+            if auth.lower().startswith("bearer "):
+                given = auth[7:].strip()
+        if given is None or not secrets.compare_digest(
+            given.encode(), api_key.encode()
+        ):
+            raise HTTPException(
+                401,
+                "missing or wrong API key: send it in the X-API-Key header",
+                headers={"WWW-Authenticate": "ApiKey"},
+            )
+
+    return check

@@ -1,0 +1,69 @@
+"""serve.py: check the config and the artifact, then run uvicorn.
+
+Errors a user can cause (no training run, a damaged artifact, a bad port) are
+reported before the server starts. Workers are separate processes; each gets the
+settings as JSON in its environment and loads the model itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import uvicorn
+
+from ..artifacts import load_artifact
+from ..config import validate_serve_app
+from ..devices import select_device
+from ..runs import resolve_run_dir
+from .app import SETTINGS_ENV, ServeSettings
+
+log = logging.getLogger(__name__)
+
+APP_FACTORY = "modelsphere.serving.app:app_from_environment"
+
+
+def settings_from_config(cfg: Any) -> ServeSettings:
+    validate_serve_app(cfg)
+    run_dir = resolve_run_dir(cfg.run_dir, cfg.paths.outputs_dir)
+    load_artifact(run_dir)  # refuse a damaged artifact before listening
+    device = select_device(cfg.device.name, amp=False)
+    log.info("serving %s on %s (%s engine)", run_dir, device.device, cfg.serve.engine)
+    serve = cfg.serve
+    return ServeSettings(
+        run_dir=str(run_dir.resolve()),
+        engine=serve.engine,
+        device=device.device.type,
+        threads_per_worker=serve.threads_per_worker,
+        max_batch_rows=serve.max_batch_rows,
+        max_body_bytes=serve.max_body_bytes,
+        inline_max_rows=serve.inline_max_rows,
+        api_key=serve.api_key,
+        model_name=serve.model_name,
+    )
+
+
+def run_service(cfg: Any) -> None:
+    settings = settings_from_config(cfg)
+    os.environ[SETTINGS_ENV] = settings.to_json()
+    serve = cfg.serve
+    log.info(
+        "listening on http://%s:%d (%d worker(s)); docs at /docs%s",
+        serve.host,
+        serve.port,
+        serve.workers,
+        "; X-API-Key required" if settings.api_key else "",
+    )
+    uvicorn.run(
+        APP_FACTORY,
+        factory=True,
+        host=serve.host,
+        port=serve.port,
+        workers=serve.workers,
+        loop="uvloop",
+        http="httptools",
+        log_level=serve.log_level,
+        access_log=serve.access_log,
+        timeout_keep_alive=serve.timeout_keep_alive,
+    )
