@@ -10,6 +10,7 @@ import pytest
 from modelsphere.config import (
     validate_evaluate_app,
     validate_predict_app,
+    validate_serve_app,
     validate_train_app,
 )
 
@@ -20,6 +21,7 @@ CONFIG_OF = {
     "train.py": ("config", validate_train_app),
     "evaluate.py": ("evaluate", validate_evaluate_app),
     "predict.py": ("predict", validate_predict_app),
+    "serve.py": ("serve", validate_serve_app),
 }
 
 
@@ -32,7 +34,7 @@ def readme_commands():
         for line in joined.splitlines():
             line = line.split("  #")[0].strip()
             if re.match(
-                r"python (data_preprocessing|train|evaluate|predict)\.py", line
+                r"python (data_preprocessing|train|evaluate|predict|serve)\.py", line
             ):
                 commands.append(line)
     return commands
