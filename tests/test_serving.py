@@ -230,6 +230,21 @@ def test_oip_infer_matches_predict(binary):
     assert [o["name"] for o in only.json()["outputs"]] == ["prediction"]
 
 
+def test_oip_accepts_the_id_column_beside_the_features(binary):
+    records = feature_records(2)
+    inputs = oip_inputs(records) + [
+        {
+            "name": "customer_id",
+            "shape": [2],
+            "datatype": "BYTES",
+            "data": [r["customer_id"] for r in records],
+        }
+    ]
+    response = binary.post(f"/v2/models/{NAME}/infer", json={"inputs": inputs})
+    assert response.status_code == 200
+    assert response.json()["outputs"][0]["shape"] == [2]
+
+
 @pytest.mark.parametrize(
     "mutate, status, loc_end, words",
     [
@@ -240,6 +255,9 @@ def test_oip_infer_matches_predict(binary):
         (lambda i: i[0]["data"].__setitem__(0, "old"), 422, 0, "not a finite number"),
         (lambda i: i[2]["data"].__setitem__(0, 1.5), 422, 0, "categorical"),
         (lambda i: i.append(dict(i[0])), 422, "name", "given twice"),
+        (lambda i: i[0]["data"].__setitem__(0, 10**400), 422, 0, "not a finite"),
+        (lambda i: i[1].update(datatype="INT64"), 422, 0, "not an integer"),
+        (lambda i: i[2].update(datatype="FP64"), 422, "datatype", "BYTES"),
     ],
 )
 def test_oip_bad_tensors_name_the_field(binary, mutate, status, loc_end, words):

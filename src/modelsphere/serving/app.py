@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional
 import torch
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -142,7 +142,6 @@ def create_app(settings: ServeSettings) -> FastAPI:
             "Prometheus metrics at /metrics."
         ),
         lifespan=lifespan,
-        responses={422: {"model": ErrorResponse}},
     )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, telemetry=telemetry)
@@ -224,6 +223,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         response_model=oip.InferResponse,
         response_model_exclude_none=True,
         responses={
+            422: {"model": ErrorResponse},
             401: {"model": ErrorResponse},
             404: {"model": ErrorResponse},
             413: {"model": ErrorResponse},
@@ -257,6 +257,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         response_model=PredictResponse,
         response_model_exclude_none=True,
         responses={
+            422: {"model": ErrorResponse},
             401: {"model": ErrorResponse},
             413: {"model": ErrorResponse},
             415: {"model": ErrorResponse},
@@ -275,7 +276,12 @@ def create_app(settings: ServeSettings) -> FastAPI:
             "predictions": _predictions(records, columns, schema),
         }
 
-    @app.get("/metrics", tags=["metadata"], summary="Prometheus metrics")
+    @app.get(
+        "/metrics",
+        tags=["metadata"],
+        summary="Prometheus metrics",
+        response_class=PlainTextResponse,
+    )
     async def metrics():
         return telemetry.render()
 
@@ -356,6 +362,12 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RecursionError)
     async def too_deep(request: Request, exc: RecursionError):
         return _error(400, "request JSON is nested too deeply")
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):
+        # A bug, not bad input: logged with its traceback, answered in the usual shape.
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return _error(500, "internal error (logged on the server)")
 
 
 def app_from_environment() -> FastAPI:

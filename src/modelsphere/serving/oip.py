@@ -97,11 +97,12 @@ class OipError(ValueError):
 def records_from_inputs(request: InferRequest, schema: Schema) -> List[Dict[str, Any]]:
     """Check the tensors against the schema and turn them into records."""
     features = set(schema.features)
+    allowed = features | ({schema.id_column} if schema.id_column else set())
     by_name: Dict[str, InferInput] = {}
     rows: Optional[int] = None
     for position, tensor in enumerate(request.inputs):
         loc: List[Union[str, int]] = ["body", "inputs", position]
-        if tensor.name not in features:
+        if tensor.name not in allowed:
             raise OipError(
                 loc + ["name"], f"{tensor.name!r} is not a feature of this model"
             )
@@ -111,12 +112,14 @@ def records_from_inputs(request: InferRequest, schema: Schema) -> List[Dict[str,
         if rows is not None and n != rows:
             raise OipError(loc + ["shape"], f"{n} rows, but the first input has {rows}")
         rows = n
-        _check_values(tensor, tensor.name in schema.numeric, loc)
         by_name[tensor.name] = tensor
+        if tensor.name == schema.id_column:
+            continue  # accepted beside the features; not scored
+        _check_values(tensor, tensor.name in schema.numeric, loc)
     missing = [name for name in schema.features if name not in by_name]
     if missing:
         raise OipError(["body", "inputs"], f"missing input(s) for feature(s) {missing}")
-    names = list(by_name)
+    names = [name for name in by_name if name in features]
     columns = [by_name[name].data for name in names]
     return [dict(zip(names, values)) for values in zip(*columns)]
 
@@ -135,7 +138,17 @@ def _rows_of(tensor: InferInput, loc) -> int:
     return shape[0]
 
 
+def _finite_number(value: Any) -> bool:
+    if isinstance(value, (bool, str)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond float range
+        return False
+
+
 def _check_values(tensor: InferInput, numeric: bool, loc) -> None:
+    integer_type = tensor.datatype.startswith(("INT", "UINT"))
     if numeric:
         if tensor.datatype not in NUMERIC_DATATYPES:
             raise OipError(
@@ -146,18 +159,32 @@ def _check_values(tensor: InferInput, numeric: bool, loc) -> None:
         for index, value in enumerate(tensor.data):
             if value is None:
                 continue
-            if isinstance(value, (bool, str)) or not math.isfinite(value):
+            if not _finite_number(value):
                 raise OipError(
                     loc + ["data", index], f"{value!r} is not a finite number"
                 )
-    else:
-        for index, value in enumerate(tensor.data):
-            if isinstance(value, (bool, float)):
+            if integer_type and value != int(value):
                 raise OipError(
                     loc + ["data", index],
-                    f"{tensor.name!r} is categorical: {value!r} is not a category "
-                    "(text)",
+                    f"{value!r} is not an integer ({tensor.datatype})",
                 )
+        return
+    if tensor.datatype != "BYTES" and not integer_type:
+        raise OipError(
+            loc + ["datatype"],
+            f"{tensor.name!r} is categorical: use BYTES (or INT* for integer codes), "
+            f"not {tensor.datatype}",
+        )
+    for index, value in enumerate(tensor.data):
+        wrong = isinstance(value, (bool, float)) or (
+            integer_type and isinstance(value, str)
+        )
+        if wrong:
+            raise OipError(
+                loc + ["data", index],
+                f"{tensor.name!r} is categorical: {value!r} does not fit "
+                f"{tensor.datatype}",
+            )
 
 
 def outputs_from_columns(

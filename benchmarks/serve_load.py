@@ -1,0 +1,613 @@
+"""Serving load test: serve.py under wrk on loopback, per engine and worker count.
+
+    python benchmarks/serve_load.py                    # outputs/latest, full grid
+    python benchmarks/serve_load.py --duration 1 --repeats 1 --concurrency 1 \
+        --rows 1 --engines torch --workers 1           # smoke size
+
+For each engine (`serve.engine=torch|onnx`) and worker count it starts serve.py on
+a free 127.0.0.1 port, waits until every worker has loaded the model, and for each
+request size (rows per POST /predict) and concurrency (open connections) runs wrk
+(Debian package `wrk`; a Python client saturates first on 2 cores) for
+`--duration` seconds after a warm-up, `--repeats` times; figures are medians of
+the repeats, errors their sum. Bodies are real records from the run's own test
+split (target dropped, NaN as null). The same records are also timed in-process:
+request validation, `Predictor.predict_records` and the bare engine forward pass,
+so the HTTP overhead (latency at concurrency 1 minus in-process time) is visible.
+wrk shares the CPUs with the server, as a client on the same host would.
+Results go to benchmarks/results/serve_load.{json,md} with the machine noted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from modelsphere.cleaning import clean_records
+from modelsphere.devices import select_device
+from modelsphere.fileio import read_json
+from modelsphere.inference import Predictor
+from modelsphere.provenance import package_versions
+from modelsphere.schema import Schema
+from modelsphere.serving.schemas import predict_request_model, record_model
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+RESULTS = HERE / "results"
+LUA = HERE / "serve_load.lua"
+ENGINES = ("torch", "onnx")
+SERVING_PACKAGES = ("fastapi", "starlette", "pydantic", "uvicorn", "uvloop")
+SERVING_PACKAGES += ("httptools", "onnxruntime")
+BODY_POOL = 64  # distinct request bodies per request size
+TARGET_P99_MS = 10.0
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run-dir", type=Path, default=REPO / "outputs" / "latest")
+    parser.add_argument("--engines", nargs="+", choices=ENGINES, default=ENGINES)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--rows", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--duration", type=int, default=10, help="seconds per run")
+    parser.add_argument("--warmup", type=int, default=2, help="seconds, per cell")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, choices=(1, 2))
+    parser.add_argument("--timeout", type=int, default=5, help="wrk, seconds")
+    parser.add_argument("--threads-per-worker", type=int, default=1)
+    parser.add_argument("--inprocess-calls", type=int, default=2000)
+    parser.add_argument("--ready-timeout", type=float, default=180.0)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--name", default="serve_load")
+    return parser.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------
+# Request bodies from the run's own test split
+
+
+def test_records(run_dir: Path, meta: dict) -> list:
+    """The test split's rows as JSON records: model columns only, NaN as null."""
+    data, paths = meta["config"]["data"], meta["config"]["paths"]
+    fmt = data.get("format", "parquet")
+    candidates = [Path(meta.get("data", {}).get("processed_dir", "")) / f"test.{fmt}"]
+    candidates.append(
+        REPO / paths["data_dir"] / "processed" / data["name"] / f"test.{fmt}"
+    )
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        sys.exit(f"no test split for {run_dir}: looked for {candidates}")
+    frame = pd.read_parquet(path) if fmt == "parquet" else pd.read_csv(path)
+    schema = meta["schema"]
+    keep = [schema["id_column"], *schema["numeric"], *schema["categorical"]]
+    frame = frame[[c for c in keep if c is not None and c in frame.columns]]
+    return json.loads(frame.to_json(orient="records"))  # NaN -> null
+
+
+def bodies(records: list, rows: int, pool: int = BODY_POOL) -> list:
+    """Up to `pool` distinct bodies of `rows` records: consecutive slices of the
+    split (cycled when the split is shorter than one request)."""
+    count = max(1, min(pool, len(records) // rows))
+    return [
+        json.dumps(
+            {"records": [records[(i * rows + j) % len(records)] for j in range(rows)]},
+            separators=(",", ":"),
+        )
+        for i in range(count)
+    ]
+
+
+# ---------------------------------------------------------------------------
+# In-process timings (no HTTP)
+
+
+def median_seconds(fn, calls: int) -> float:
+    for _ in range(max(1, calls // 10)):
+        fn()
+    times = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def in_process(args, meta: dict, records: list) -> dict:
+    """Per engine and request size: request validation (what FastAPI does with the
+    body), predict_records, and the bare engine forward pass (median seconds)."""
+    torch.set_num_threads(args.threads_per_worker)  # as each server worker does
+    device = select_device("cpu", amp=False)
+    schema = Schema.from_dict(meta["schema"])
+    request_model = predict_request_model(
+        record_model(schema, meta["feature_state"]), max(args.rows)
+    )
+    results = {}
+    for engine in args.engines:
+        predictor = Predictor.from_run_dir(
+            args.run_dir, device, 8192, engine, args.threads_per_worker
+        )
+        predictor.warm_up()
+        results[engine] = {}
+        for rows in args.rows:
+            body = bodies(records, rows, pool=1)[0]
+            batch = json.loads(body)["records"]
+
+            def validate():
+                parsed = request_model.model_validate(json.loads(body))
+                return [r.model_dump(by_alias=True) for r in parsed.records]
+
+            columns = clean_records(batch, predictor.schema)
+            arrays = predictor.transform.transform(columns, len(batch))
+            timings = {
+                "validate_request": median_seconds(validate, args.inprocess_calls),
+                "predict_records": median_seconds(
+                    lambda: predictor.predict_records(batch), args.inprocess_calls
+                ),
+                "engine_forward": median_seconds(
+                    lambda: predictor.engine(arrays.numeric, arrays.categorical),
+                    args.inprocess_calls,
+                ),
+            }
+            results[engine][str(rows)] = {
+                **{f"{k}_ms": v * 1e3 for k, v in timings.items()},
+                "engine_forward_us_per_row": timings["engine_forward"] * 1e6 / rows,
+                "predict_records_us_per_row": timings["predict_records"] * 1e6 / rows,
+            }
+            print(
+                f"in-process {engine:5s} rows={rows:<3d} "
+                + "  ".join(f"{k} {v * 1e3:.3f} ms" for k, v in timings.items())
+            )
+    return results
+
+
+# ---------------------------------------------------------------------------
+# The server and the load generator
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_status(url: str, body: bytes | None = None) -> int:
+    request = urllib.request.Request(
+        url, data=body, headers={"content-type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            response.read()
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
+@contextmanager
+def serving(args, engine: str, workers: int, scratch: Path):
+    """serve.py on a free loopback port; yields its base URL once every worker has
+    loaded the model; always stops it (and any worker left) afterwards."""
+    port = free_port()
+    log_path = scratch / f"serve_{engine}_{workers}.log"
+    command = [
+        sys.executable,
+        str(REPO / "serve.py"),
+        f"run_dir={args.run_dir.resolve()}",
+        f"serve.port={port}",
+        f"serve.engine={engine}",
+        f"serve.workers={workers}",
+        f"serve.threads_per_worker={args.threads_per_worker}",
+        f"serve.max_batch_rows={max(1024, max(args.rows))}",
+        f"hydra.run.dir={scratch / f'hydra_{engine}_{workers}'}",
+    ]
+    base = f"http://127.0.0.1:{port}"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            command,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            start_new_session=True,  # its own process group: workers included
+        )
+    try:
+        deadline = time.monotonic() + args.ready_timeout
+        while True:
+            loaded = log_path.read_text().count("model ready (")
+            if loaded >= workers and http_status(f"{base}/v2/health/ready") == 200:
+                break
+            if process.poll() is not None or time.monotonic() > deadline:
+                sys.exit(f"serve.py did not become ready:\n{log_path.read_text()}")
+            time.sleep(0.2)
+        yield base
+    finally:
+        stop(process)
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    try:  # a worker the supervisor failed to stop
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def wrk_command() -> str:
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        sys.exit(
+            "wrk is not installed: `apt-get install -y wrk` (Debian/Ubuntu); the "
+            "load generator must be a native one, a Python client saturates first"
+        )
+    return wrk
+
+
+def run_wrk(args, base: str, bodies_file: Path, concurrency: int, seconds: int):
+    threads = min(args.threads, concurrency)
+    command = [wrk_command(), f"-t{threads}", f"-c{concurrency}", f"-d{seconds}s"]
+    command += [f"--timeout={args.timeout}s", "-s", str(LUA), base]
+    command += ["--", str(bodies_file)]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=seconds + 60
+    )
+    line = next(
+        (x for x in result.stdout.splitlines() if x.startswith("SERVE_LOAD_JSON ")),
+        None,
+    )
+    if result.returncode != 0 or line is None:
+        sys.exit(f"wrk failed ({result.returncode}):\n{result.stdout}{result.stderr}")
+    raw = json.loads(line.split(" ", 1)[1])
+    seconds_run = raw["duration_us"] / 1e6
+    latency = raw["latency_us"]
+    return {
+        "requests": raw["requests"],
+        "seconds": seconds_run,
+        "requests_per_second": raw["requests"] / seconds_run,
+        "latency_ms": {k: latency[k] / 1e3 for k in ("p50", "p90", "p95", "p99")}
+        | {"mean": latency["mean"] / 1e3, "max": latency["max"] / 1e3},
+        "errors": sum(raw["errors"].values()),
+        "error_counts": raw["errors"],
+    }
+
+
+def load_cell(args, base: str, bodies_file: Path, body: str, rows: int, conc: int):
+    """Warm up, then `--repeats` wrk runs; medians of rates and latencies."""
+    status = http_status(f"{base}/predict", body.encode())
+    if status != 200:
+        sys.exit(f"POST /predict with a {rows}-row body answered {status}")
+    if args.warmup > 0:
+        run_wrk(args, base, bodies_file, conc, args.warmup)
+    runs = [
+        run_wrk(args, base, bodies_file, conc, args.duration)
+        for _ in range(args.repeats)
+    ]
+    rps = statistics.median(r["requests_per_second"] for r in runs)
+    latency = {
+        key: statistics.median(r["latency_ms"][key] for r in runs)
+        for key in runs[0]["latency_ms"]
+    }
+    return {
+        "rows": rows,
+        "concurrency": conc,
+        "requests_per_second": rps,
+        "rows_per_second": rps * rows,
+        "latency_ms": latency,
+        "errors": sum(r["errors"] for r in runs),
+        "requests": sum(r["requests"] for r in runs),
+        "runs": runs,
+    }
+
+
+# ---------------------------------------------------------------------------
+# Summaries
+
+
+def find(cells: list, **where):
+    return next(
+        (c for c in cells if all(c.get(k) == v for k, v in where.items())), None
+    )
+
+
+def targets(configs: list) -> list:
+    """The issue's targets, per engine and worker count (None: not measured)."""
+    out = []
+    for config in configs:
+        label = f"{config['engine']}, {config['workers']} worker(s)"
+        cell = find(config["cells"], rows=1, concurrency=8)
+        p99 = cell["latency_ms"]["p99"] if cell else None
+        out.append(
+            {
+                "target": f"p99 < {TARGET_P99_MS:g} ms, 1 row, concurrency 8",
+                "config": label,
+                "value": p99,
+                "met": None if p99 is None else p99 < TARGET_P99_MS,
+            }
+        )
+        at_32 = [c for c in config["cells"] if c["concurrency"] == 32]
+        errors = sum(c["errors"] for c in at_32) if at_32 else None
+        out.append(
+            {
+                "target": "no errors at concurrency 32 (every request size)",
+                "config": label,
+                "value": errors,
+                "met": None if errors is None else errors == 0,
+            }
+        )
+    return out
+
+
+def engine_comparison(configs: list) -> dict:
+    """onnx/torch requests/s per cell and their geometric mean, per worker count."""
+    out = {}
+    for workers in sorted({c["workers"] for c in configs}):
+        torch_ = find(configs, engine="torch", workers=workers)
+        onnx = find(configs, engine="onnx", workers=workers)
+        if not (torch_ and onnx):
+            continue
+        ratios = {}
+        for cell in onnx["cells"]:
+            other = find(
+                torch_["cells"], rows=cell["rows"], concurrency=cell["concurrency"]
+            )
+            if other:
+                key = f"rows={cell['rows']},c={cell['concurrency']}"
+                ratios[key] = cell["requests_per_second"] / other["requests_per_second"]
+        geo = math.exp(statistics.fmean(math.log(r) for r in ratios.values()))
+        out[str(workers)] = {
+            "onnx_over_torch_requests_per_second": ratios,
+            "geometric_mean": geo,
+            "faster": "onnx" if geo > 1 else "torch",
+        }
+    return out
+
+
+def http_overhead(configs: list, inproc: dict) -> dict:
+    """p50 at concurrency 1 minus the in-process time of the same request."""
+    out = {}
+    for config in configs:
+        if config["workers"] != 1:
+            continue
+        for cell in config["cells"]:
+            if cell["concurrency"] != 1:
+                continue
+            timing = inproc[config["engine"]][str(cell["rows"])]
+            in_ms = timing["validate_request_ms"] + timing["predict_records_ms"]
+            out[f"{config['engine']},rows={cell['rows']}"] = {
+                "p50_ms": cell["latency_ms"]["p50"],
+                "in_process_ms": in_ms,
+                "http_overhead_ms": cell["latency_ms"]["p50"] - in_ms,
+            }
+    return out
+
+
+def machine() -> dict:
+    processor = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                processor = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "platform": platform.platform(),
+        "processor": processor,
+        "cpu_count": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)),
+        "python": platform.python_version(),
+    }
+
+
+def versions() -> dict:
+    out = package_versions()
+    for name in SERVING_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    wrk = subprocess.run([wrk_command(), "--version"], capture_output=True, text=True)
+    out["wrk"] = (wrk.stdout + wrk.stderr).split("[")[0].replace("wrk", "").strip()
+    return out
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    wrk_command()
+    meta = read_json(args.run_dir / "model.json", "model metadata")
+    records = test_records(args.run_dir, meta)
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    load = {"start": os.getloadavg()}
+    inproc = in_process(args, meta, records)
+    configs = []
+    with tempfile.TemporaryDirectory(prefix="serve_load_") as tmp:
+        scratch = Path(tmp)
+        files, first = {}, {}
+        for rows in args.rows:
+            pool = bodies(records, rows)
+            files[rows] = scratch / f"bodies_{rows}.jsonl"
+            files[rows].write_text("\n".join(pool) + "\n")
+            first[rows] = pool[0]
+        for workers in args.workers:
+            for engine in args.engines:
+                load[f"{engine},workers={workers}"] = os.getloadavg()
+                config = {"engine": engine, "workers": workers, "cells": []}
+                with serving(args, engine, workers, scratch) as base:
+                    for rows in args.rows:
+                        for conc in args.concurrency:
+                            cell = load_cell(
+                                args, base, files[rows], first[rows], rows, conc
+                            )
+                            config["cells"].append(cell)
+                            print(summary_line(engine, workers, cell), flush=True)
+                configs.append(config)
+    load["end"] = os.getloadavg()
+    payload = {
+        "benchmark": "serve_load",
+        "date": started,
+        "machine": machine(),
+        "load_average": load,
+        "versions": versions(),
+        "setup": {
+            "run_dir": str(args.run_dir.resolve()),
+            "model": meta["config"]["data"]["name"],
+            "model_spec": meta["model_spec"],
+            "test_records": len(records),
+            "endpoint": "POST /predict",
+            "engines": list(args.engines),
+            "workers": args.workers,
+            "threads_per_worker": args.threads_per_worker,
+            "rows": args.rows,
+            "concurrency": args.concurrency,
+            "duration_seconds": args.duration,
+            "warmup_seconds": args.warmup,
+            "repeats": args.repeats,
+            "wrk_threads": args.threads,
+            "wrk_timeout_seconds": args.timeout,
+            "inprocess_calls": args.inprocess_calls,
+        },
+        "in_process": inproc,
+        "results": configs,
+        "http_overhead": http_overhead(configs, inproc),
+        "engine_comparison": engine_comparison(configs),
+        "targets": targets(configs),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{args.name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (args.out / f"{args.name}.md").write_text(render_markdown(payload))
+    for target in payload["targets"]:
+        verdict = {None: "not measured", True: "met", False: "MISSED"}[target["met"]]
+        print(f"{target['config']}: {target['target']}: {target['value']} ({verdict})")
+
+
+def summary_line(engine: str, workers: int, cell: dict) -> str:
+    latency = cell["latency_ms"]
+    return (
+        f"{engine:5s} w={workers} rows={cell['rows']:<3d} c={cell['concurrency']:<3d}"
+        f" {cell['requests_per_second']:9,.0f} req/s {cell['rows_per_second']:10,.0f}"
+        f" rows/s  p50 {latency['p50']:7.2f}  p95 {latency['p95']:7.2f}"
+        f"  p99 {latency['p99']:7.2f} ms  errors {cell['errors']}"
+    )
+
+
+def render_markdown(payload: dict) -> str:
+    setup, m = payload["setup"], payload["machine"]
+    lines = [
+        "# Serving load test (serve.py under wrk, loopback)",
+        "",
+        f"{payload['date']}, {m['processor']}, {m['platform']}, {m['cpu_count']} "
+        f"CPUs ({m['usable_cpus']} usable), Python {m['python']}, torch "
+        f"{payload['versions']['torch']}, onnxruntime "
+        f"{payload['versions']['onnxruntime']}, uvicorn "
+        f"{payload['versions']['uvicorn']}, fastapi {payload['versions']['fastapi']},"
+        f" wrk {payload['versions']['wrk']}. Load average (1, 5, 15 min) at the start "
+        f"{_load(payload['load_average']['start'])}, at the end "
+        f"{_load(payload['load_average']['end'])}.",
+        "",
+        f"Model `{setup['model']}` (hidden {setup['model_spec']['hidden_sizes']}), "
+        f"{setup['endpoint']} with real test-split records; "
+        f"{setup['threads_per_worker']} intra-op thread per worker; wrk with "
+        f"{setup['wrk_threads']} thread(s) on the same CPUs; each figure is the "
+        f"median of {setup['repeats']} runs of {setup['duration_seconds']} s after "
+        f"{setup['warmup_seconds']} s of warm-up; errors are summed over the runs "
+        "(socket errors, timeouts and statuses > 399).",
+        "",
+    ]
+    for config in payload["results"]:
+        lines += [
+            f"## engine={config['engine']}, workers={config['workers']}",
+            "",
+            "| rows/request | concurrency | requests/s | rows/s | p50 ms | p95 ms "
+            "| p99 ms | errors |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for cell in config["cells"]:
+            lat = cell["latency_ms"]
+            lines.append(
+                f"| {cell['rows']} | {cell['concurrency']} "
+                f"| {cell['requests_per_second']:,.0f} | {cell['rows_per_second']:,.0f}"
+                f" | {lat['p50']:.2f} | {lat['p95']:.2f} | {lat['p99']:.2f} "
+                f"| {cell['errors']} |"
+            )
+        lines.append("")
+    lines += [
+        "## In-process (no HTTP), median of " f"{setup['inprocess_calls']} calls",
+        "",
+        "| engine | rows | validate request ms | predict_records ms "
+        "| engine forward ms | forward µs/row |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for engine, sizes in payload["in_process"].items():
+        for rows, t in sizes.items():
+            lines.append(
+                f"| {engine} | {rows} | {t['validate_request_ms']:.3f} "
+                f"| {t['predict_records_ms']:.3f} | {t['engine_forward_ms']:.3f} "
+                f"| {t['engine_forward_us_per_row']:.1f} |"
+            )
+    if payload["http_overhead"]:
+        lines += [
+            "",
+            "HTTP + framework overhead at concurrency 1 (p50 minus in-process "
+            "validation + predict_records):",
+            "",
+            "| engine, rows | p50 ms | in-process ms | overhead ms |",
+            "|---|---:|---:|---:|",
+        ]
+        for key, item in payload["http_overhead"].items():
+            lines.append(
+                f"| {key} | {item['p50_ms']:.2f} | {item['in_process_ms']:.2f} "
+                f"| {item['http_overhead_ms']:.2f} |"
+            )
+    for workers, comparison in payload["engine_comparison"].items():
+        lines += [
+            "",
+            f"Engines at workers={workers}: onnx/torch requests/s, geometric mean "
+            f"{comparison['geometric_mean']:.2f}x ("
+            + ", ".join(
+                f"{k} {v:.2f}x"
+                for k, v in comparison["onnx_over_torch_requests_per_second"].items()
+            )
+            + f"); faster: **{comparison['faster']}**.",
+        ]
+    lines += ["", "## Targets", "", "| target | config | value | met |"]
+    lines.append("|---|---|---:|---|")
+    for t in payload["targets"]:
+        value = "not measured" if t["value"] is None else t["value"]
+        if isinstance(value, float):
+            value = f"{value:.2f} ms"
+        met = {None: "not measured", True: "yes", False: "**no**"}[t["met"]]
+        lines.append(f"| {t['target']} | {t['config']} | {value} | {met} |")
+    return "\n".join(lines) + "\n"
+
+
+def _load(values) -> str:
+    return ", ".join(f"{v:.2f}" for v in values)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""benchmarks/serve_load.py at a tiny size: serve.py under wrk writes well-formed
+results (no timing assertions). Needs wrk (`apt-get install -y wrk`; .ci/run does)."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import shutil
+import sys
+
+import pytest
+from conftest import REPO, train_tiny
+
+
+def test_serve_load_smoke(tmp_path, monkeypatch):
+    if shutil.which("wrk") is None:
+        pytest.fail(
+            "wrk is not installed: the serving load benchmark needs it "
+            "(`apt-get install -y wrk`, as .ci/run does)"
+        )
+    run_dir = train_tiny(tmp_path)
+    argv = ["serve_load.py", "--run-dir", str(run_dir), "--engines", "torch"]
+    argv += ["--workers", "1", "--rows", "1", "--concurrency", "1"]
+    argv += ["--duration", "1", "--warmup", "0", "--repeats", "1"]
+    argv += ["--inprocess-calls", "20", "--out", str(tmp_path), "--name", "smoke"]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(REPO / "benchmarks" / "serve_load.py"), run_name="__main__")
+
+    payload = json.loads((tmp_path / "smoke.json").read_text())
+    assert payload["setup"]["engines"] == ["torch"]
+    assert payload["machine"]["cpu_count"] >= 1
+    [config] = payload["results"]
+    assert (config["engine"], config["workers"]) == ("torch", 1)
+    [cell] = config["cells"]
+    assert (cell["rows"], cell["concurrency"]) == (1, 1)
+    assert cell["requests_per_second"] > 0 and cell["rows_per_second"] > 0
+    assert cell["requests"] > 0 and cell["errors"] == 0
+    assert len(cell["runs"]) == 1
+    assert 0 < cell["latency_ms"]["p50"] <= cell["latency_ms"]["p99"]
+    timing = payload["in_process"]["torch"]["1"]
+    assert timing["predict_records_ms"] > 0 and timing["engine_forward_ms"] > 0
+    assert "torch,rows=1" in payload["http_overhead"]
+    assert {t["met"] for t in payload["targets"]} <= {True, False, None}
+    markdown = (tmp_path / "smoke.md").read_text()
+    assert "## engine=torch, workers=1" in markdown and "## Targets" in markdown
