@@ -40,7 +40,7 @@ CATEGORICAL = ("plan", "region")
 ID_COLUMN = "customer_id"
 INFER = "/v2/models/{name}/infer"
 READY_TIMEOUT_SECONDS = 60
-MAX_EXAMPLES = 50  # per test: the whole file runs in about 15 s on 2 cores
+MAX_EXAMPLES = 50  # per test: the whole file runs in under 30 s on 2 cores
 FUZZ_SETTINGS = settings(
     max_examples=MAX_EXAMPLES,
     deadline=None,
@@ -104,7 +104,8 @@ def schema_cases():
         names = [True, False] if "{name}" in path else [False]
         for mode in modes:
             for pinned in names:
-                label = " [served name]" if pinned else (" [any name]" * ("{" in path))
+                label = {True: " [served name]", False: " [any name]"}[pinned]
+                label = label if "{name}" in path else ""
                 yield pytest.param(
                     method, path, pinned, mode, id=f"{mode} {method} {path}{label}"
                 )
@@ -152,6 +153,9 @@ TEXT = st.text(max_size=12) | st.builds(
 LEVELS = st.sampled_from(["basic", "plus", "premium", "north", "south", ""])
 CATEGORIES = st.one_of(LEVELS, TEXT, st.integers(), HUGE_INTS, st.none())
 IDS = st.one_of(TEXT, st.integers(), HUGE_INTS, st.none())
+INTEGERS = st.one_of(st.integers(), HUGE_INTS, st.none())
+INTEGER_TYPES = sorted(t for t in NUMERIC_DATATYPES if t.startswith(("INT", "UINT")))
+DATATYPES = {"numeric": sorted(NUMERIC_DATATYPES), "levels": ["BYTES"] + INTEGER_TYPES}
 RECORD = {"age": 41.0, "income": None, "plan": "plus", "region": "north"}
 TENSORS = [
     {"name": "age", "shape": [1], "datatype": "FP64", "data": [41.0]},
@@ -190,30 +194,29 @@ def predict_bodies(draw):
     return {"records": draw(st.lists(record, min_size=1, max_size=4))}
 
 
+def tensor(draw, name: str, rows: int, numeric: bool) -> dict:
+    """Numeric features: FP* with any number, or INT*/UINT* with integers;
+    categorical ones: BYTES with any level, or INT* codes; the id: BYTES."""
+    datatype = draw(st.sampled_from(DATATYPES["numeric" if numeric else "levels"]))
+    if name == ID_COLUMN:
+        datatype, values = "BYTES", IDS
+    elif datatype.startswith(("INT", "UINT")):
+        values = INTEGERS
+    else:
+        values = NUMBERS if numeric else CATEGORIES
+    return {
+        "name": name,
+        "shape": draw(st.sampled_from([[rows], [rows, 1]])),
+        "datatype": datatype,
+        "data": draw(st.lists(values, min_size=rows, max_size=rows)),
+    }
+
+
 @st.composite
 def infer_bodies(draw):
     rows = draw(st.integers(1, 4))
-    inputs = []
-    for name in NUMERIC + CATEGORICAL:
-        numeric = name in NUMERIC
-        inputs.append(
-            {
-                "name": name,
-                "shape": draw(st.sampled_from([[rows], [rows, 1]])),
-                "datatype": (
-                    draw(st.sampled_from(sorted(NUMERIC_DATATYPES)))
-                    if numeric
-                    else "BYTES"
-                ),
-                "data": draw(
-                    st.lists(
-                        NUMBERS if numeric else CATEGORIES,
-                        min_size=rows,
-                        max_size=rows,
-                    )
-                ),
-            }
-        )
+    names = list(NUMERIC + CATEGORICAL) + [ID_COLUMN] * draw(st.booleans())
+    inputs = [tensor(draw, name, rows, name in NUMERIC) for name in names]
     body = {"inputs": draw(st.permutations(inputs))}
     if draw(st.booleans()):
         body["id"] = draw(TEXT)

@@ -223,6 +223,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         response_model=oip.InferResponse,
         response_model_exclude_none=True,
         responses={
+            400: {"model": ErrorResponse},
             422: {"model": ErrorResponse},
             401: {"model": ErrorResponse},
             404: {"model": ErrorResponse},
@@ -257,6 +258,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         response_model=PredictResponse,
         response_model_exclude_none=True,
         responses={
+            400: {"model": ErrorResponse},
             422: {"model": ErrorResponse},
             401: {"model": ErrorResponse},
             413: {"model": ErrorResponse},

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 from pydantic import StrictStr
 
 from ..schema import Schema
+from .schemas import UnicodeText
 
 NUMERIC_DATATYPES = {
     "FP16",
@@ -64,7 +65,7 @@ class RequestedOutput(BaseModel):
 
 class InferRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    id: Optional[str] = None
+    id: Optional[UnicodeText] = None
     parameters: Optional[Dict[str, Any]] = None
     inputs: List[InferInput] = Field(..., min_length=1)
     outputs: Optional[List[RequestedOutput]] = None

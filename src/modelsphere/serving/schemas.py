@@ -4,6 +4,7 @@ OpenAPI page (/docs) shows the real fields, their descriptions and an example.""
 from typing import Annotated, Any, Dict, List, Optional, Union
 
 from pydantic import (
+    AfterValidator,
     AllowInfNan,
     BaseModel,
     ConfigDict,
@@ -19,6 +20,18 @@ from ..schema import Schema
 
 LEVELS_SHOWN = 12
 CategoryValue = Optional[Union[StrictStr, StrictInt]]
+
+
+def _valid_unicode(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("not valid Unicode (a lone surrogate)") from None
+    return text
+
+
+UnicodeText = Annotated[StrictStr, AfterValidator(_valid_unicode)]
+IdValue = Optional[Union[UnicodeText, StrictInt]]
 # JSON numbers (ints too), finite; not strings or booleans.
 NumberValue = Optional[Annotated[float, Strict(), AllowInfNan(False)]]
 
@@ -69,7 +82,7 @@ def record_model(schema: Schema, feature_state: Dict[str, Any]) -> type:
         )
     if schema.id_column is not None:
         fields["row_id"] = (
-            CategoryValue,
+            IdValue,
             Field(
                 None,
                 alias=schema.id_column,
