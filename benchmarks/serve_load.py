@@ -24,6 +24,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -34,7 +35,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -183,6 +186,13 @@ def in_process(args, meta: dict, records: list) -> dict:
 # The server and the load generator
 
 
+@dataclass
+class Server:
+    base: str
+    port: int
+    workers: int
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -205,8 +215,8 @@ def http_status(url: str, body: bytes | None = None) -> int:
 
 @contextmanager
 def serving(args, engine: str, workers: int, scratch: Path):
-    """serve.py on a free loopback port; yields its base URL once every worker has
-    loaded the model; always stops it (and any worker left) afterwards."""
+    """serve.py on a free loopback port; yields it once every worker has loaded
+    the model; always stops it (and any worker left) afterwards."""
     port = free_port()
     log_path = scratch / f"serve_{engine}_{workers}.log"
     command = [
@@ -239,7 +249,7 @@ def serving(args, engine: str, workers: int, scratch: Path):
             if process.poll() is not None or time.monotonic() > deadline:
                 sys.exit(f"serve.py did not become ready:\n{log_path.read_text()}")
             time.sleep(0.2)
-        yield base
+        yield Server(base, port, workers)
     finally:
         stop(process)
 
@@ -268,20 +278,49 @@ def wrk_command() -> str:
     return wrk
 
 
-def run_wrk(args, base: str, bodies_file: Path, concurrency: int, seconds: int):
+def connections_per_worker(server: Server) -> list | None:
+    """Open client connections per server process, largest first (from `ss`):
+    uvicorn's workers share one listening socket, and wrk opens every connection
+    at once, so one worker may get most of them."""
+    ss = shutil.which("ss")
+    if ss is None:
+        return None
+    result = subprocess.run(
+        [ss, "-Htnp", "state", "established", f"( sport = :{server.port} )"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    owners = Counter(
+        match.group(1)
+        for match in map(re.compile(r"pid=(\d+)").search, result.stdout.splitlines())
+        if match
+    )
+    counts = sorted(owners.values(), reverse=True)
+    return counts + [0] * (server.workers - len(counts))
+
+
+def run_wrk(args, server: Server, bodies_file: Path, concurrency: int, seconds: int):
     threads = min(args.threads, concurrency)
     command = [wrk_command(), f"-t{threads}", f"-c{concurrency}", f"-d{seconds}s"]
-    command += [f"--timeout={args.timeout}s", "-s", str(LUA), base]
+    command += [f"--timeout={args.timeout}s", "-s", str(LUA), server.base]
     command += ["--", str(bodies_file)]
-    result = subprocess.run(
-        command, capture_output=True, text=True, timeout=seconds + 60
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
+    try:
+        time.sleep(seconds / 2)
+        spread = connections_per_worker(server)
+        stdout, stderr = process.communicate(timeout=seconds + 60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
     line = next(
-        (x for x in result.stdout.splitlines() if x.startswith("SERVE_LOAD_JSON ")),
-        None,
+        (x for x in stdout.splitlines() if x.startswith("SERVE_LOAD_JSON ")), None
     )
-    if result.returncode != 0 or line is None:
-        sys.exit(f"wrk failed ({result.returncode}):\n{result.stdout}{result.stderr}")
+    if process.returncode != 0 or line is None:
+        sys.exit(f"wrk failed ({process.returncode}):\n{stdout}{stderr}")
     raw = json.loads(line.split(" ", 1)[1])
     seconds_run = raw["duration_us"] / 1e6
     latency = raw["latency_us"]
@@ -293,18 +332,19 @@ def run_wrk(args, base: str, bodies_file: Path, concurrency: int, seconds: int):
         | {"mean": latency["mean"] / 1e3, "max": latency["max"] / 1e3},
         "errors": sum(raw["errors"].values()),
         "error_counts": raw["errors"],
+        "connections_per_worker": spread,
     }
 
 
-def load_cell(args, base: str, bodies_file: Path, body: str, rows: int, conc: int):
+def load_cell(args, server: Server, bodies_file: Path, body: str, rows: int, conc: int):
     """Warm up, then `--repeats` wrk runs; medians of rates and latencies."""
-    status = http_status(f"{base}/predict", body.encode())
+    status = http_status(f"{server.base}/predict", body.encode())
     if status != 200:
         sys.exit(f"POST /predict with a {rows}-row body answered {status}")
     if args.warmup > 0:
-        run_wrk(args, base, bodies_file, conc, args.warmup)
+        run_wrk(args, server, bodies_file, conc, args.warmup)
     runs = [
-        run_wrk(args, base, bodies_file, conc, args.duration)
+        run_wrk(args, server, bodies_file, conc, args.duration)
         for _ in range(args.repeats)
     ]
     rps = statistics.median(r["requests_per_second"] for r in runs)
@@ -387,6 +427,22 @@ def engine_comparison(configs: list) -> dict:
     return out
 
 
+def faster_engine(configs: list) -> dict | None:
+    """The verdict for serve.engine's default, from the fewest workers measured
+    with both engines: with more workers the spread of wrk's connections over
+    the workers (see connections_per_worker) moves requests/s more than the
+    engine does."""
+    comparison = engine_comparison(configs)
+    if not comparison:
+        return None
+    workers = min(comparison, key=int)
+    return {
+        "engine": comparison[workers]["faster"],
+        "workers": int(workers),
+        "onnx_over_torch_geometric_mean": comparison[workers]["geometric_mean"],
+    }
+
+
 def http_overhead(configs: list, inproc: dict) -> dict:
     """p50 at concurrency 1 minus the in-process time of the same request."""
     out = {}
@@ -457,11 +513,11 @@ def main(argv=None) -> None:
             for engine in args.engines:
                 load[f"{engine},workers={workers}"] = os.getloadavg()
                 config = {"engine": engine, "workers": workers, "cells": []}
-                with serving(args, engine, workers, scratch) as base:
+                with serving(args, engine, workers, scratch) as server:
                     for rows in args.rows:
                         for conc in args.concurrency:
                             cell = load_cell(
-                                args, base, files[rows], first[rows], rows, conc
+                                args, server, files[rows], first[rows], rows, conc
                             )
                             config["cells"].append(cell)
                             print(summary_line(engine, workers, cell), flush=True)
@@ -495,6 +551,7 @@ def main(argv=None) -> None:
         "results": configs,
         "http_overhead": http_overhead(configs, inproc),
         "engine_comparison": engine_comparison(configs),
+        "faster_engine": faster_engine(configs),
         "targets": targets(configs),
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -539,21 +596,34 @@ def render_markdown(payload: dict) -> str:
         "",
     ]
     for config in payload["results"]:
+        several = config["workers"] > 1
         lines += [
             f"## engine={config['engine']}, workers={config['workers']}",
             "",
             "| rows/request | concurrency | requests/s | rows/s | p50 ms | p95 ms "
-            "| p99 ms | errors |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| p99 ms | errors |" + (" connections per worker, each run |" * several),
+            "|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---|" * several),
         ]
         for cell in config["cells"]:
             lat = cell["latency_ms"]
+            spread = ", ".join(
+                "/".join(map(str, run["connections_per_worker"] or ["?"]))
+                for run in cell["runs"]
+            )
             lines.append(
                 f"| {cell['rows']} | {cell['concurrency']} "
                 f"| {cell['requests_per_second']:,.0f} | {cell['rows_per_second']:,.0f}"
                 f" | {lat['p50']:.2f} | {lat['p95']:.2f} | {lat['p99']:.2f} "
-                f"| {cell['errors']} |"
+                f"| {cell['errors']} |" + (f" {spread} |" * several)
             )
+        if several:
+            lines += [
+                "",
+                "The workers share one listening socket and wrk opens all its "
+                "connections at once, so one worker may hold most of them (sampled "
+                "with `ss` mid-run): a run with every connection on one worker "
+                "scores like a single worker.",
+            ]
         lines.append("")
     lines += [
         "## In-process (no HTTP), median of " f"{setup['inprocess_calls']} calls",
@@ -593,6 +663,15 @@ def render_markdown(payload: dict) -> str:
                 for k, v in comparison["onnx_over_torch_requests_per_second"].items()
             )
             + f"); faster: **{comparison['faster']}**.",
+        ]
+    verdict = payload["faster_engine"]
+    if verdict:
+        lines += [
+            "",
+            f"**Faster engine: {verdict['engine']}** (onnx/torch requests/s "
+            f"{verdict['onnx_over_torch_geometric_mean']:.2f}x at workers="
+            f"{verdict['workers']}, where the comparison is not confounded by how "
+            "the connections spread over the workers).",
         ]
     lines += ["", "## Targets", "", "| target | config | value | met |"]
     lines.append("|---|---|---:|---|")
