@@ -26,13 +26,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from modelsphere.devices import make_grad_scaler, select_device
 from modelsphere.model import ModelSpec, build_model
 from modelsphere.provenance import package_versions
-from modelsphere.training import (
-    SplitTensors,
-    make_loss,
-    make_optimizer,
-    make_scheduler,
-    train_one_epoch,
-)
+from modelsphere.epochs import SplitTensors, train_one_epoch
+from modelsphere.optimization import make_loss, make_optimizer, make_scheduler
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

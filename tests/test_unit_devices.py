@@ -17,14 +17,8 @@ from modelsphere.devices import (
 )
 from modelsphere.errors import ModelSphereError
 from modelsphere.model import ModelSpec, build_model
-from modelsphere.training import (
-    NO_BAD_BATCH,
-    SplitTensors,
-    make_loss,
-    make_optimizer,
-    make_scheduler,
-    train_one_epoch,
-)
+from modelsphere.epochs import NO_BAD_BATCH, SplitTensors, train_one_epoch
+from modelsphere.optimization import make_loss, make_optimizer, make_scheduler
 
 CPU = torch.device("cpu")
 

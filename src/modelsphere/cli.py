@@ -2,7 +2,9 @@
 
 A `ModelSphereError` (bad input, bad config) is printed as one line and the
 process exits with status 2; no traceback. In a multirun sweep a failed job logs
-its error and output dir and the sweep goes on with the next job.
+its error and output dir and the sweep goes on with the next job. A training run
+stopped by SIGINT/SIGTERM exits with 128 + the signal number after saving a
+resumable checkpoint, and stops a sweep as well.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from omegaconf import DictConfig
 
 from . import config  # noqa: F401  (registers the config schemas with Hydra)
 from .errors import ModelSphereError
+from .interrupts import TrainingInterrupted
 from .runs import hydra_output_dir
 
 log = logging.getLogger("modelsphere")
 
 USAGE_ERROR_EXIT_CODE = 2
+INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, as shells report it
 
 
 def _is_multirun() -> bool:
@@ -38,11 +42,17 @@ def entry_point(task: Callable) -> Callable:
         output_dir = hydra_output_dir()
         try:
             return task(cfg, output_dir)
+        except TrainingInterrupted as exc:
+            log.error("%s", exc)  # stops a sweep too: the user asked to stop
+            sys.exit(exc.exit_code)
         except ModelSphereError as exc:
             log.error("error: %s", exc)
             if _is_multirun():
                 log.error("this sweep job failed; its output dir is %s", output_dir)
                 return float("nan")
             sys.exit(USAGE_ERROR_EXIT_CODE)
+        except KeyboardInterrupt:
+            log.error("interrupted (Ctrl-C)")
+            sys.exit(INTERRUPTED_EXIT_CODE)
 
     return main

@@ -1,0 +1,188 @@
+"""One training epoch, resumable mid-way, and the evaluation of a split.
+
+An epoch walks a seeded random permutation of the training rows in index slices
+(tensors stay on the device; no per-row DataLoader). `EpochProgress` is where an
+epoch stands: its permutation, the next batch, the loss so far. It is saved in a
+checkpoint when training is interrupted, so a resumed run continues with the very
+next batch and ends bitwise-identical to an uninterrupted one on the CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import torch
+from torch import nn
+
+from .devices import DeviceChoice, autocast
+from .engines import predict_outputs
+from .inference import outputs_to_scores
+from .metrics import compute_metrics
+from .model import TabularMLP
+
+NO_BAD_BATCH = -1
+
+
+@dataclass
+class SplitTensors:
+    """One split, transformed and on the device."""
+
+    numeric: torch.Tensor
+    categorical: torch.Tensor
+    target: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.target.shape[0]
+
+
+@dataclass
+class EpochProgress:
+    epoch: int
+    order: torch.Tensor  # the permutation of training rows for this epoch
+    next_step: int  # the next batch to train
+    total: torch.Tensor  # sum of per-row training losses so far (on the device)
+    first_bad: torch.Tensor  # first batch with a non-finite loss, or NO_BAD_BATCH
+
+    @classmethod
+    def start(cls, epoch: int, n_rows: int, generator: torch.Generator, device):
+        order = torch.randperm(n_rows, generator=generator).to(device)
+        return cls(
+            epoch,
+            order,
+            0,
+            torch.zeros((), device=device),
+            torch.full((), NO_BAD_BATCH, device=device),
+        )
+
+    def mean_loss(self) -> float:
+        return float(self.total) / len(self.order)
+
+    def bad_batch(self) -> int:
+        return int(self.first_bad)
+
+    def payload(self) -> Dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "order": self.order.cpu(),
+            "next_step": self.next_step,
+            "total": self.total.cpu(),
+            "first_bad": self.first_bad.cpu(),
+        }
+
+    @classmethod
+    def from_payload(cls, payload: Dict[str, Any], device) -> "EpochProgress":
+        return cls(
+            payload["epoch"],
+            payload["order"].to(device),
+            payload["next_step"],
+            payload["total"].to(device),
+            payload["first_bad"].to(device),
+        )
+
+
+def run_epoch(
+    model: TabularMLP,
+    data: SplitTensors,
+    batch_size: int,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    loss_fn: nn.Module,
+    device: DeviceChoice,
+    grad_clip_norm: Optional[float],
+    scaler: Optional[torch.amp.GradScaler],
+    progress: EpochProgress,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> bool:
+    """Train from `progress.next_step` to the end of the epoch; return False if
+    `should_stop()` said to stop first (progress then says where).
+
+    The loss sum and the first bad batch are accumulated on the device: one host
+    sync per epoch, not one per batch.
+    """
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    starts = range(progress.next_step * batch_size, len(data), batch_size)
+    for step, start in enumerate(starts, progress.next_step):
+        if should_stop():
+            progress.next_step = step
+            return False
+        index = progress.order[start : start + batch_size]
+        with autocast(device):
+            outputs = model(data.numeric[index], data.categorical[index])
+            loss = batch_loss(loss_fn, outputs, data.target[index])
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if grad_clip_norm is not None:
+            nn.utils.clip_grad_norm_(params, grad_clip_norm, foreach=True)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        scheduler.step()
+        detached = loss.detach().float()
+        progress.total += detached * index.shape[0]
+        newly_bad = (progress.first_bad == NO_BAD_BATCH) & ~torch.isfinite(detached)
+        progress.first_bad = torch.where(
+            newly_bad, torch.full_like(progress.first_bad, step), progress.first_bad
+        )
+    progress.next_step = -(-len(data) // batch_size)
+    return True
+
+
+def train_one_epoch(
+    model: TabularMLP,
+    data: SplitTensors,
+    batch_size: int,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    loss_fn: nn.Module,
+    device: DeviceChoice,
+    grad_clip_norm: Optional[float],
+    generator: torch.Generator,
+    scaler: Optional[torch.amp.GradScaler],
+) -> Tuple[float, int]:
+    """A whole epoch from a fresh permutation: (mean loss, first bad batch)."""
+    progress = EpochProgress.start(0, len(data), generator, data.target.device)
+    run_epoch(
+        model,
+        data,
+        batch_size,
+        optimizer,
+        scheduler,
+        loss_fn,
+        device,
+        grad_clip_norm,
+        scaler,
+        progress,
+    )
+    return progress.mean_loss(), progress.bad_batch()
+
+
+def batch_loss(
+    loss_fn: nn.Module, outputs: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
+    outputs = outputs.float()
+    if isinstance(loss_fn, nn.MSELoss):
+        return loss_fn(outputs[:, 0], target)
+    return loss_fn(outputs, target)
+
+
+def evaluate_split(
+    model, data: SplitTensors, feature_state, task, device, batch_size, loss_fn
+) -> Dict[str, float]:
+    outputs = predict_outputs(model, data.numeric, data.categorical, batch_size, device)
+    scores = outputs_to_scores(outputs, task, feature_state)
+    target = data.target
+    if task == "regression":
+        stats = feature_state["target"]
+        target = target * stats["std"] + stats["mean"]
+    metrics = compute_metrics(task, scores, target)
+    with torch.inference_mode():
+        metrics["loss"] = float(batch_loss(loss_fn, outputs, data.target))
+    return metrics

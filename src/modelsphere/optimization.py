@@ -1,0 +1,86 @@
+"""The optimisation set-up of a run: batch size, AdamW, the LR schedule, the loss."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+
+def choose_batch_size(n_train: int, train_cfg: Any) -> int:
+    """The configured batch size, or the largest power of two giving about
+    `batches_per_epoch_target` steps per epoch, within [min, max]."""
+    if train_cfg.batch_size is not None:
+        return int(min(train_cfg.batch_size, n_train))
+    target = max(1, n_train // train_cfg.batches_per_epoch_target)
+    power = 2 ** int(math.floor(math.log2(target)))
+    return int(
+        min(max(power, train_cfg.batch_size_min), train_cfg.batch_size_max, n_train)
+    )
+
+
+def make_optimizer(
+    model: nn.Module, lr: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases, norm layers and embeddings."""
+    decay, no_decay = [], []
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            plain_weight = name == "weight" and isinstance(module, nn.Linear)
+            (decay if plain_weight else no_decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+def make_scheduler(optimizer, train_cfg: Any, steps_per_epoch: int):
+    """Linear warm-up, then cosine decay to zero (or constant), stepped per batch."""
+    total = max(1, train_cfg.max_epochs * steps_per_epoch)
+    warmup = min(train_cfg.warmup_epochs * steps_per_epoch, total - 1)
+    cosine = train_cfg.scheduler == "cosine"
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if not cosine:
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def make_loss(task: str, train_target: torch.Tensor, class_weights: str) -> nn.Module:
+    """BCE-with-logits, cross-entropy or MSE (on the standardised target)."""
+    if task == "regression":
+        return nn.MSELoss()
+    if task == "binary":
+        pos_weight = None
+        if class_weights == "balanced":
+            positives = train_target.float().sum()
+            pos_weight = (
+                (len(train_target) - positives) / positives.clamp_min(1)
+            ).reshape(1)
+        return _BinaryLoss(pos_weight)
+    weight = None
+    if class_weights == "balanced":
+        counts = torch.bincount(train_target).float().clamp_min(1)
+        weight = len(train_target) / (len(counts) * counts)
+    return nn.CrossEntropyLoss(weight=weight)
+
+
+class _BinaryLoss(nn.Module):
+    def __init__(self, pos_weight: Optional[torch.Tensor]):
+        super().__init__()
+        self.inner = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.inner(logits[:, 0], target.float())
+
+
+# ----------------------------------------------------------------------------
+# The loop
