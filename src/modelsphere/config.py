@@ -8,7 +8,9 @@ rate, an unknown scaling) before any work starts.
 
 from __future__ import annotations
 
+import os
 import secrets
+import tempfile
 from pathlib import Path
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -209,6 +211,17 @@ def _new_run_id() -> str:
     return f"{stamp}_{secrets.token_hex(2)}"
 
 
+def _run_dir(outputs_dir: str, job_name: str) -> str:
+    """This invocation's run dir. Under torchrun only rank 0 gets one in
+    outputs/ (the run's); the other ranks log to a scratch dir, so a distributed
+    run leaves one run dir, not one per process."""
+    rank = int(os.environ.get("RANK", "0"))
+    if rank > 0:
+        scratch = Path(tempfile.gettempdir()) / "modelsphere-ranks"
+        return str(scratch / f"{job_name}-rank{rank}-{_new_run_id()}")
+    return f"{outputs_dir}/{job_name}/{_new_run_id()}"
+
+
 def register_configs() -> None:
     """Register schemas and resolvers; idempotent, called on import."""
     store = ConfigStore.instance()
@@ -223,6 +236,7 @@ def register_configs() -> None:
     OmegaConf.register_new_resolver(
         "stem", lambda path: Path(str(path)).stem, replace=True
     )
+    OmegaConf.register_new_resolver("run_dir", _run_dir, use_cache=True, replace=True)
 
 
 register_configs()

@@ -16,12 +16,14 @@ import torch
 from torch import nn
 
 from .devices import DeviceChoice, autocast
+from .distributed import DistContext, all_reduce
 from .engines import predict_outputs
 from .inference import outputs_to_scores
 from .metrics import compute_metrics
 from .model import TabularMLP
 
 NO_BAD_BATCH = -1
+SINGLE_PROCESS = DistContext()
 
 
 @dataclass
@@ -93,24 +95,35 @@ def run_epoch(
     scaler: Optional[torch.amp.GradScaler],
     progress: EpochProgress,
     should_stop: Callable[[], bool] = lambda: False,
+    context: DistContext = SINGLE_PROCESS,
 ) -> bool:
     """Train from `progress.next_step` to the end of the epoch; return False if
     `should_stop()` said to stop first (progress then says where).
 
     The loss sum and the first bad batch are accumulated on the device: one host
-    sync per epoch, not one per batch.
+    sync per epoch, not one per batch. Under DDP each rank takes every
+    world_size-th row of each global batch and weights its mean loss by its share,
+    so the averaged gradient is the single-process gradient of that batch.
     """
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     starts = range(progress.next_step * batch_size, len(data), batch_size)
     for step, start in enumerate(starts, progress.next_step):
-        if should_stop():
+        if stop_agreed(should_stop, context, progress.total.device):
             progress.next_step = step
+            all_reduce(progress.total, "sum", context)
             return False
-        index = progress.order[start : start + batch_size]
+        global_index = progress.order[start : start + batch_size]
+        index = global_index[context.rank :: context.world_size]
         with autocast(device):
             outputs = model(data.numeric[index], data.categorical[index])
             loss = batch_loss(loss_fn, outputs, data.target[index])
+        if context.enabled:
+            if index.shape[0] == 0:  # a short last batch: take part with no rows
+                loss = outputs.sum() * 0.0
+            else:
+                share = index.shape[0] * context.world_size / global_index.shape[0]
+                loss = loss * share
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -125,14 +138,38 @@ def run_epoch(
         else:
             optimizer.step()
         scheduler.step()
+        if index.shape[0] == 0:
+            continue
+        rows = index.shape[0]
         detached = loss.detach().float()
-        progress.total += detached * index.shape[0]
+        if context.enabled:
+            detached = detached * global_index.shape[0] / (rows * context.world_size)
+        progress.total += detached * rows
         newly_bad = (progress.first_bad == NO_BAD_BATCH) & ~torch.isfinite(detached)
         progress.first_bad = torch.where(
             newly_bad, torch.full_like(progress.first_bad, step), progress.first_bad
         )
     progress.next_step = -(-len(data) // batch_size)
+    if context.enabled:
+        all_reduce(progress.total, "sum", context)
+        progress.first_bad = _first_bad_across_ranks(progress.first_bad, context)
     return True
+
+
+def stop_agreed(should_stop, context: DistContext, device) -> bool:
+    """A stop request on any rank stops every rank at the same batch."""
+    wanted = should_stop()
+    if not context.enabled:
+        return wanted
+    flag = torch.tensor([1 if wanted else 0], device=device)
+    return bool(all_reduce(flag, "max", context).item())
+
+
+def _first_bad_across_ranks(first_bad: torch.Tensor, context: DistContext):
+    never = torch.iinfo(torch.int64).max
+    bad = torch.where(first_bad < 0, torch.full_like(first_bad, never), first_bad)
+    bad = all_reduce(bad.to(torch.int64), "min", context)
+    return torch.where(bad == never, torch.full_like(bad, NO_BAD_BATCH), bad)
 
 
 def train_one_epoch(

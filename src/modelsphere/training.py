@@ -14,8 +14,9 @@ import logging
 import math
 import os
 import random
+import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
@@ -23,16 +24,25 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from . import plots
 from .artifacts import save_artifact
 from .checkpoint import LoopState, load_checkpoint, save_checkpoint
 from .config import to_plain, validate_train_app
 from .devices import DeviceChoice, configure_threads, make_grad_scaler, select_device
+from .distributed import (
+    DistContext,
+    barrier,
+    check_batch_size,
+    init_distributed,
+    shutdown,
+)
 from .epochs import (
     NO_BAD_BATCH,
     EpochProgress,
     SplitTensors,
+    stop_agreed,
     evaluate_split,
     run_epoch,
 )
@@ -63,7 +73,9 @@ CURVE_FILE = "training_curve.png"
 class Trainer:
     """Everything the epoch loop works with."""
 
-    model: TabularMLP
+    model: TabularMLP  # the plain module: evaluation, checkpoints, the artifact
+    train_model: nn.Module  # what trains: the model, or DDP around it
+    context: DistContext
     spec: ModelSpec
     optimizer: torch.optim.Optimizer
     scheduler: Any
@@ -83,9 +95,18 @@ def run_training(cfg: DictConfig, run_dir: str | Path) -> float:
     if resume is not None:
         cfg, run_dir = _resume_config(cfg, Path(cfg.train.resume))
     validate_train_app(cfg)
-    device = _setup(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
+    device, context = _setup(cfg)
+    try:
+        return _train(cfg, run_dir, resume, device, context)
+    finally:
+        shutdown(context)
+
+
+def _train(cfg, run_dir: Path, resume, device: DeviceChoice, context) -> float:
+    main = context.is_main  # only rank 0 writes (a single process is rank 0)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
 
     data = prepare_data(cfg.data, cfg.paths.data_dir)
     frames = {split: load_split(data, split) for split in SPLITS}
@@ -96,12 +117,16 @@ def run_training(cfg: DictConfig, run_dir: str | Path) -> float:
         split: _to_tensors(frames[split], feature_state, device, split)
         for split in SPLITS
     }
-    trainer = _build_trainer(cfg, feature_state, data.schema.task, tensors, device)
+    trainer = _build_trainer(
+        cfg, feature_state, data.schema.task, tensors, device, context
+    )
     loop = LoopState.fresh(cfg.seed)
     if resume is not None:
         loop = LoopState.restore(
             resume, trainer.model, trainer.optimizer, trainer.scheduler, trainer.scaler
         )
+        if loop.partial is not None and not main:
+            loop.partial.total.zero_()  # rank 0 holds the summed loss so far
 
     started = time.perf_counter()
     with stop_requests() as stop:
@@ -122,38 +147,47 @@ def run_training(cfg: DictConfig, run_dir: str | Path) -> float:
         )
         for split in ("val", "test")
     }
-    summary = _metrics_summary(
-        loop,
-        final,
-        trainer.monitor,
-        trainer.mode,
-        time.perf_counter() - started,
-        trainer.batch_size,
-        device,
-    )
-    atomic_write_json(run_dir / METRICS_FILE, summary)
-    extra = {
-        "metrics": summary["final"],
-        "training": summary["training"],
-        "data": _data_record(data),
-        "provenance": provenance(),
-    }
-    save_artifact(
-        run_dir, model, trainer.spec, feature_state, data.schema, to_plain(cfg), extra
-    )
-    if cfg.train.plot and loop.history:
-        plots.training_curve(
-            loop.history, trainer.monitor, loop.best_epoch, run_dir / CURVE_FILE
+    if main:
+        summary = _metrics_summary(
+            loop,
+            final,
+            trainer.monitor,
+            trainer.mode,
+            time.perf_counter() - started,
+            trainer.batch_size,
+            device,
         )
-    update_latest(cfg.paths.outputs_dir, run_dir)
-    log.info(
-        "best val_%s %.4f at epoch %d; test %s; run dir %s",
-        trainer.monitor,
-        loop.best_value,
-        loop.best_epoch,
-        _short(final["test"]),
-        run_dir,
-    )
+        summary["training"]["processes"] = context.world_size
+        atomic_write_json(run_dir / METRICS_FILE, summary)
+        extra = {
+            "metrics": summary["final"],
+            "training": summary["training"],
+            "data": _data_record(data),
+            "provenance": provenance(),
+        }
+        save_artifact(
+            run_dir,
+            model,
+            trainer.spec,
+            feature_state,
+            data.schema,
+            to_plain(cfg),
+            extra,
+        )
+        if cfg.train.plot and loop.history:
+            plots.training_curve(
+                loop.history, trainer.monitor, loop.best_epoch, run_dir / CURVE_FILE
+            )
+        update_latest(cfg.paths.outputs_dir, run_dir)
+        log.info(
+            "best val_%s %.4f at epoch %d; test %s; run dir %s",
+            trainer.monitor,
+            loop.best_value,
+            loop.best_epoch,
+            _short(final["test"]),
+            run_dir,
+        )
+    barrier(context)
     return float(loop.best_value)
 
 
@@ -234,7 +268,8 @@ def _fit(cfg, run_dir: Path, trainer: Trainer, tensors, feature_state, loop, sto
             loop.history[-1]["lr"],
             loop.history[-1]["rows_per_second"],
         )
-        if stop() and epoch < cfg.train.max_epochs and not loop.stopped_early:
+        stopping = stop_agreed(stop, trainer.context, train.target.device)
+        if stopping and epoch < cfg.train.max_epochs and not loop.stopped_early:
             _interrupt(cfg, run_dir, trainer, loop, stop, None)
     if loop.stopped_early:
         log.info(
@@ -245,6 +280,8 @@ def _fit(cfg, run_dir: Path, trainer: Trainer, tensors, feature_state, loop, sto
 
 
 def _save(run_dir: Path, trainer: Trainer, loop: LoopState) -> None:
+    if not trainer.context.is_main:
+        return
     save_checkpoint(
         run_dir,
         loop.payload(
@@ -271,25 +308,34 @@ def _interrupt(cfg, run_dir, trainer, loop, stop: StopRequest, progress) -> None
         trainer.device,
         status="interrupted",
     )
-    summary["interrupted"] = {"signal": stop.name, "at": where}
-    atomic_write_json(run_dir / METRICS_FILE, summary)
+    summary["interrupted"] = {"signal": stop.name or "a peer rank's", "at": where}
+    if trainer.context.is_main:
+        atomic_write_json(run_dir / METRICS_FILE, summary)
     raise TrainingInterrupted(
-        f"training interrupted by {stop.name} at {where}; the checkpoint is saved in "
-        f"{run_dir}. Resume with: python train.py train.resume={run_dir}",
-        stop.signum,
+        f"training interrupted by {stop.name or 'a signal'} at {where}; the "
+        f"checkpoint is saved in {run_dir}. Resume with: python train.py "
+        f"train.resume={run_dir}",
+        stop.signum or signal.SIGTERM,
     )
 
 
-def _build_trainer(cfg, feature_state, task, tensors, device) -> Trainer:
+def _build_trainer(cfg, feature_state, task, tensors, device, context) -> Trainer:
     torch.manual_seed(cfg.seed)
     spec = spec_from_config(cfg.model, feature_state, task)
     model = build_model(spec).to(device.device)
+    train_model = model
+    if context.enabled:
+        ids = [device.device.index] if device.device.type == "cuda" else None
+        train_model = DistributedDataParallel(model, device_ids=ids)
     batch_size = choose_batch_size(len(tensors["train"]), cfg.train)
+    check_batch_size(batch_size, context)
     steps_per_epoch = math.ceil(len(tensors["train"]) / batch_size)
     optimizer = make_optimizer(model, cfg.train.lr, cfg.train.weight_decay)
     monitor, mode = resolve_monitor(task, cfg.train.monitor)
     trainer = Trainer(
         model=model,
+        train_model=train_model,
+        context=context,
         spec=spec,
         optimizer=optimizer,
         scheduler=make_scheduler(optimizer, cfg.train, steps_per_epoch),
@@ -319,8 +365,11 @@ def _build_trainer(cfg, feature_state, task, tensors, device) -> Trainer:
 # Setup
 
 
-def _setup(cfg: DictConfig) -> DeviceChoice:
+def _setup(cfg: DictConfig) -> Tuple[DeviceChoice, DistContext]:
     device = select_device(cfg.device.name, cfg.device.amp, cfg.device.amp_dtype)
+    context = init_distributed(device.device.type)
+    if context.enabled and device.device.type == "cuda":
+        device = replace(device, device=torch.device("cuda", context.local_rank))
     log.info("device: %s (%s)", device.device, device.reason)
     configure_threads(cfg.device.num_threads)
     if cfg.device.deterministic:
@@ -330,7 +379,7 @@ def _setup(cfg: DictConfig) -> DeviceChoice:
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    return device
+    return device, context
 
 
 def _resume_config(cfg: DictConfig, run_dir: Path) -> Tuple[DictConfig, Path]:

@@ -1,0 +1,106 @@
+"""DistributedDataParallel under torchrun on the CPU (gloo, 2 processes).
+
+Tolerance: each rank takes every other row of the single-process batch and weights
+its mean loss by its share, so the averaged gradient is mathematically the
+single-process gradient; only the order of float32 additions differs (the
+all-reduce sums two partial gradients instead of one). Those rounding differences
+(~1e-7 relative per step) compound over a few epochs to well under 1e-5 in the
+weights and 1e-5 in the metrics, which is what the test allows.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, compose_config, make_table
+from safetensors.torch import load_file
+
+from modelsphere.training import run_training
+
+TOLERANCE = 1e-5
+
+
+def settings(tmp_path: Path, outputs: str, *extra: str):
+    return [
+        "data=csv",
+        f"data.path={tmp_path / 'table.csv'}",
+        "data.target=label",
+        f"paths.data_dir={tmp_path / 'data'}",
+        f"paths.outputs_dir={tmp_path / outputs}",
+        "device=cpu",
+        "model=mlp_small",
+        "train.batch_size=32",
+        "train.scheduler=constant",
+        "train.early_stopping_patience=null",
+        "train.plot=false",
+        *extra,
+    ]
+
+
+def torchrun(tmp_path: Path, overrides) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc_per_node=2", str(REPO / "train.py"), *overrides]
+    return subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+
+
+def only_run(outputs: Path) -> Path:
+    runs = list((outputs / "train").iterdir())
+    assert len(runs) == 1, runs  # one run dir, not one per process
+    return runs[0]
+
+
+def assert_close_runs(single: Path, multi: Path) -> None:
+    left = load_file(str(single / "model.safetensors"))
+    right = load_file(str(multi / "model.safetensors"))
+    assert left.keys() == right.keys()
+    for name in left:
+        assert torch.allclose(left[name], right[name], atol=TOLERANCE), name
+    metrics = [json.loads((d / "metrics.json").read_text()) for d in (single, multi)]
+    for split in ("val", "test"):
+        for name, value in metrics[0]["final"][split].items():
+            assert metrics[1]["final"][split][name] == pytest.approx(
+                value, abs=TOLERANCE
+            ), (split, name)
+    assert metrics[1]["training"]["processes"] == 2
+
+
+@pytest.fixture
+def table(tmp_path):
+    make_table(rows=400).to_csv(tmp_path / "table.csv", index=False)
+
+
+def test_two_processes_match_one_and_write_one_run_dir(tmp_path, table):
+    single = tmp_path / "single" / "train" / "run"
+    run_training(
+        compose_config(settings(tmp_path, "single", "train.max_epochs=3")), single
+    )
+    result = torchrun(tmp_path, settings(tmp_path, "multi", "train.max_epochs=3"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    multi = only_run(tmp_path / "multi")
+    assert (tmp_path / "multi" / "latest").resolve() == multi.resolve()
+    assert_close_runs(single, multi)
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_a_distributed_run_resumes_like_a_single_one(tmp_path, table):
+    single = tmp_path / "single" / "train" / "run"
+    run_training(
+        compose_config(settings(tmp_path, "single", "train.max_epochs=4")), single
+    )
+    first = torchrun(tmp_path, settings(tmp_path, "multi", "train.max_epochs=2"))
+    assert first.returncode == 0, first.stdout + first.stderr
+    multi = only_run(tmp_path / "multi")
+    resumed = torchrun(
+        tmp_path,
+        settings(tmp_path, "multi", "train.max_epochs=4", f"train.resume={multi}"),
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert len(json.loads((multi / "metrics.json").read_text())["history"]) == 4
+    assert_close_runs(single, multi)
