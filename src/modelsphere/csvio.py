@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import csv
 import logging
+import re
 from pathlib import Path
 from typing import Iterator, List
 
@@ -38,7 +39,10 @@ def _python_encoding(encoding: str) -> str:
 
 
 def read_header(
-    path: str | Path, delimiter: str = ",", encoding: str = "utf8"
+    path: str | Path,
+    delimiter: str = ",",
+    encoding: str = "utf8",
+    option_prefix: str = "data.",
 ) -> List[str]:
     """The column names of a CSV file, checked: non-empty, unique."""
     path = Path(path)
@@ -54,7 +58,7 @@ def read_header(
     except UnicodeDecodeError as exc:
         raise ModelSphereError(
             f"{path} is not valid {encoding} text ({exc.reason} at byte {exc.start}); "
-            "set data.encoding (e.g. data.encoding=latin-1)"
+            f"set {option_prefix}encoding (e.g. {option_prefix}encoding=latin-1)"
         ) from exc
     except csv.Error as exc:
         raise ModelSphereError(f"{path}: cannot parse the header row: {exc}") from exc
@@ -84,6 +88,7 @@ def iter_string_frames(
     encoding: str = "utf8",
     block_bytes: int = DEFAULT_BLOCK_BYTES,
     frame_rows: int = DEFAULT_FRAME_ROWS,
+    option_prefix: str = "data.",
 ) -> Iterator[pd.DataFrame]:
     """Yield the rows of a CSV as DataFrames of strings (missing cells as NA),
     about `frame_rows` rows at a time.
@@ -92,7 +97,8 @@ def iter_string_frames(
     its memory grows with the block size (about 580 MB at 16 MiB blocks, 36 MB at
     1 MiB on a 1 GB file); small blocks are then gathered into frames of
     `frame_rows`, so per-frame pandas work stays efficient. Memory is bounded by
-    both, whatever the file size.
+    both, whatever the file size. `option_prefix` is how the caller's config
+    names the delimiter and encoding options, for the hints in error messages.
     """
     path = Path(path)
     py_encoding = _python_encoding(encoding)
@@ -129,7 +135,17 @@ def iter_string_frames(
     except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError) as exc:
         message = str(exc).split("\n")[0]
         if "Expected" in message and "columns" in message:
-            message += f" (the header has {len(columns)}; is data.delimiter right?)"
+            message += (
+                f" (the header has {len(columns)}; is {option_prefix}delimiter right?)"
+            )
+        bad_text = re.search(r"CSV column #(\d+).*invalid UTF8", message)
+        if bad_text and int(bad_text.group(1)) < len(columns):
+            column = columns[int(bad_text.group(1))]
+            message = (
+                f"column {column!r} holds invalid UTF8 text for encoding "
+                f"{encoding!r}; set {option_prefix}encoding "
+                f"(e.g. {option_prefix}encoding=latin-1)"
+            )
         raise ModelSphereError(f"{path}: cannot parse CSV: {message}") from exc
     except OSError as exc:
         raise ModelSphereError(f"cannot read {path}: {exc}") from exc

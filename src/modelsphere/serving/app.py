@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.routing import APIRoute
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
@@ -143,6 +144,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         ),
         lifespan=lifespan,
     )
+    app.router.route_class = _ClearBodyErrors
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, telemetry=telemetry)
     _install_error_handlers(app)
@@ -292,6 +294,34 @@ def create_app(settings: ServeSettings) -> FastAPI:
     return app
 
 
+class _ClearBodyErrors(APIRoute):
+    """FastAPI answers every failure to parse a body with one vague 400; say why."""
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+
+        async def route(request: Request):
+            try:
+                return await handler(request)
+            except StarletteHTTPException as exc:
+                cause = exc.__cause__
+                if exc.status_code != 400 or cause is None:
+                    raise
+                raise HTTPException(400, _body_error(cause)) from exc
+
+        return route
+
+
+def _body_error(cause: BaseException) -> str:
+    if isinstance(cause, RecursionError):
+        return "request JSON is nested too deeply"
+    if isinstance(cause, UnicodeDecodeError):
+        return f"request body is not valid UTF-8 ({cause.reason} at byte {cause.start})"
+    if isinstance(cause, ValueError) and "digits" in str(cause):
+        return "a number in the request has too many digits"
+    return f"request body is not valid JSON: {cause}"
+
+
 def _predictions(records, columns, schema: Schema) -> List[Dict[str, Any]]:
     labels = columns[PREDICTION_COLUMN]
     out = []
@@ -360,10 +390,6 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ModelSphereError)
     async def model_error(request: Request, exc: ModelSphereError):
         return _error(422, str(exc))
-
-    @app.exception_handler(RecursionError)
-    async def too_deep(request: Request, exc: RecursionError):
-        return _error(400, "request JSON is nested too deeply")
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):

@@ -10,10 +10,19 @@ import secrets
 from typing import Optional
 
 from fastapi import HTTPException, Request
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 
-class BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(StarletteHTTPException):
+    """Raised while the body streams in; an HTTPException so that FastAPI, which
+    turns other errors during body reading into a 400, lets it through as 413."""
+
+    def __init__(self, max_bytes: int):
+        super().__init__(413, _too_large_message(max_bytes))
+
+
+def _too_large_message(max_bytes: int) -> str:
+    return f"request body larger than {max_bytes} bytes (serve.max_body_bytes)"
 
 
 def _error_body(status: int, message: str) -> dict:
@@ -53,7 +62,7 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise BodyTooLarge()
+                    raise BodyTooLarge(self.max_bytes)
             return message
 
         async def tracking_send(message):
