@@ -112,3 +112,58 @@ def train_tiny(
     run_dir = base / "outputs" / "train" / run_name
     run_training(cfg, run_dir)
     return run_dir
+
+
+# ---------------------------------------------------------------------------
+# In-process CLI runs (tests/test_bad_input_matrix.py)
+
+
+def run_cli_in_process(capfd, script: str, *overrides: str):
+    """Run an entry point's Hydra main in this process, as `run_cli` runs it in a
+    subprocess: `sys.argv` patched, the script executed as `__main__`, its exit
+    status taken from `SystemExit` (0 on a normal return), its output read with
+    `capfd`. Returns a CompletedProcess like `run_cli`.
+
+    Hydra keeps global state between runs: the GlobalHydra singleton (cleared
+    before and after, so `compose_config` works again) and the logging set-up it
+    installs on each run (its handlers are closed and removed afterwards and the
+    root logger's handlers and level restored, so nothing leaks into the next
+    run). torch's thread count is restored as well.
+    """
+    import logging
+    import runpy
+    from unittest import mock
+
+    import torch
+    from hydra.core.global_hydra import GlobalHydra
+
+    path = str(REPO / script)
+    argv = [path, *overrides]
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    saved_threads = torch.get_num_threads()
+    capfd.readouterr()  # drop whatever was printed before this run
+    GlobalHydra.instance().clear()
+    returncode = 0
+    try:
+        with (
+            mock.patch.object(sys, "argv", argv),
+            mock.patch.dict(os.environ, {"HYDRA_FULL_ERROR": "0"}),
+        ):
+            runpy.run_path(path, run_name="__main__")
+    except SystemExit as exc:
+        code = exc.code
+        returncode = code if isinstance(code, int) else (0 if code is None else 1)
+    finally:
+        GlobalHydra.instance().clear()
+        for handler in root.handlers[:]:
+            if handler not in saved_handlers:
+                root.removeHandler(handler)
+                handler.close()
+        for handler in saved_handlers:
+            if handler not in root.handlers:
+                root.addHandler(handler)
+        root.setLevel(saved_level)
+        torch.set_num_threads(saved_threads)
+    captured = capfd.readouterr()
+    return subprocess.CompletedProcess(argv, returncode, captured.out, captured.err)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 from .config import validate_predict_app
 from .devices import select_device
@@ -17,11 +17,18 @@ from .errors import ModelSphereError
 from .fileio import atomic_write_json
 from .inference import Predictor
 from .runs import resolve_run_dir
-from .table_files import TableWriter, iter_table_chunks, table_columns, table_format
+from .table_files import (
+    CsvOptions,
+    TableWriter,
+    iter_table_chunks,
+    table_columns,
+    table_format,
+)
 
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "prediction.json"
+SEPARATORS = (",", ";", "\t", "|")
 
 
 def predict_file(
@@ -29,6 +36,7 @@ def predict_file(
     input_path: str | Path,
     output_path: str | Path,
     chunk_rows: int,
+    csv: CsvOptions = CsvOptions(),
 ) -> Dict[str, Any]:
     input_path, output_path = Path(input_path), Path(output_path)
     table_format(input_path, "input")
@@ -37,11 +45,15 @@ def predict_file(
         raise ModelSphereError(
             "output must differ from input (the input would be overwritten)"
         )
-    predictor.check_columns(table_columns(input_path), str(input_path))
+    columns = table_columns(input_path, csv)
+    try:
+        predictor.check_columns(columns, str(input_path))
+    except ModelSphereError as exc:
+        raise ModelSphereError(f"{exc}{_delimiter_hint(columns, csv)}") from exc
     started = time.perf_counter()
     rows = 0
     with writer.open():
-        for chunk in iter_table_chunks(input_path, chunk_rows):
+        for chunk in iter_table_chunks(input_path, chunk_rows, csv=csv):
             scored = predictor.predict_frame(
                 chunk, where=str(input_path), row_offset=rows
             )
@@ -58,13 +70,24 @@ def predict_file(
     }
 
 
+def _delimiter_hint(columns: List[str], csv: CsvOptions) -> str:
+    """A one-column header holding another common separator: say which option."""
+    if len(columns) != 1:
+        return ""
+    found = [sep for sep in SEPARATORS if sep != csv.delimiter and sep in columns[0]]
+    if not found:
+        return ""
+    return f" (the header is one column containing {found[0]!r}: is delimiter right?)"
+
+
 def run_batch_prediction(cfg: Any, output_dir: str | Path) -> Dict[str, Any]:
     validate_predict_app(cfg)
     run_dir = resolve_run_dir(cfg.run_dir, cfg.paths.outputs_dir)
     device = select_device(cfg.device.name, cfg.device.amp, cfg.device.amp_dtype)
     log.info("device: %s (%s)", device.device, device.reason)
     predictor = Predictor.from_run_dir(run_dir, device, cfg.batch_size)
-    summary = predict_file(predictor, cfg.input, cfg.output, cfg.chunk_rows)
+    csv = CsvOptions(delimiter=cfg.delimiter, encoding=cfg.encoding)
+    summary = predict_file(predictor, cfg.input, cfg.output, cfg.chunk_rows, csv)
     summary.update(run_dir=str(run_dir), input=str(cfg.input), output=str(cfg.output))
     atomic_write_json(Path(output_dir) / SUMMARY_FILE, summary)
     log.info(

@@ -174,6 +174,8 @@ class PredictAppConfig:
     output: str = MISSING
     chunk_rows: int = 65_536
     batch_size: int = 8192
+    delimiter: str = ","
+    encoding: str = "utf8"
     paths: PathsConfig = field(default_factory=PathsConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
 
@@ -424,6 +426,7 @@ def validate_predict_app(cfg: DictConfig) -> None:
     validate_device(cfg.device)
     _require(cfg.chunk_rows >= 1, "chunk_rows must be >= 1")
     _require(cfg.batch_size >= 1, "batch_size must be >= 1")
+    _require(len(cfg.delimiter) == 1, "delimiter must be a single character")
 
 
 SERVE_ENGINES = ("onnx", "torch")
