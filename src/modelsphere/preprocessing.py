@@ -23,11 +23,12 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from omegaconf import OmegaConf
@@ -45,12 +46,14 @@ from .fileio import (
 )
 from .schema import ColumnStats, Schema, infer_schema
 from .sources import materialise_raw_csv
+from .table_files import iter_parquet_tables
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 TRAIN, VAL, TEST, DROPPED = 0, 1, 2, 255
 MANIFEST_VERSION = 1
+SPLIT_CHUNK_ROWS = 131_072  # rows per chunk when a split is streamed back
 
 
 @dataclass
@@ -164,13 +167,20 @@ def _scan(raw_path: Path, columns: List[str], data_cfg: Any):
             if len(code_of) > data_cfg.max_tracked_levels:
                 track_codes, target_codes = False, []
             else:
-                codes = labels.map(code_of).fillna(-1).to_numpy(dtype=np.int32)
-                target_codes.append(codes)
+                target_codes.append(_label_codes(labels, code_of))
     n_rows = stats[columns[0]].n_rows
     if n_rows == 0:
         raise ModelSphereError(f"{raw_path} has a header but no data rows")
     codes = np.concatenate(target_codes) if track_codes else None
     return stats, n_rows, codes
+
+
+def _label_codes(labels: pd.Series, code_of: Dict[str, int]) -> np.ndarray:
+    """The code of each label (-1 where missing), smallest integer type that fits."""
+    dtype = np.int16 if len(code_of) < np.iinfo(np.int16).max else np.int32
+    known = pa.array(list(code_of), type=pa.string())
+    positions = pc.index_in(pa.array(labels, type=pa.string()), value_set=known)
+    return positions.fill_null(-1).to_numpy(zero_copy_only=False).astype(dtype)
 
 
 def _raw_blocks(raw_path: Path, columns: List[str], data_cfg: Any):
@@ -204,16 +214,21 @@ def assign_splits(
     """
     rng = np.random.default_rng(seed)
     assignment = np.full(n_rows, TRAIN, dtype=np.uint8)
-    order = rng.permutation(n_rows)
+    # The same permutation as rng.permutation(n_rows), at half the memory.
+    index_type = np.int32 if n_rows <= np.iinfo(np.int32).max else np.int64
+    order = rng.permutation(np.arange(n_rows, dtype=index_type))
     if strata is None:
-        strata = np.zeros(n_rows, dtype=np.int32)
-    order = order[np.argsort(strata[order], kind="stable")]
-    sorted_strata = strata[order]
-    starts = np.flatnonzero(np.r_[True, sorted_strata[1:] != sorted_strata[:-1]])
-    ends = np.r_[starts[1:], n_rows]
-    for start, end in zip(starts, ends):
-        rows = order[start:end]
-        if sorted_strata[start] < 0:
+        groups = [(0, order)]
+    else:
+        # Each stratum's rows in permutation order (a stable sort by stratum),
+        # one stratum at a time: a few bytes per row at the peak.
+        sorted_strata = strata[order]
+        groups = (
+            (stratum, order[sorted_strata == stratum])
+            for stratum in np.unique(sorted_strata)
+        )
+    for stratum, rows in groups:
+        if stratum < 0:
             assignment[rows] = DROPPED
             continue
         n_test = int(round(len(rows) * test_fraction))
@@ -236,7 +251,9 @@ def arrow_schema(schema: Schema) -> pa.Schema:
 
 
 class _SplitWriters:
-    """One writer per split; Parquet (zstd) or CSV."""
+    """One writer per split; Parquet (zstd) or CSV. Parquet rows are buffered
+    until they fill a row group of `data.write_row_group_rows`, so row groups
+    have that size whatever the frame size and split fractions."""
 
     def __init__(self, directory: Path, fmt: str, schema: pa.Schema, data_cfg: Any):
         self.fmt, self.schema = fmt, schema
@@ -253,14 +270,31 @@ class _SplitWriters:
                 for split, path in self.paths.items()
             }
         self.rows = Counter()
+        self.pending: Dict[str, List[pa.Table]] = {split: [] for split in SPLITS}
 
     def write(self, split: str, frame: pd.DataFrame) -> None:
         table = pa.Table.from_pandas(frame, schema=self.schema, preserve_index=False)
-        if self.fmt == "parquet":
-            self.writers[split].write_table(table, row_group_size=self.row_group_rows)
-        else:
-            self.writers[split].write_table(table)
         self.rows[split] += len(frame)
+        if self.fmt != "parquet":
+            self.writers[split].write_table(table)
+            return
+        self.pending[split].append(table)
+        buffered = sum(part.num_rows for part in self.pending[split])
+        if buffered >= self.row_group_rows:
+            self._flush(split, buffered - buffered % self.row_group_rows)
+
+    def _flush(self, split: str, rows: int) -> None:
+        buffered = pa.concat_tables(self.pending[split])
+        self.writers[split].write_table(
+            buffered.slice(0, rows), row_group_size=self.row_group_rows
+        )
+        self.pending[split] = [buffered.slice(rows)] if rows < len(buffered) else []
+
+    def finish(self) -> None:
+        """Write the rows still buffered (the last, shorter row group)."""
+        for split in SPLITS:
+            if self.pending[split]:
+                self._flush(split, sum(part.num_rows for part in self.pending[split]))
 
     def close(self) -> None:
         for writer in self.writers.values():
@@ -290,6 +324,7 @@ def _preprocess(data_cfg: Any, raw_path: Path, target_dir: Path) -> ProcessedDat
     assignment = assign_splits(
         n_rows, strata, split_cfg.val_fraction, split_cfg.test_fraction, split_cfg.seed
     )
+    del codes, strata  # pass 2 keeps one byte per row: the assignment
 
     staging = target_dir.with_name(f".{target_dir.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
@@ -314,7 +349,7 @@ def _missing_target_strata(stats, codes, n_rows) -> Optional[np.ndarray]:
     """Without stratification, still mark rows with a missing target (code -1)."""
     if codes is None:
         return None
-    return np.where(codes < 0, -1, 0).astype(np.int32)
+    return -(codes < 0).astype(np.int8)
 
 
 def _write_splits(
@@ -337,6 +372,7 @@ def _write_splits(
                 if rows.any():
                     writers.write(split, typed[rows])
             n_rows = offset + len(frame)
+        writers.finish()
     finally:
         writers.close()
     for problem, count in sorted(problems.items()):
@@ -390,11 +426,10 @@ def _finish(
 
 
 def _class_counts(path: Path, schema: Schema, fmt: str) -> Dict[str, int]:
-    labels = read_split_columns(path, schema, fmt, [schema.target])[schema.target]
-    return {
-        str(label): int(count)
-        for label, count in labels.value_counts().sort_index().items()
-    }
+    counts: Counter = Counter()
+    for frame in iter_split_columns(path, schema, fmt, [schema.target]):
+        counts.update(frame[schema.target].value_counts().to_dict())
+    return {str(label): int(counts[label]) for label in sorted(counts)}
 
 
 def _profile(schema, stats, counts, staging, fmt, n_rows) -> Dict[str, Any]:
@@ -479,6 +514,19 @@ def _swap_into_place(staging: Path, target_dir: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _split_convert_options(layout: pa.Schema, names: List[str]):
+    return pacsv.ConvertOptions(
+        column_types={name: layout.field(name).type for name in names},
+        include_columns=names,
+        null_values=[""],
+        strings_can_be_null=True,
+    )
+
+
+def _split_frame(table: pa.Table) -> pd.DataFrame:
+    return table.to_pandas(types_mapper={pa.string(): pd.StringDtype()}.get)
+
+
 def read_split_columns(
     path: Path, schema: Schema, fmt: str, columns: Optional[List[str]] = None
 ) -> pd.DataFrame:
@@ -489,18 +537,37 @@ def read_split_columns(
         table = pq.read_table(path, columns=names)
     else:
         table = pacsv.read_csv(
-            path,
-            convert_options=pacsv.ConvertOptions(
-                column_types={name: layout.field(name).type for name in names},
-                include_columns=names,
-                null_values=[""],
-                strings_can_be_null=True,
-            ),
+            path, convert_options=_split_convert_options(layout, names)
         )
-    return table.to_pandas(types_mapper={pa.string(): pd.StringDtype()}.get)
+    return _split_frame(table)
 
 
-def load_split(processed: ProcessedData, split: str) -> pd.DataFrame:
+def iter_split_columns(
+    path: Path,
+    schema: Schema,
+    fmt: str,
+    columns: Optional[List[str]] = None,
+    chunk_rows: int = SPLIT_CHUNK_ROWS,
+) -> Iterator[pd.DataFrame]:
+    """A processed split (or some of its columns) as frames typed like
+    `read_split_columns`, `chunk_rows` rows each (Parquet, read a row group at a
+    time) or one 1 MiB block each (CSV)."""
+    layout = arrow_schema(schema)
+    names = columns or layout.names
+    if fmt == "parquet":
+        tables = iter_parquet_tables(pq.ParquetFile(path), chunk_rows, names)
+    else:
+        batches = pacsv.open_csv(
+            path,
+            read_options=pacsv.ReadOptions(block_size=1 << 20),
+            convert_options=_split_convert_options(layout, names),
+        )
+        tables = (pa.Table.from_batches([batch]) for batch in batches)
+    for table in tables:
+        yield _split_frame(table)
+
+
+def _checked_split_path(processed: ProcessedData, split: str) -> Path:
     if split not in SPLITS:
         raise ModelSphereError(f"unknown split {split!r}: choose one of {SPLITS}")
     path = processed.split_path(split)
@@ -508,6 +575,24 @@ def load_split(processed: ProcessedData, split: str) -> pd.DataFrame:
         raise ModelSphereError(
             f"processed split not found: {path}; run data_preprocessing.py"
         )
+    return path
+
+
+def iter_split_frames(
+    processed: ProcessedData,
+    split: str,
+    columns: Optional[List[str]] = None,
+    chunk_rows: int = SPLIT_CHUNK_ROWS,
+) -> Iterator[pd.DataFrame]:
+    """`load_split` in chunks of at most `chunk_rows` rows, in bounded memory."""
+    path = _checked_split_path(processed, split)
+    return iter_split_columns(
+        path, processed.schema, processed.format, columns, chunk_rows
+    )
+
+
+def load_split(processed: ProcessedData, split: str) -> pd.DataFrame:
+    path = _checked_split_path(processed, split)
     return read_split_columns(path, processed.schema, processed.format)
 
 

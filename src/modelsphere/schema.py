@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import pandas as pd
 
+from .cleaning import parse_numbers
 from .errors import ModelSphereError
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ class ColumnStats:
         self.n_rows += len(values)
         self.n_missing += int((~present).sum())
         text = values[present]
-        numbers = pd.to_numeric(text, errors="coerce").astype("float64")
+        numbers = parse_numbers(text)
         parsed = numbers.notna()
         self.n_numeric += int(parsed.sum())
         if self.first_text_row is None and not parsed.all():
@@ -91,12 +92,19 @@ class ColumnStats:
             self.minimum = min(self.minimum, float(finite.min()))
             self.maximum = max(self.maximum, float(finite.max()))
         if not self.levels_overflow:
-            for level, count in text.value_counts(sort=False).items():
-                self.levels[level] = self.levels.get(level, 0) + int(count)
-            if len(self.levels) > max_levels:
-                self.levels_overflow = True
-                self.distinct_share_at_overflow = len(self.levels) / self.n_present
-                self.levels = {}
+            self._count_levels(text.value_counts(sort=False), max_levels)
+
+    def _count_levels(self, counts: pd.Series, max_levels: int) -> None:
+        n_levels = len(self.levels) + len(counts)
+        if n_levels > max_levels and self.levels:  # levels seen before count once
+            n_levels -= int(counts.index.isin(list(self.levels)).sum())
+        if n_levels > max_levels:  # (without merging counts level by level)
+            self.levels_overflow = True
+            self.distinct_share_at_overflow = n_levels / self.n_present
+            self.levels = {}
+            return
+        for level, count in counts.items():
+            self.levels[level] = self.levels.get(level, 0) + int(count)
 
     def profile(self) -> Dict[str, Any]:
         """A short, JSON-able description for the data profile."""

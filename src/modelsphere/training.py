@@ -17,6 +17,7 @@ import random
 import signal
 import time
 from dataclasses import dataclass, replace
+from itertools import chain
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
@@ -47,7 +48,11 @@ from .epochs import (
     run_epoch,
 )
 from .errors import ModelSphereError
-from .features import encode_target, fit_feature_state, transform_features
+from .features import (
+    encode_target,
+    fit_feature_state_from_split,
+    transform_features,
+)
 from .fileio import atomic_write_json, atomic_write_text
 from .interrupts import StopRequest, TrainingInterrupted, stop_requests
 from .metrics import is_improvement, resolve_monitor
@@ -58,7 +63,13 @@ from .optimization import (
     make_optimizer,
     make_scheduler,
 )
-from .preprocessing import SPLITS, ProcessedData, load_split, prepare_data
+from .preprocessing import (
+    SPLITS,
+    ProcessedData,
+    iter_split_frames,
+    load_split,
+    prepare_data,
+)
 from .provenance import provenance
 from .runs import update_latest
 
@@ -109,13 +120,11 @@ def _train(cfg, run_dir: Path, resume, device: DeviceChoice, context) -> float:
         atomic_write_text(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
 
     data = prepare_data(cfg.data, cfg.paths.data_dir)
-    frames = {split: load_split(data, split) for split in SPLITS}
-    feature_state = fit_feature_state(
-        frames["train"], data.schema, cfg.model.features, cfg.seed
-    )
+    # Both passes stream the split files a row group at a time: the only
+    # full-size copies in memory are the model-ready tensors.
+    feature_state = fit_feature_state_from_split(data, cfg.model.features, cfg.seed)
     tensors = {
-        split: _to_tensors(frames[split], feature_state, device, split)
-        for split in SPLITS
+        split: _split_tensors(data, split, feature_state, device) for split in SPLITS
     }
     trainer = _build_trainer(
         cfg, feature_state, data.schema.task, tensors, device, context
@@ -401,16 +410,32 @@ def _resume_config(cfg: DictConfig, run_dir: Path) -> Tuple[DictConfig, Path]:
     return saved, run_dir
 
 
-def _to_tensors(frame, feature_state, device: DeviceChoice, split: str) -> SplitTensors:
-    arrays = transform_features(frame, feature_state)
-    target = encode_target(
-        frame[feature_state["target"]["name"]], feature_state, f"{split} split"
-    )
+def _split_tensors(
+    data: ProcessedData, split: str, feature_state, device: DeviceChoice
+) -> SplitTensors:
+    """A split's model inputs and targets, transformed chunk by chunk."""
+    numeric, categorical, target = [], [], []
+    target_name = feature_state["target"]["name"]
+    chunks = iter_split_frames(data, split)
+    first = next(chunks, None)  # an empty split still gives typed, empty arrays
+    frames = [load_split(data, split)] if first is None else chain([first], chunks)
+    for frame in frames:
+        arrays = transform_features(frame, feature_state)
+        numeric.append(arrays.numeric)
+        categorical.append(arrays.categorical)
+        target.append(
+            encode_target(frame[target_name], feature_state, f"{split} split")
+        )
     return SplitTensors(
-        torch.from_numpy(arrays.numeric).to(device.device),
-        torch.from_numpy(arrays.categorical).to(device.device),
-        torch.from_numpy(target).to(device.device),
+        *(
+            torch.from_numpy(_concatenate(parts)).to(device.device)
+            for parts in (numeric, categorical, target)
+        )
     )
+
+
+def _concatenate(parts):
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def _stop_on_nonfinite(run_dir, epoch, bad_batch, last_good_epoch) -> None:
