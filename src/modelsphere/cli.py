@@ -1,8 +1,11 @@
 """What the four entry points share: error reporting and the run dir.
 
 A `ModelSphereError` (bad input, bad config) is printed as one line and the
-process exits with status 2; no traceback. In a multirun sweep a failed job logs
-its error and output dir and the sweep goes on with the next job. A training run
+process exits with status 2; no traceback. In a multirun sweep every failure of a
+job (a `ModelSphereError`, or any other exception, logged with its traceback) is
+logged with the job's output dir and recorded in its `job_status.json`; the job
+returns None and the sweep goes on (Optuna records a failed trial: it refuses a
+job that raises, and the Optuna sweeper crashes on a NaN value). A training run
 stopped by SIGINT/SIGTERM exits with 128 + the signal number after saving a
 resumable checkpoint, and stops a sweep as well.
 """
@@ -12,7 +15,9 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-from typing import Callable
+import time
+from pathlib import Path
+from typing import Any, Callable
 
 from omegaconf import DictConfig
 
@@ -20,6 +25,7 @@ from . import config  # noqa: F401  (registers the config schemas with Hydra)
 from .errors import ModelSphereError
 from .interrupts import TrainingInterrupted
 from .runs import hydra_output_dir
+from .sweeps import write_job_status
 
 log = logging.getLogger("modelsphere")
 
@@ -40,19 +46,58 @@ def entry_point(task: Callable) -> Callable:
     @functools.wraps(task)
     def main(cfg: DictConfig):
         output_dir = hydra_output_dir()
+        if _is_multirun():
+            return _sweep_job(task, cfg, output_dir)
         try:
             return task(cfg, output_dir)
         except TrainingInterrupted as exc:
-            log.error("%s", exc)  # stops a sweep too: the user asked to stop
+            log.error("%s", exc)
             sys.exit(exc.exit_code)
         except ModelSphereError as exc:
             log.error("error: %s", exc)
-            if _is_multirun():
-                log.error("this sweep job failed; its output dir is %s", output_dir)
-                return float("nan")
             sys.exit(USAGE_ERROR_EXIT_CODE)
         except KeyboardInterrupt:
             log.error("interrupted (Ctrl-C)")
             sys.exit(INTERRUPTED_EXIT_CODE)
 
     return main
+
+
+def _job_overrides() -> list:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task)
+
+
+def _sweep_job(task: Callable, cfg: DictConfig, output_dir: Path) -> Any:
+    """One job of a sweep: its outcome goes to `job_status.json` in its dir; a
+    failure does not stop the sweep, a signal (the user asked to stop) does."""
+    started = time.perf_counter()
+    overrides = _job_overrides()
+
+    def record(status: str, **fields: Any) -> None:
+        seconds = time.perf_counter() - started
+        write_job_status(output_dir, status, seconds, overrides=overrides, **fields)
+
+    try:
+        value = task(cfg, output_dir)
+    except TrainingInterrupted as exc:
+        log.error("%s", exc)
+        record("interrupted", error=str(exc))
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        log.error("interrupted (Ctrl-C)")
+        record("interrupted", error="interrupted (Ctrl-C)")
+        sys.exit(INTERRUPTED_EXIT_CODE)
+    except ModelSphereError as exc:
+        log.error("error: %s", exc)
+        failure = exc
+    except Exception as exc:  # a bug or an environment problem: keep the traceback
+        log.exception("unexpected error: %s: %s", type(exc).__name__, exc)
+        failure = exc
+    else:
+        record("completed", value=value)
+        return value
+    log.error("this sweep job failed; its output dir is %s", output_dir)
+    record("failed", error=str(failure), error_type=type(failure).__name__)
+    return None
