@@ -1,17 +1,31 @@
-"""Training-loop throughput: our loop against a bare loop and a per-row DataLoader.
+"""CPU vs GPU compute: training-loop throughput against the machine's matmul peak,
+and the per-row cost of inference at several batch sizes.
 
     python benchmarks/train_throughput.py                  # 1M rows x 64 numeric
+    python benchmarks/train_throughput.py --device cuda    # on a GPU (bf16 AMP)
+    python benchmarks/train_throughput.py --device cuda --no-amp   # ... float32
     python benchmarks/train_throughput.py --rows 20000 --repeats 1   # smoke size
 
-The loops train the same TabularMLP (hidden [256, 256], no dropout unless named)
-with AdamW at the same batch size on the same generated table, side by side in one
-process; each figure is the median of `--repeats` epochs after one warm-up epoch.
-Results go to benchmarks/results/train_throughput.{json,md} with the machine noted.
+In one process, side by side:
+
+- the matmul peak: float32 (or the AMP dtype) `n x n` matrix products, GFLOP/s;
+- training loops on the same generated table, the same TabularMLP (hidden
+  [256, 256], no dropout unless named) and AdamW: ours (`train_one_epoch`, as
+  train.py runs it) and a bare randperm loop at each `--batch-sizes`, ours with the
+  preset's dropout, and the tutorial per-row DataLoader at the first batch size;
+  achieved GFLOP/s = rows/s x training FLOPs per row (6 x multiply-adds of the
+  linear layers: forward, input gradient, weight gradient) and its share of the peak;
+- ours at each `--data-rows` (data size: cache effects);
+- inference per row (eval mode, no autograd) at each `--inference-batch-sizes`.
+
+Each figure is the median of `--repeats` runs after a warm-up; ratios come from
+the same run. Results go to benchmarks/results/<name>.{json,md} with the machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -23,7 +37,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from modelsphere.devices import make_grad_scaler, select_device
+from modelsphere.devices import autocast, make_grad_scaler, select_device
 from modelsphere.model import ModelSpec, build_model
 from modelsphere.provenance import package_versions
 from modelsphere.epochs import SplitTensors, train_one_epoch
@@ -37,7 +51,21 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--features", type=int, default=64)
     parser.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
-    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1024, 4096])
+    parser.add_argument("--data-rows", type=int, nargs="*", default=[100_000])
+    parser.add_argument(
+        "--inference-batch-sizes",
+        type=int,
+        nargs="+",
+        default=[1, 16, 256, 4096, 65536],
+    )
+    parser.add_argument("--matmul-size", type=int, default=2048)
+    parser.add_argument(
+        "--timed-work",
+        type=float,
+        default=1.0,
+        help="scale of each matmul and inference timing (1: ~20 GFLOP, ~200k rows)",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-amp", action="store_true", help="float32 on CUDA too")
@@ -56,30 +84,78 @@ def make_data(rows: int, features: int, device: torch.device) -> SplitTensors:
     return SplitTensors(numeric.to(device), categorical.to(device), target.to(device))
 
 
+def model_spec(args, dropout: float = 0.0) -> ModelSpec:
+    return ModelSpec(
+        n_numeric=args.features,
+        cardinalities=[],
+        embedding_dims=[],
+        hidden_sizes=list(args.hidden),
+        n_outputs=1,
+        activation="relu",
+        dropout=dropout,
+    )
+
+
 def fresh_model(args, device, dropout: float = 0.0):
     torch.manual_seed(0)
-    spec = ModelSpec(args.features, [], [], list(args.hidden), 1, "relu", dropout)
-    model = build_model(spec).to(device)
+    model = build_model(model_spec(args, dropout)).to(device)
     return model, make_optimizer(model, 1e-3, 1e-4)
 
 
-def timed(epoch_fn, repeats: int) -> list:
+def multiply_adds_per_row(args) -> int:
+    """Multiply-adds of the linear layers for one row's forward pass."""
+    model = build_model(model_spec(args))
+    return sum(
+        module.in_features * module.out_features
+        for module in model.modules()
+        if isinstance(module, torch.nn.Linear)
+    )
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak(size: int, repeats: int, choice, work: float = 1.0) -> dict:
+    """GFLOP/s of `size x size` products in the dtype training computes in."""
+    dtype = choice.amp_dtype if choice.amp_enabled else torch.float32
+    generator = torch.Generator().manual_seed(0)
+    left = torch.randn(size, size, generator=generator).to(choice.device, dtype)
+    right = torch.randn(size, size, generator=generator).to(choice.device, dtype)
+    products = max(1, int(work * 2e10 // (2 * size**3)))  # ~20 GFLOP per timing
+
+    def run():
+        for _ in range(products):
+            torch.mm(left, right)
+
+    times = timed(run, max(repeats, 5), choice.device)
+    gflops = [2 * size**3 * products / t / 1e9 for t in times]
+    return {
+        "size": size,
+        "dtype": str(dtype).replace("torch.", ""),
+        "gflops_runs": gflops,
+        "gflops": statistics.median(gflops),
+    }
+
+
+def timed(epoch_fn, repeats: int, device: torch.device) -> list:
     epoch_fn()  # warm-up (allocator, kernels)
+    synchronize(device)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         epoch_fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return times
 
 
-def ours(args, data, choice, dropout: float = 0.0):
+def ours(args, data, choice, batch_size: int, dropout: float = 0.0):
     """train_one_epoch as train.py runs it: clipping, cosine schedule, NaN check."""
     model, optimizer = fresh_model(args, choice.device, dropout)
     train_cfg = argparse.Namespace(max_epochs=1000, warmup_epochs=0, scheduler="cosine")
-    steps = -(-len(data) // args.batch_size)
+    steps = -(-len(data) // batch_size)
     scheduler = make_scheduler(optimizer, train_cfg, steps)
     loss_fn = make_loss("binary", data.target, "none")
     generator = torch.Generator().manual_seed(0)
@@ -89,7 +165,7 @@ def ours(args, data, choice, dropout: float = 0.0):
         train_one_epoch(
             model,
             data,
-            args.batch_size,
+            batch_size,
             optimizer,
             scheduler,
             loss_fn,
@@ -102,7 +178,7 @@ def ours(args, data, choice, dropout: float = 0.0):
     return epoch
 
 
-def bare(args, data, choice):
+def bare(args, data, choice, batch_size: int):
     """The reference: randperm + index slices, forward, backward, step; nothing else."""
     model, optimizer = fresh_model(args, choice.device)
     loss_fn = torch.nn.BCEWithLogitsLoss()
@@ -110,12 +186,11 @@ def bare(args, data, choice):
     def epoch():
         model.train()
         order = torch.randperm(len(data)).to(choice.device)
-        for start in range(0, len(data), args.batch_size):
-            index = order[start : start + args.batch_size]
-            loss = loss_fn(
-                model(data.numeric[index], data.categorical[index])[:, 0],
-                data.target[index].float(),
-            )
+        for start in range(0, len(data), batch_size):
+            index = order[start : start + batch_size]
+            with autocast(choice):
+                outputs = model(data.numeric[index], data.categorical[index])
+            loss = loss_fn(outputs[:, 0].float(), data.target[index].float())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -123,19 +198,21 @@ def bare(args, data, choice):
     return epoch
 
 
-def per_row_dataloader(args, data, choice):
+def per_row_dataloader(args, data, choice, batch_size: int):
     """The common tutorial loop: a DataLoader that fetches and collates row by row."""
     model, optimizer = fresh_model(args, choice.device)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     dataset = TensorDataset(data.numeric.cpu(), data.target.cpu())
-    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True)
-    empty = torch.zeros(args.batch_size, 0, dtype=torch.long, device=choice.device)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True)
+    empty = torch.zeros(batch_size, 0, dtype=torch.long, device=choice.device)
 
     def epoch():
         model.train()
         for numeric, target in loader:
             numeric, target = numeric.to(choice.device), target.to(choice.device)
-            loss = loss_fn(model(numeric, empty[: len(numeric)])[:, 0], target.float())
+            with autocast(choice):
+                outputs = model(numeric, empty[: len(numeric)])
+            loss = loss_fn(outputs[:, 0].float(), target.float())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -143,62 +220,147 @@ def per_row_dataloader(args, data, choice):
     return epoch
 
 
+def inference_costs(args, choice) -> dict:
+    """Microseconds per row of an eval-mode forward pass at each batch size."""
+    model, _ = fresh_model(args, choice.device)
+    model.eval()
+    largest = max(args.inference_batch_sizes)
+    data = make_data(largest, args.features, choice.device)
+    costs = {}
+    for batch in args.inference_batch_sizes:
+        numeric, categorical = data.numeric[:batch], data.categorical[:batch]
+        calls = max(1, int(args.timed_work * 200_000) // batch)  # ~200k rows
+
+        def run():
+            with torch.inference_mode(), autocast(choice):
+                for _ in range(calls):
+                    model(numeric, categorical)
+
+        times = timed(run, args.repeats, choice.device)
+        per_row = statistics.median(times) / (calls * batch)
+        costs[str(batch)] = {
+            "microseconds_per_row": per_row * 1e6,
+            "rows_per_second": 1 / per_row,
+            "runs_seconds": times,
+        }
+        print(f"inference batch {batch:6d} {per_row * 1e6:10.3f} us/row")
+    return costs
+
+
+def loop_result(times, rows, batch_size, flops_per_row, peak) -> dict:
+    median = statistics.median(times)
+    gflops = rows / median * flops_per_row / 1e9
+    return {
+        "batch_size": batch_size,
+        "rows": rows,
+        "epoch_seconds": times,
+        "median_seconds": median,
+        "rows_per_second": rows / median,
+        "gflops": gflops,
+        "fraction_of_peak": gflops / peak,
+    }
+
+
 def main() -> None:
     args = parse_args()
     choice = select_device(args.device, amp=not args.no_amp)
-    data = make_data(args.rows, args.features, choice.device)
-    loops = {
-        "ours": ours,
-        "bare_randperm_loop": bare,
-        # The default `mlp` preset adds dropout 0.1; its cost shows here.
-        "ours_with_dropout_0.1": lambda *a: ours(*a, dropout=0.1),
-    }
+    peak = matmul_peak(args.matmul_size, args.repeats, choice, args.timed_work)
+    print(f"matmul peak {peak['gflops']:,.1f} GFLOP/s ({peak['dtype']})")
+    flops_per_row = 6 * multiply_adds_per_row(args)
+    first = args.batch_sizes[0]
+    runs = []  # (name, loop builder, batch size, rows)
+    for batch in args.batch_sizes:
+        suffix = "" if batch == first else f"_batch_{batch}"
+        runs += [(f"ours{suffix}", ours, batch, args.rows)]
+        runs += [(f"bare_randperm_loop{suffix}", bare, batch, args.rows)]
+    # The default `mlp` preset adds dropout 0.1; its cost shows here.
+    dropout = functools.partial(ours, dropout=0.1)
+    runs += [("ours_with_dropout_0.1", dropout, first, args.rows)]
     if not args.skip_dataloader:
-        loops["per_row_dataloader"] = per_row_dataloader
+        runs += [("per_row_dataloader", per_row_dataloader, first, args.rows)]
+    runs += [(f"ours_{rows}_rows", ours, first, rows) for rows in args.data_rows]
+    tables = {}
     results = {}
-    for name, build in loops.items():
-        times = timed(build(args, data, choice), args.repeats)
-        median = statistics.median(times)
-        results[name] = {
-            "epoch_seconds": times,
-            "median_seconds": median,
-            "rows_per_second": args.rows / median,
-        }
+    for name, build, batch, rows in runs:
+        if rows not in tables:
+            tables[rows] = make_data(rows, args.features, choice.device)
+        epoch = build(args, tables[rows], choice, batch)
+        times = timed(epoch, args.repeats, choice.device)
+        results[name] = loop_result(times, rows, batch, flops_per_row, peak["gflops"])
         print(
-            f"{name:22s} {args.rows / median:12,.0f} rows/s  (median of {len(times)})"
+            f"{name:30s} {results[name]['rows_per_second']:12,.0f} rows/s "
+            f"{results[name]['gflops']:8.1f} GFLOP/s (median of {len(times)})"
         )
+    del tables
     ours_rate = results["ours"]["rows_per_second"]
     ratios = {
         f"ours_vs_{k}": ours_rate / v["rows_per_second"]
         for k, v in results.items()
-        if k != "ours"
+        if k != "ours" and v["batch_size"] == first and v["rows"] == args.rows
     }
     payload = {
         "benchmark": "train_throughput",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {
             "platform": platform.platform(),
-            "processor": cpu_model(),
+            "processor": device_name(choice),
             "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "device": str(choice.device),
-            "amp": str(choice.amp_dtype),
+            "amp": str(choice.amp_dtype) if choice.amp_enabled else "off",
+            "load_average_1m": os.getloadavg()[0],
         },
         "versions": package_versions(),
         "setup": {
             "rows": args.rows,
             "numeric_features": args.features,
             "hidden_sizes": args.hidden,
-            "batch_size": args.batch_size,
+            "batch_size": first,
+            "batch_sizes": args.batch_sizes,
+            "data_rows": args.data_rows,
             "repeats": args.repeats,
+            "train_flops_per_row": flops_per_row,
         },
+        "matmul_peak": peak,
         "results": results,
         "ratios": ratios,
+        "inference": inference_costs(args, choice),
+        "targets": targets(results, args.batch_sizes),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     (args.out / f"{args.name}.md").write_text(render_markdown(payload))
-    print(json.dumps(ratios, indent=2))
+    print(json.dumps({"ratios": ratios, "targets": payload["targets"]}, indent=2))
+
+
+def targets(results: dict, batch_sizes) -> dict:
+    """Issue 7's targets: ours at batch 4096 at >= 70% of the matmul peak, and
+    >= 2.5x the per-row DataLoader at batch 1024 (where those were run)."""
+    out = {}
+    name = "ours" if batch_sizes[0] == 4096 else "ours_batch_4096"
+    if name in results:
+        share = results[name]["fraction_of_peak"]
+        out["ours_batch_4096_fraction_of_peak"] = {
+            "value": share,
+            "goal": 0.7,
+            "met": share >= 0.7,
+        }
+    if "per_row_dataloader" in results and batch_sizes[0] == 1024:
+        ratio = results["ours"]["rows_per_second"] / (
+            results["per_row_dataloader"]["rows_per_second"]
+        )
+        out["ours_vs_per_row_dataloader_batch_1024"] = {
+            "value": ratio,
+            "goal": 2.5,
+            "met": ratio >= 2.5,
+        }
+    return out
+
+
+def device_name(choice) -> str:
+    if choice.device.type == "cuda":
+        return torch.cuda.get_device_name(choice.device)
+    return cpu_model()
 
 
 def cpu_model() -> str:
@@ -212,31 +374,55 @@ def cpu_model() -> str:
 
 
 def render_markdown(payload) -> str:
-    setup, machine = payload["setup"], payload["machine"]
+    setup, machine, peak = payload["setup"], payload["machine"], payload["matmul_peak"]
     lines = [
-        "# Training-loop throughput",
+        "# Compute: training throughput against the matmul peak, inference cost",
         "",
         f"{payload['date']}, {machine['processor']}, {machine['platform']}, "
-        f"{machine['cpu_count']} CPUs, "
-        f"torch threads {machine['torch_threads']}, device {machine['device']}, "
-        f"torch {payload['versions']['torch']}.",
+        f"{machine['cpu_count']} CPUs, torch threads {machine['torch_threads']}, "
+        f"device {machine['device']}, AMP {machine['amp']}, torch "
+        f"{payload['versions']['torch']}; 1-minute load average "
+        f"{machine.get('load_average_1m', float('nan')):.1f} at the end "
+        "(other work on the machine lowers every figure).",
         "",
-        f"{setup['rows']:,} rows x {setup['numeric_features']} numeric columns, hidden "
-        f"{setup['hidden_sizes']}, batch {setup['batch_size']}, AdamW; median of "
+        f"Matmul peak: {peak['gflops']:,.1f} GFLOP/s ({peak['size']} x {peak['size']} "
+        f"{peak['dtype']} products, median of {len(peak['gflops_runs'])}).",
+        "",
+        f"{setup['rows']:,} rows x {setup['numeric_features']} numeric columns, "
+        f"hidden {setup['hidden_sizes']}, AdamW; "
+        f"{setup['train_flops_per_row']:,} training FLOPs per row; median of "
         f"{setup['repeats']} epochs after a warm-up epoch, all loops in one process.",
         "",
-        "| loop | rows/s | median epoch (s) |",
-        "|---|---:|---:|",
+        "| loop | batch | rows | rows/s | GFLOP/s | share of peak | median epoch (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, result in payload["results"].items():
         lines.append(
-            f"| {name} | {result['rows_per_second']:,.0f} "
-            f"| {result['median_seconds']:.2f} |"
+            f"| {name} | {result['batch_size']:,} | {result['rows']:,} "
+            f"| {result['rows_per_second']:,.0f} | {result['gflops']:,.1f} "
+            f"| {result['fraction_of_peak']:.0%} | {result['median_seconds']:.2f} |"
         )
     lines += [
         "",
         "Ratios: " + ", ".join(f"{k} {v:.2f}x" for k, v in payload["ratios"].items()),
+        "",
+        "## Inference cost per row (eval mode, no autograd)",
+        "",
+        "| batch | us/row | rows/s |",
+        "|---:|---:|---:|",
     ]
+    for batch, cost in payload["inference"].items():
+        lines.append(
+            f"| {int(batch):,} | {cost['microseconds_per_row']:.3f} "
+            f"| {cost['rows_per_second']:,.0f} |"
+        )
+    if payload["targets"]:
+        lines += ["", "## Targets", ""]
+        for name, goal in payload["targets"].items():
+            verdict = "met" if goal["met"] else "NOT met"
+            lines.append(
+                f"- {name}: {goal['value']:.2f} (goal {goal['goal']}): **{verdict}**"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -6,11 +6,16 @@ import json
 import runpy
 import sys
 
+import pytest
+
 from conftest import REPO
 
 
 def test_train_throughput_smoke(tmp_path, monkeypatch):
     argv = ["train_throughput.py", "--rows", "3000", "--repeats", "1"]
+    argv += ["--batch-sizes", "256", "1024", "--data-rows", "1000"]
+    argv += ["--inference-batch-sizes", "1", "64", "--matmul-size", "256"]
+    argv += ["--timed-work", "0.01"]
     argv += ["--device", "cpu", "--out", str(tmp_path), "--name", "smoke"]
     monkeypatch.setattr(sys, "argv", argv)
     runpy.run_path(
@@ -20,14 +25,28 @@ def test_train_throughput_smoke(tmp_path, monkeypatch):
     loops = {
         "ours",
         "bare_randperm_loop",
+        "ours_batch_1024",
+        "bare_randperm_loop_batch_1024",
         "ours_with_dropout_0.1",
         "per_row_dataloader",
+        "ours_1000_rows",
     }
     assert set(payload["results"]) == loops
+    peak = payload["matmul_peak"]["gflops"]
+    assert peak > 0
     for result in payload["results"].values():
         assert result["rows_per_second"] > 0
         assert len(result["epoch_seconds"]) == 1
+        assert result["fraction_of_peak"] == pytest.approx(result["gflops"] / peak)
+    assert payload["results"]["ours_batch_1024"]["batch_size"] == 1024
+    assert payload["results"]["ours_1000_rows"]["rows"] == 1000
+    # 64 -> 256 -> 256 -> 1 multiply-adds, x6 for forward + both backward products
+    assert payload["setup"]["train_flops_per_row"] == 6 * (64 * 256 + 256 * 256 + 256)
+    assert set(payload["inference"]) == {"1", "64"}
     assert payload["setup"]["rows"] == 3000
     assert payload["machine"]["device"] == "cpu"
+    # Targets are judged only for the batch sizes the issue names.
+    assert payload["targets"] == {}
     markdown = (tmp_path / "smoke.md").read_text()
-    assert "| ours |" in markdown and "Ratios:" in markdown
+    assert "| ours | 256 |" in markdown and "Ratios:" in markdown
+    assert "## Inference cost per row" in markdown

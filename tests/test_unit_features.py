@@ -14,6 +14,7 @@ from modelsphere.config import FeatureConfig
 from modelsphere.errors import ModelSphereError
 from modelsphere.features import (
     FIRST_LEVEL_CODE,
+    FeatureTransform,
     MISSING_CODE,
     UNSEEN_CODE,
     cardinalities,
@@ -327,3 +328,37 @@ def test_unseen_levels_do_not_rely_on_deprecated_pandas_behaviour():
         with pytest.raises(ModelSphereError):
             encode_target(pd.Series(["no", "unknown"]), state, "t")
     assert codes.tolist() == [2, UNSEEN_CODE]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        pd.Series(["a", "b", None, "zz", "a"] * 100, dtype="string"),  # arrow strings
+        pd.Series(["a", np.nan, "b", "zz", None] * 100, dtype=object),  # object
+        ["b", None, "a", "unseen"] * 100,  # a plain list (the API's columns)
+        pd.Series([1, "a", None, 2.5] * 100, dtype=object),  # not all text
+    ],
+    ids=["string", "object", "list", "mixed-types"],
+)
+def test_large_inputs_get_the_codes_small_inputs_get(values):
+    """Above LOOKUP_BELOW_ROWS rows the codes come from pyarrow's hash lookup;
+    row by row they come from a dict: both must agree on every kind of value."""
+    state = fit_feature_state(
+        frame(x=[1.0, 2.0, 3.0, 4.0], c=["a", "b", "a", None]),
+        make_schema(),
+        options(),
+        0,
+    )
+    transform = FeatureTransform(state)
+    n_rows = len(values)
+    assert n_rows >= FeatureTransform.LOOKUP_BELOW_ROWS
+    columns = {"x": [1.0] * n_rows, "c": values}
+    large = transform.transform(columns, n_rows).categorical[:, 0]
+    small = [
+        transform.transform({"x": [1.0], "c": values[row : row + 1]}, 1)
+        for row in range(n_rows)
+    ]
+    small = [arrays.categorical[0, 0] for arrays in small]
+    np.testing.assert_array_equal(large, small)
+    seen = {code for code in large}
+    assert MISSING_CODE in seen and UNSEEN_CODE in seen

@@ -18,6 +18,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from .errors import ModelSphereError
@@ -275,6 +277,23 @@ def as_object_array(values: Any) -> np.ndarray:
     return np.asarray(values, dtype=object)
 
 
+def _arrow_codes(values: Any, levels: pa.Array) -> Optional[np.ndarray]:
+    """Category codes by a hash lookup in C++ (pyarrow): ~10x faster than pandas'
+    indexer on a string column. None when the values are not all text (the
+    caller falls back to the general path)."""
+    try:
+        array = pa.array(values, type=pa.string(), from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+    positions = pc.index_in(array, value_set=levels)
+    codes = pc.if_else(
+        array.is_null(),
+        MISSING_CODE,
+        pc.fill_null(pc.add(positions, FIRST_LEVEL_CODE), UNSEEN_CODE),
+    )
+    return codes.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+
+
 class FeatureTransform:
     """The fitted state compiled once (arrays, level lookups) and applied many times:
     per batch in training and predict.py, per request in the API.
@@ -306,6 +325,9 @@ class FeatureTransform:
                 pd.Index(col["levels"], dtype=object),
             )
             for col in state["categorical"]
+        ]
+        self.arrow_levels = [
+            pa.array(col["levels"], type=pa.string()) for col in state["categorical"]
         ]
         self.width = numeric_width(state)
 
@@ -356,8 +378,13 @@ class FeatureTransform:
             position += self._numeric_column(raw, col, numeric[:, position:])
         categorical = np.empty((n_rows, len(self.categorical)), dtype=np.int64)
         for position, (name, lookup, index) in enumerate(self.categorical):
-            values = as_object_array(columns[name])
-            categorical[:, position] = self._categorical_column(values, lookup, index)
+            codes = None
+            if n_rows >= self.LOOKUP_BELOW_ROWS:
+                codes = _arrow_codes(columns[name], self.arrow_levels[position])
+            if codes is None:
+                values = as_object_array(columns[name])
+                codes = self._categorical_column(values, lookup, index)
+            categorical[:, position] = codes
         return FeatureArrays(numeric, categorical)
 
 
