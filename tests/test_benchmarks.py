@@ -50,3 +50,27 @@ def test_train_throughput_smoke(tmp_path, monkeypatch):
     markdown = (tmp_path / "smoke.md").read_text()
     assert "| ours | 256 |" in markdown and "Ratios:" in markdown
     assert "## Inference cost per row" in markdown
+
+
+def test_inference_paths_smoke(tmp_path, monkeypatch):
+    """Trains a Telco model in its work dir, scores 2,000 rows both ways,
+    profiles the batch path and summarises the serving results it is given."""
+    argv = ["inference_paths.py", "--rows", "2000", "--repeats", "1"]
+    argv += ["--work-dir", str(tmp_path / "work"), "--out", str(tmp_path)]
+    argv += ["--name", "smoke", "--serve-results", str(tmp_path / "absent.json")]
+    argv += ["--train-override", "train=quick"]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(REPO / "benchmarks" / "inference_paths.py"), run_name="__main__")
+    payload = json.loads((tmp_path / "smoke.json").read_text())
+    assert set(payload["batch"]) == {"parquet -> parquet", "csv -> parquet"}
+    for result in payload["batch"].values():
+        assert result["rows"] == 2000 and result["rows_per_second"] > 0
+        assert result["in_process_seconds"] < result["seconds"]
+    stages = payload["batch_profile"]["stages"]
+    assert stages["model forward"] > 0 and stages["feature transform"] > 0
+    assert sum(stages.values()) == pytest.approx(payload["batch_profile"]["seconds"])
+    assert set(payload["single_record_in_process"]) == {"torch", "onnx"}
+    assert payload["api"] is None
+    assert payload["target"]["met"] is False  # 2,000 rows cannot amortise start-up
+    markdown = (tmp_path / "smoke.md").read_text()
+    assert "| parquet -> parquet |" in markdown and "not measured" in markdown

@@ -1,0 +1,422 @@
+"""Batch vs real-time inference: predict.py on a large file against the API.
+
+    python benchmarks/inference_paths.py                     # 1M rows, 3 runs each
+    python benchmarks/inference_paths.py --rows 20000 --repeats 1   # smoke size
+
+Both paths score the same Telco churn model with the same `Predictor`:
+
+- batch: `python predict.py` as a user runs it (its own process under
+  `/usr/bin/time -v`), on `--rows` rows drawn with replacement from the Telco table
+  (seeded), Parquet -> Parquet and CSV -> Parquet; wall seconds include start-up,
+  the run's own figure (`prediction.json`) does not;
+- where the batch time goes: one in-process run of `predict_file` under cProfile,
+  grouped by stage (read, check + type, feature transform, model, output, write);
+- real-time: the API figures of the serving load benchmark
+  (`benchmarks/results/serve_load.json`, wrk against serve.py on loopback), and the
+  in-process cost of the API's own path (`predict_records`) for one record.
+
+Per-row cost = 1 / rows per second. Results go to
+benchmarks/results/inference_paths.{json,md} with the machine and load average.
+The model: `--run-dir`, else the serving benchmark's run, else a fresh
+`python train.py` (the default Telco model) in the work dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import os
+import platform
+import pstats
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+GNU_TIME = "/usr/bin/time"
+TARGET_ROWS_PER_SECOND = 500_000  # issue 7: predict.py Parquet -> Parquet, 1M rows
+SINGLE_RECORD_CALLS = 2000
+# cProfile functions (file suffix, function name) -> stage of predict_file
+STAGES = {
+    "read (Parquet/CSV chunks)": [("table_files.py", "iter_table_chunks")],
+    "check + type (clean_frame)": [("inference.py", "prepare")],
+    "feature transform": [("features.py", "transform")],
+    "model forward": [("engines.py", "__call__")],
+    "outputs (labels, probabilities)": [("inference.py", "_outputs")],
+    "write (Parquet)": [("table_files.py", "write")],
+}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--run-dir", type=Path, default=None)
+    parser.add_argument(
+        "--serve-results", type=Path, default=RESULTS / "serve_load.json"
+    )
+    parser.add_argument(
+        "--train-override",
+        action="append",
+        default=[],
+        help="an override for training the model when there is no --run-dir",
+    )
+    parser.add_argument("--work-dir", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--name", default="inference_paths")
+    return parser.parse_args()
+
+
+def run(command: List[str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, **kwargs)
+
+
+def model_run_dir(args, work: Path, serve: Optional[dict]) -> Path:
+    if args.run_dir is not None:
+        return args.run_dir
+    if serve and Path(serve["setup"]["run_dir"]).is_dir():
+        return Path(serve["setup"]["run_dir"])
+    outputs = work / "outputs"
+    overrides = [f"paths.outputs_dir={outputs}", f"paths.data_dir={work / 'data'}"]
+    result = run([sys.executable, "train.py", *overrides, *args.train_override])
+    if result.returncode != 0:
+        sys.exit(f"training the model failed:\n{result.stderr[-3000:]}")
+    return (outputs / "latest").resolve()
+
+
+def telco_rows(rows: int, work: Path) -> Dict[str, Path]:
+    """`rows` Telco records (features and id, no target) as Parquet and CSV."""
+    code = (
+        "import sys; from hydra import compose, initialize_config_dir; "
+        "import modelsphere.config; "
+        "from modelsphere.sources import materialise_raw_csv; "
+        "initialize_config_dir(config_dir=sys.argv[1], version_base='1.3'); "
+        "print(materialise_raw_csv(compose('config', overrides=sys.argv[2:]).data))"
+    )
+    result = run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            str(REPO / "conf"),
+            f"paths.data_dir={work / 'data'}",
+        ],
+        check=True,
+    )
+    import pandas as pd
+
+    raw = pd.read_csv(result.stdout.strip().splitlines()[-1])
+    table = raw.drop(columns=["churn"]).sample(n=rows, replace=True, random_state=0)
+    paths = {"parquet": work / "input.parquet", "csv": work / "input.csv"}
+    table.to_parquet(paths["parquet"], index=False, row_group_size=131_072)
+    table.to_csv(paths["csv"], index=False)
+    return paths
+
+
+def predict_once(run_dir: Path, source: Path, work: Path) -> Dict[str, Any]:
+    outputs = work / "predict_runs"
+    command = [
+        sys.executable,
+        "predict.py",
+        f"run_dir={run_dir}",
+        f"input={source}",
+        f"output={work / 'scored.parquet'}",
+        "device=cpu",
+        f"paths.outputs_dir={outputs}",
+    ]
+    if Path(GNU_TIME).is_file():
+        command = [GNU_TIME, "-v", *command]
+    started = time.perf_counter()
+    result = run(command)
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        sys.exit(f"predict.py failed:\n{(result.stdout + result.stderr)[-3000:]}")
+    summaries = sorted(outputs.glob("predict/*/prediction.json"))
+    summary = json.loads(summaries[-1].read_text())
+    shutil.rmtree(outputs)
+    peak = re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr)
+    return {
+        "seconds": seconds,
+        "in_process_seconds": summary["seconds"],
+        "peak_rss_mib": int(peak.group(1)) / 1024 if peak else None,
+    }
+
+
+def batch_path(args, run_dir: Path, source: Path, work: Path) -> Dict[str, Any]:
+    runs = [predict_once(run_dir, source, work) for _ in range(args.repeats)]
+    seconds = statistics.median(r["seconds"] for r in runs)
+    inner = statistics.median(r["in_process_seconds"] for r in runs)
+    return {
+        "rows": args.rows,
+        "runs": runs,
+        "seconds": seconds,
+        "in_process_seconds": inner,
+        "rows_per_second": args.rows / seconds,
+        "in_process_rows_per_second": args.rows / inner,
+        "microseconds_per_row": seconds / args.rows * 1e6,
+        "peak_rss_mib": max((r["peak_rss_mib"] or 0) for r in runs) or None,
+    }
+
+
+def profile_batch(run_dir: Path, source: Path, work: Path) -> Dict[str, Any]:
+    """Seconds per stage of one in-process predict_file run (cProfile)."""
+    from modelsphere.batch_predict import predict_file
+    from modelsphere.devices import select_device
+    from modelsphere.inference import Predictor
+
+    predictor = Predictor.from_run_dir(run_dir, select_device("cpu", amp=False), 8192)
+    profile = cProfile.Profile()
+    started = time.perf_counter()
+    profile.enable()
+    predict_file(predictor, source, work / "profiled.parquet", 65_536)
+    profile.disable()
+    total = time.perf_counter() - started
+    stats = pstats.Stats(profile).stats
+    stages = {}
+    for stage, functions in STAGES.items():
+        stages[stage] = sum(
+            entry[3]  # cumulative seconds
+            for (path, _, name), entry in stats.items()
+            if any(path.endswith(f) and name == n for f, n in functions)
+        )
+    stages["other"] = max(0.0, total - sum(stages.values()))
+    return {"seconds": total, "stages": stages}
+
+
+def single_record_cost(run_dir: Path, source: Path) -> Dict[str, Any]:
+    """Microseconds of the API's in-process path for one record, per engine."""
+    import pandas as pd
+
+    from modelsphere.devices import select_device
+    from modelsphere.inference import Predictor
+
+    record = pd.read_parquet(source).head(1).to_dict("records")
+    costs = {}
+    for engine in ("torch", "onnx"):
+        predictor = Predictor.from_run_dir(
+            run_dir, select_device("cpu", amp=False), 8192, engine
+        )
+        predictor.predict_records(record)  # warm-up
+        times = []
+        for _ in range(5):
+            started = time.perf_counter()
+            for _ in range(SINGLE_RECORD_CALLS):
+                predictor.predict_records(record)
+            times.append((time.perf_counter() - started) / SINGLE_RECORD_CALLS)
+        costs[engine] = {"microseconds_per_record": statistics.median(times) * 1e6}
+    return costs
+
+
+def api_figures(serve: Optional[dict]) -> Optional[Dict[str, Any]]:
+    """The serving benchmark's best cells: single-row latency and throughput,
+    64-row throughput, per engine and worker count."""
+    if not serve:
+        return None
+    figures = {}
+    for result in serve["results"]:
+        key = f"{result['engine']}, {result['workers']} worker(s)"
+        cells = {(c["rows"], c["concurrency"]): c for c in result["cells"]}
+        single = max(
+            (c for c in result["cells"] if c["rows"] == 1),
+            key=lambda c: c["rows_per_second"],
+        )
+        batch = max(
+            (c for c in result["cells"] if c["rows"] > 1),
+            key=lambda c: c["rows_per_second"],
+        )
+        alone = cells.get((1, 1))
+        figures[key] = {
+            "single_row_p50_ms_alone": alone["latency_ms"]["p50"] if alone else None,
+            "single_row_p99_ms_alone": alone["latency_ms"]["p99"] if alone else None,
+            "single_row_best_rows_per_second": single["rows_per_second"],
+            "single_row_best_concurrency": single["concurrency"],
+            "batched_rows_per_request": batch["rows"],
+            "batched_best_rows_per_second": batch["rows_per_second"],
+            "microseconds_per_row_single": 1e6 / single["rows_per_second"],
+            "microseconds_per_row_batched": 1e6 / batch["rows_per_second"],
+        }
+    return {"date": serve["date"], "endpoint": serve["setup"]["endpoint"], **figures}
+
+
+def main() -> None:
+    args = parse_args()
+    serve = None
+    if args.serve_results.is_file():
+        serve = json.loads(args.serve_results.read_text())
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="inference_paths_"))
+    work.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()[0]
+    try:
+        run_dir = model_run_dir(args, work, serve)
+        inputs = telco_rows(args.rows, work)
+        batch = {}
+        for fmt, source in inputs.items():
+            batch[f"{fmt} -> parquet"] = batch_path(args, run_dir, source, work)
+            print(f"predict.py {fmt} -> parquet: {batch[f'{fmt} -> parquet']}")
+        profile = profile_batch(run_dir, inputs["parquet"], work)
+        record = single_record_cost(run_dir, inputs["parquet"])
+    finally:
+        if args.work_dir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    parquet = batch["parquet -> parquet"]
+    payload = {
+        "benchmark": "inference_paths",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "load_average_1m": {"start": load_before, "end": os.getloadavg()[0]},
+        "setup": {
+            "rows": args.rows,
+            "repeats": args.repeats,
+            "run_dir": str(run_dir),
+            "input": "Telco churn records drawn with replacement (seed 0)",
+        },
+        "batch": batch,
+        "batch_profile": profile,
+        "single_record_in_process": record,
+        "api": api_figures(serve),
+        "target": {
+            "predict_parquet_rows_per_second_at_least": TARGET_ROWS_PER_SECOND,
+            "value": parquet["rows_per_second"],
+            "in_process_value": parquet["in_process_rows_per_second"],
+            "met": parquet["rows_per_second"] >= TARGET_ROWS_PER_SECOND,
+        },
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{args.name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (args.out / f"{args.name}.md").write_text(render_markdown(payload))
+    print(json.dumps(payload["target"], indent=2))
+
+
+def machine() -> Dict[str, Any]:
+    processor = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                processor = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import pandas
+    import pyarrow
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "processor": processor,
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "pandas": pandas.__version__,
+        "pyarrow": pyarrow.__version__,
+    }
+
+
+def render_markdown(payload: Dict[str, Any]) -> str:
+    machine, setup, load = (
+        payload["machine"],
+        payload["setup"],
+        payload["load_average_1m"],
+    )
+    lines = [
+        "# Batch vs real-time inference",
+        "",
+        f"{payload['date']}, {machine['processor']}, {machine['platform']}, "
+        f"{machine['cpu_count']} CPUs, Python {machine['python']}, torch "
+        f"{machine['torch']}, pyarrow {machine['pyarrow']}; 1-minute load average "
+        f"{load['start']:.1f} at the start, {load['end']:.1f} at the end (other "
+        "work on the machine slows every figure).",
+        "",
+        f"Model: `{setup['run_dir']}`. Input: {setup['rows']:,} {setup['input']}.",
+        "",
+        "## Batch: predict.py",
+        "",
+        f"Median of {setup['repeats']} runs, each its own process (wall seconds "
+        "include interpreter start-up and imports; in-process seconds are the run's "
+        "own figure).",
+        "",
+        "| input -> output | seconds | rows/s | us/row | in-process s "
+        "| in-process rows/s | peak RSS (MiB) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, result in payload["batch"].items():
+        peak = result["peak_rss_mib"]
+        lines.append(
+            f"| {name} | {result['seconds']:.2f} | {result['rows_per_second']:,.0f} "
+            f"| {result['microseconds_per_row']:.2f} "
+            f"| {result['in_process_seconds']:.2f} "
+            f"| {result['in_process_rows_per_second']:,.0f} "
+            f"| {'n/a' if peak is None else f'{peak:,.0f}'} |"
+        )
+    profile = payload["batch_profile"]
+    lines += [
+        "",
+        f"Where the Parquet -> Parquet time goes (one in-process run under cProfile, "
+        f"{profile['seconds']:.2f} s; profiling adds a little):",
+        "",
+        "| stage | seconds | share |",
+        "|---|---:|---:|",
+    ]
+    for stage, seconds in profile["stages"].items():
+        lines.append(
+            f"| {stage} | {seconds:.2f} | {seconds / profile['seconds']:.0%} |"
+        )
+    target = payload["target"]
+    verdict = "met" if target["met"] else "NOT met"
+    lines += [
+        "",
+        f"Target (issue 7): predict.py Parquet -> Parquet at >= "
+        f"{target['predict_parquet_rows_per_second_at_least']:,} rows/s end to end: "
+        f"**{verdict}** ({target['value']:,.0f} rows/s end to end, "
+        f"{target['in_process_value']:,.0f} in process).",
+        "",
+        "## Real-time: the API",
+        "",
+    ]
+    record = payload["single_record_in_process"]
+    lines.append(
+        "In process, the API's own path (`predict_records`, no HTTP) for one record: "
+        + ", ".join(
+            f"{engine} {cost['microseconds_per_record']:.0f} us"
+            for engine, cost in record.items()
+        )
+        + "."
+    )
+    api = payload["api"]
+    if api is None:
+        lines += ["", "Over HTTP: not measured (no serve_load.json)."]
+    else:
+        lines += [
+            "",
+            f"Over HTTP (`{api['endpoint']}`, from the serving load benchmark of "
+            f"{api['date']}):",
+            "",
+            "| engine, workers | 1-row p50 / p99 ms (alone) | 1-row rows/s (best) "
+            "| us/row | batched rows/s (rows/request) | us/row |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for key, cell in api.items():
+            if key in ("date", "endpoint"):
+                continue
+            lines.append(
+                f"| {key} | {cell['single_row_p50_ms_alone']} / "
+                f"{cell['single_row_p99_ms_alone']} "
+                f"| {cell['single_row_best_rows_per_second']:,.0f} "
+                f"| {cell['microseconds_per_row_single']:.0f} "
+                f"| {cell['batched_best_rows_per_second']:,.0f} "
+                f"({cell['batched_rows_per_request']}) "
+                f"| {cell['microseconds_per_row_batched']:.1f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
