@@ -531,6 +531,7 @@ PREDICT_ROWS = [
         "all-missing-column",
         lambda: csv(unlabelled().assign(income=np.nan)),
         check=scored_only,
+        logged=("every value of ['income'] is missing (in rows 1-120)",),
     ),
     Row(
         # The bad value is in the second chunk (chunk_rows=50): the first chunk had

@@ -128,10 +128,12 @@ class Predictor:
                 f"{where}: the target column {self.schema.target!r} is ignored",
             )
 
-    def _announce(self, key: str, items: List[Any], message: str) -> None:
+    def _announce(
+        self, key: str, items: List[Any], message: str, level: int = logging.INFO
+    ) -> None:
         if items and key not in self._announced:
             self._announced.add(key)
-            log.info(message)
+            log.log(level, message)
 
     def prepare(
         self, frame: pd.DataFrame, where: str, row_offset: int = 0
@@ -153,6 +155,14 @@ class Predictor:
             log.warning(
                 "%s: %s (%d value(s) treated as missing)", where, problem, count
             )
+        empty = [name for name in self.schema.features if cleaned[name].isna().all()]
+        self._announce(
+            f"all-missing {where}",
+            empty if len(cleaned) > 1 else [],
+            f"{where}: every value of {empty} is missing (in rows {row_offset + 1}-"
+            f"{row_offset + len(cleaned)}); scored as missing values, as in training",
+            level=logging.WARNING,
+        )
         return cleaned
 
     def _scores(self, arrays: FeatureArrays) -> np.ndarray:
