@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SCORED := outputs/predictions/telco_churn_test_scored.parquet
 
-.PHONY: venv pipeline lint test
+.PHONY: venv pipeline lint test benchmarks report
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,3 +29,18 @@ lint: venv
 
 test: lint
 	$(PY) -m pytest -q
+
+# Every benchmark, then the report from their results (about an hour on 2 cores).
+# quality.py needs requirements-quality.txt; serve_load.py needs wrk.
+benchmarks: venv
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements-quality.txt
+	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/storage_formats.py
+	$(PY) benchmarks/preprocess_scale.py
+	$(PY) benchmarks/serve_load.py
+	$(PY) benchmarks/inference_paths.py
+	$(PY) benchmarks/quality.py
+	$(MAKE) report
+
+report: venv
+	$(PY) docs/report/build.py

@@ -164,7 +164,12 @@ def test_pip_cache_keyed_on_requirements(workflow):
         assert setup["cache"] == "pip", name
         assert "requirements-dev.txt" in setup["cache-dependency-path"], name
     test_paths = _setup_python(workflow["jobs"]["test"])["cache-dependency-path"]
-    assert set(test_paths.split()) == {"requirements.txt", "requirements-dev.txt"}
+    assert set(test_paths.split()) == {
+        "requirements.txt",
+        "requirements-dev.txt",
+        "requirements-sweeps.txt",
+        "requirements-quality.txt",
+    }
 
 
 def test_cpu_torch_installed_before_requirements(workflow):
@@ -205,7 +210,9 @@ def _pins(path):
     return pins
 
 
-@pytest.mark.parametrize("name", ["requirements.txt", "requirements-dev.txt"])
+@pytest.mark.parametrize(
+    "name", ["requirements.txt", "requirements-dev.txt", "requirements-quality.txt"]
+)
 def test_each_python_gets_exactly_one_exact_pin(name):
     pins = _pins(ROOT / name)
     assert pins

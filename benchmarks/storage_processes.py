@@ -1,0 +1,63 @@
+"""Running a benchmark step as its own process, as a user runs it (wall seconds and
+peak RSS), and the app config the storage benchmark composes."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+REPO = Path(__file__).resolve().parents[1]
+GNU_TIME = "/usr/bin/time"
+RUSAGE_WRAPPER = (
+    "import resource, subprocess, sys; "
+    "code = subprocess.call(sys.argv[1:]); "
+    "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss; "
+    "sys.stderr.write(f'Maximum resident set size (kbytes): {peak}\\n'); "
+    "sys.exit(code)"
+)
+
+
+def compose_config(rows: int, work: Path, fmt: str = "parquet"):
+    """The composed app config for `rows` rows of the synthetic table under `work`."""
+    from hydra import compose, initialize_config_dir
+
+    import modelsphere.config  # noqa: F401  (registers the config schema)
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("config", overrides=data_overrides(rows, work, fmt))
+
+
+def data_overrides(rows: int, work: Path, fmt: str) -> List[str]:
+    return [
+        "data=synthetic",
+        f"data.synthetic.rows={rows}",
+        f"data.format={fmt}",
+        f"paths.data_dir={work / 'data'}",
+        f"paths.outputs_dir={work / 'outputs'}",
+    ]
+
+
+def measured(command: List[str]) -> Dict[str, Any]:
+    """Run `command` in the repo root: wall seconds, peak RSS and its stdout."""
+    if Path(GNU_TIME).is_file():
+        wrapped = [GNU_TIME, "-v", *command]
+    else:
+        wrapped = [sys.executable, "-c", RUSAGE_WRAPPER, *command]
+    started = time.perf_counter()
+    result = subprocess.run(wrapped, cwd=REPO, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(command)} failed ({result.returncode}):\n"
+            f"{(result.stdout + result.stderr)[-3000:]}"
+        )
+    peak = re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr)
+    return {
+        "process_seconds": seconds,
+        "peak_rss_mib": int(peak.group(1)) / 1024,
+        "stdout": result.stdout,
+    }

@@ -1,0 +1,187 @@
+"""Build the Technical Trade-Off Report (PDF) from the benchmark results.
+
+    python docs/report/build.py         # benchmarks/results -> docs/tradeoff_report.pdf
+    python docs/report/build.py --results DIR --out report.pdf --diagram-svg ""
+
+Reads benchmarks/results/*.json (a missing file shows as "not measured yet",
+never as a number), draws the architecture diagram from architecture.dot with
+Graphviz (`dot -Tsvg`, also written to docs/architecture.svg for the README) and
+the charts with matplotlib, fills template.html (Jinja2) and renders it with
+WeasyPrint. Needs Graphviz's `dot` on the PATH (Debian: apt-get install graphviz).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(HERE))
+
+from facts import all_facts, load_results  # noqa: E402
+from plots import serving_chart, storage_chart, training_chart  # noqa: E402
+from svgtext import inline_svg  # noqa: E402
+
+
+class ReportError(Exception):
+    """A problem the person building the report can fix (the message says how)."""
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument(
+        "--out", type=Path, default=REPO / "docs" / "tradeoff_report.pdf"
+    )
+    parser.add_argument(
+        "--diagram-svg",
+        default=str(REPO / "docs" / "architecture.svg"),
+        help='where to write the architecture diagram as SVG ("" to skip)',
+    )
+    parser.add_argument("--html", type=Path, default=None, help="also write the HTML")
+    return parser.parse_args(argv)
+
+
+def render_diagram(dot_file: Path = HERE / "architecture.dot") -> str:
+    """The architecture diagram as an SVG document, drawn by Graphviz."""
+    dot = shutil.which("dot")
+    if dot is None:
+        raise ReportError(
+            "graphviz 'dot' not found: apt-get install graphviz "
+            "(the report draws its architecture diagram with it)"
+        )
+    result = subprocess.run(
+        [dot, "-Tsvg", str(dot_file)], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise ReportError(f"dot could not draw {dot_file}: {result.stderr.strip()}")
+    return result.stdout
+
+
+def render_html(results: Dict[str, Any], diagram_svg: str) -> str:
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+    env = Environment(
+        loader=FileSystemLoader(str(HERE)),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    template = env.get_template("template.html")
+    return template.render(
+        facts=all_facts(results),
+        charts={
+            "storage": storage_chart(results["storage_formats"]),
+            "training": training_chart(results),
+            "serving": serving_chart(results["serve_load"]),
+        },
+        diagram=inline_svg(diagram_svg),
+        loads=load_averages(results),
+        built=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        commit=git_commit(),
+        stylesheet=(HERE / "style.css").read_text(),
+    )
+
+
+def load_averages(results: Dict[str, Any]) -> List[str]:
+    """'file: start a, end b' for each result that recorded its load average."""
+    lines = []
+    for name, data in results.items():
+        load = (data or {}).get("load_average") or (data or {}).get("load_average_1m")
+        if not load:
+            continue
+        start, end = load.get("start"), load.get("end")
+        first = lambda value: value[0] if isinstance(value, list) else value  # noqa
+        if start is not None and end is not None:
+            lines.append(
+                f"{name}.json: 1-minute load {first(start):.1f} at the start, "
+                f"{first(end):.1f} at the end"
+            )
+    return lines
+
+
+def git_commit() -> Optional[str]:
+    """The short commit, marked when the working tree has uncommitted changes."""
+    commit = _git("rev-parse", "--short", "HEAD")
+    if commit and _git("status", "--porcelain", "--untracked-files=no"):
+        commit += " (with uncommitted changes)"
+    return commit
+
+
+def _git(*args: str) -> Optional[str]:
+    try:
+        result = subprocess.run(
+            ["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def write_pdf(html: str, out: Path) -> None:
+    """Render with WeasyPrint into a temp file, then rename it into place."""
+    try:
+        from weasyprint import HTML
+    except ImportError as exc:
+        raise ReportError(
+            f"WeasyPrint is not usable ({exc}): pip install weasyprint==70.0 "
+            "(Debian also needs libpango-1.0-0 libpangoft2-1.0-0)"
+        ) from exc
+    out.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=out.parent, suffix=".pdf.tmp")
+    os.close(handle)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a report is not
+    try:
+        HTML(string=html, base_url=str(HERE)).write_pdf(tmp)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def build(
+    results_dir: Path,
+    out: Path,
+    diagram_svg: Optional[Path] = None,
+    html_out: Optional[Path] = None,
+) -> Path:
+    diagram = render_diagram()
+    if diagram_svg is not None:
+        diagram_svg.parent.mkdir(parents=True, exist_ok=True)
+        diagram_svg.write_text(diagram)
+    html = render_html(load_results(results_dir), diagram)
+    if html_out is not None:
+        html_out.write_text(html)
+    write_pdf(html, out)
+    return out
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        out = build(
+            args.results,
+            args.out,
+            Path(args.diagram_svg) if args.diagram_svg else None,
+            args.html,
+        )
+    except ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

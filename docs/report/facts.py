@@ -1,0 +1,402 @@
+"""The measured figures the report quotes, read from benchmarks/results/*.json.
+
+Every figure is a `Figure`: a formatted value with the result file it came from,
+or, when that file (or the field) is missing, a marked "not measured yet" cell.
+Nothing here invents a number.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+from markupsafe import escape
+
+RESULT_NAMES = (
+    "train_throughput",
+    "serve_load",
+    "preprocess_scale",
+    "quality",
+    "storage_formats",
+    "throughput_cuda_bf16",
+    "throughput_cuda_fp32",
+    "throughput_gpu_host_cpu",
+)
+NOT_MEASURED = "not measured yet"
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One quoted number (as text), or None when it was not measured."""
+
+    text: Optional[str]
+    source: str
+
+    @property
+    def measured(self) -> bool:
+        return self.text is not None
+
+    def __html__(self) -> str:
+        if self.text is None:
+            return f'<span class="missing">{NOT_MEASURED}</span>'
+        return str(escape(self.text))
+
+    def __str__(self) -> str:
+        return self.text if self.text is not None else NOT_MEASURED
+
+
+def load_results(directory: Path) -> Dict[str, Optional[Dict[str, Any]]]:
+    """Each known result file's content, or None where it is missing or unreadable."""
+    results: Dict[str, Optional[Dict[str, Any]]] = {}
+    for name in RESULT_NAMES:
+        path = Path(directory) / f"{name}.json"
+        try:
+            results[name] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            results[name] = None
+    return results
+
+
+def figure(data, source: str, getter: Callable[[Any], Any], fmt: str) -> Figure:
+    """`fmt` applied to `getter(data)`; a missing file or field gives NOT_MEASURED."""
+    if data is None:
+        return Figure(None, source)
+    try:
+        value = getter(data)
+    except (KeyError, IndexError, TypeError, ValueError, ZeroDivisionError):
+        return Figure(None, source)
+    if value is None:
+        return Figure(None, source)
+    return Figure(fmt.format(value), source)
+
+
+def training(results) -> Dict[str, Figure]:
+    data, src = results["train_throughput"], "train_throughput.json"
+    rows = lambda loop: lambda d: d["results"][loop]["rows_per_second"]  # noqa: E731
+    out = {
+        "ours": figure(data, src, rows("ours"), "{:,.0f} rows/s"),
+        "bare": figure(data, src, rows("bare_randperm_loop"), "{:,.0f} rows/s"),
+        "dataloader": figure(data, src, rows("per_row_dataloader"), "{:,.0f} rows/s"),
+        "dropout": figure(data, src, rows("ours_with_dropout_0.1"), "{:,.0f} rows/s"),
+        "vs_dataloader": figure(
+            data, src, lambda d: d["ratios"]["ours_vs_per_row_dataloader"], "{:.2f}x"
+        ),
+        "vs_bare": figure(
+            data, src, lambda d: d["ratios"]["ours_vs_bare_randperm_loop"], "{:.0%}"
+        ),
+        "setup": figure(
+            data,
+            src,
+            lambda d: f"{d['setup']['rows']:,} rows x {d['setup']['numeric_features']}"
+            f" numeric columns, hidden {d['setup']['hidden_sizes']}, batch "
+            f"{d['setup']['batch_size']}, {d['machine']['cpu_count']} CPU cores",
+            "{}",
+        ),
+    }
+    for name, label in (
+        ("throughput_cuda_bf16", "cuda_bf16"),
+        ("throughput_cuda_fp32", "cuda_fp32"),
+    ):
+        out[label] = figure(
+            results[name], f"{name}.json", rows("ours"), "{:,.0f} rows/s"
+        )
+    out["cuda_vs_cpu"] = figure(
+        results["throughput_cuda_bf16"],
+        "throughput_cuda_bf16.json",
+        lambda d: d["results"]["ours"]["rows_per_second"]
+        / results["train_throughput"]["results"]["ours"]["rows_per_second"],
+        "{:.1f}x",
+    )
+    return out
+
+
+def _cell(data, engine: str, workers: int, rows: int, concurrency: int):
+    for block in data["results"]:
+        if block["engine"] == engine and block["workers"] == workers:
+            for cell in block["cells"]:
+                if cell["rows"] == rows and cell["concurrency"] == concurrency:
+                    return cell
+    raise KeyError((engine, workers, rows, concurrency))
+
+
+def serving(results) -> Dict[str, Figure]:
+    data, src = results["serve_load"], "serve_load.json"
+
+    def cell(key, engine="onnx", workers=1, rows=1, concurrency=1):
+        def get(d):
+            found = _cell(d, engine, workers, rows, concurrency)
+            return found["latency_ms"][key] if key.startswith("p") else found[key]
+
+        return get
+
+    return {
+        "p50_1": figure(data, src, cell("p50"), "{:.2f} ms"),
+        "p99_1": figure(data, src, cell("p99"), "{:.2f} ms"),
+        "rps_1": figure(data, src, cell("requests_per_second"), "{:,.0f} req/s"),
+        "rps_c8": figure(
+            data, src, cell("requests_per_second", concurrency=8), "{:,.0f} req/s"
+        ),
+        "p99_c8": figure(data, src, cell("p99", concurrency=8), "{:.2f} ms"),
+        "rows_64": figure(
+            data, src, cell("rows_per_second", rows=64, concurrency=8), "{:,.0f} rows/s"
+        ),
+        "rps_2w_c8": figure(
+            data,
+            src,
+            cell("requests_per_second", workers=2, concurrency=8),
+            "{:,.0f} req/s",
+        ),
+        "rows_64_2w": figure(
+            data,
+            src,
+            cell("rows_per_second", workers=2, rows=64, concurrency=8),
+            "{:,.0f} rows/s",
+        ),
+        "overhead_1": figure(
+            data,
+            src,
+            lambda d: d["http_overhead"]["onnx,rows=1"]["http_overhead_ms"],
+            "{:.2f} ms",
+        ),
+        "onnx_vs_torch": figure(
+            data,
+            src,
+            lambda d: d["faster_engine"]["onnx_over_torch_geometric_mean"],
+            "{:.2f}x",
+        ),
+        "forward_us_row_64": figure(
+            data,
+            src,
+            lambda d: d["in_process"]["onnx"]["64"]["engine_forward_us_per_row"],
+            "{:.1f} µs/row",
+        ),
+    }
+
+
+def batch(results) -> Dict[str, Figure]:
+    data, src = results["preprocess_scale"], "preprocess_scale.json"
+
+    def step(rows: int, name: str, key: str):
+        return lambda d: d["results"][str(rows)][name][key]
+
+    out = {}
+    for rows, label in ((1_000_000, "1m"), (10_000_000, "10m")):
+        out[f"predict_{label}"] = figure(
+            data, src, step(rows, "predict", "rows_per_second"), "{:,.0f} rows/s"
+        )
+        out[f"predict_rss_{label}"] = figure(
+            data, src, step(rows, "predict", "peak_rss_mib"), "{:,.0f} MiB"
+        )
+        out[f"preprocess_{label}"] = figure(
+            data, src, step(rows, "preprocessing", "seconds"), "{:,.1f} s"
+        )
+        out[f"preprocess_rss_{label}"] = figure(
+            data, src, step(rows, "preprocessing", "peak_rss_mib"), "{:,.0f} MiB"
+        )
+    return out
+
+
+def _size(data, rows: int) -> Dict[str, Any]:
+    for size in data["sizes"]:
+        if size["rows"] == rows:
+            return size
+    raise KeyError(rows)
+
+
+def storage(results) -> Dict[str, Any]:
+    data, src = results["storage_formats"], "storage_formats.json"
+    out: Dict[str, Any] = {}
+    for rows, label in ((100_000, "100k"), (1_000_000, "1m"), (10_000_000, "10m")):
+
+        def fmt_get(fmt, *keys, rows=rows):
+            def get(d):
+                value = _size(d, rows)["formats"][fmt]
+                for key in keys:
+                    value = value[key]
+                return value
+
+            return get
+
+        def ratio(key, rows=rows):
+            return lambda d: _size(d, rows)["ratios_csv_over_parquet"][key]
+
+        for fmt in ("parquet", "csv"):
+            out[f"{fmt}_mib_{label}"] = figure(
+                data,
+                src,
+                lambda d, g=fmt_get(fmt, "file_bytes"): g(d) / 2**20,
+                "{:,.1f} MiB",
+            )
+            out[f"{fmt}_read_{label}"] = figure(
+                data, src, fmt_get(fmt, "reads", "full", "seconds"), "{:.2f} s"
+            )
+            out[f"{fmt}_read3_{label}"] = figure(
+                data,
+                src,
+                fmt_get(fmt, "reads", "three_columns", "seconds"),
+                "{:.2f} s",
+            )
+            out[f"{fmt}_arrow_{label}"] = figure(
+                data, src, fmt_get(fmt, "reads", "arrow_full", "seconds"), "{:.2f} s"
+            )
+            out[f"{fmt}_plain_{label}"] = figure(
+                data,
+                src,
+                fmt_get(fmt, "reads", "plain_pandas_full", "seconds"),
+                "{:.2f} s",
+            )
+            out[f"{fmt}_write_{label}"] = figure(
+                data, src, fmt_get(fmt, "write_seconds"), "{:.2f} s"
+            )
+            out[f"{fmt}_rss_{label}"] = figure(
+                data,
+                src,
+                fmt_get(fmt, "reads", "full", "peak_rss_mib"),
+                "{:,.0f} MiB",
+            )
+        for key in (
+            "file_bytes",
+            "write_seconds",
+            "full_seconds",
+            "three_columns_seconds",
+            "arrow_full_seconds",
+            "plain_pandas_full_seconds",
+            "full_peak_rss_mib",
+            "three_columns_peak_rss_mib",
+        ):
+            out[f"ratio_{key}_{label}"] = figure(data, src, ratio(key), "{:.2f}x")
+    out["csv_plain_types"] = figure(
+        data,
+        src,
+        lambda d: ", ".join(
+            f"{name}: {change}"
+            for name, change in d["sizes"][0]["formats"]["csv"]["types_changed"][
+                "plain"
+            ].items()
+        )
+        or "none",
+        "{}",
+    )
+    out["parquet_plain_types"] = figure(
+        data,
+        src,
+        lambda d: ", ".join(
+            d["sizes"][0]["formats"]["parquet"]["types_changed"]["plain"]
+        )
+        or "none",
+        "{}",
+    )
+    out["e2e"] = _end_to_end_rows(data)
+    out["full_read_faster"] = _faster(data, 1_000_000, "full_seconds")
+    out["arrow_read_faster"] = _faster(data, 1_000_000, "arrow_full_seconds")
+    return out
+
+
+def _faster(data, rows: int, key: str) -> Optional[str]:
+    """Which format read faster (CSV / Parquet ratio), or None if not measured."""
+    try:
+        ratio = _size(data, rows)["ratios_csv_over_parquet"][key]
+    except (KeyError, TypeError):
+        return None
+    return "parquet" if ratio > 1 else "csv"
+
+
+def _end_to_end_rows(data) -> List[Dict[str, Any]]:
+    if data is None:
+        return []
+    rows = []
+    for run in data.get("end_to_end", []):
+        for fmt, result in run["formats"].items():
+            rows.append(
+                {
+                    "rows": f"{run['rows']:,}",
+                    "runs": run["repeats"],
+                    "format": fmt,
+                    "preprocess": f"{result['preprocess_seconds']:.1f} s",
+                    "train": f"{result['train_seconds']:.1f} s",
+                    "total": f"{result['total_seconds']:.1f} s",
+                    "mib": f"{result['processed_split_bytes'] / 2**20:,.2f}",
+                    "ratio": f"{run['ratio_csv_over_parquet_total_seconds']:.2f}x",
+                }
+            )
+    return rows
+
+
+def quality(results) -> Dict[str, Any]:
+    """quality.json: per data set, the primary test metric (mean ± std over
+    seeds) of each model, and each model's mean rank; empty where not measured."""
+    data = results["quality"]
+    try:
+        return _quality_table(data) if data is not None else {}
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return {}
+
+
+def _quality_table(data) -> Dict[str, Any]:
+    targets = data.get("targets", {})
+    per_dataset = targets.get("per_dataset", {})
+    models: List[str] = []
+    rows = []
+    for name, result in data["results"].items():
+        summary = result["summary"]
+        default = "rmse" if result["task"] == "regression" else "roc_auc"
+        metric = per_dataset.get(name, {}).get("metric", default)
+        for model in summary:
+            if model not in models:
+                models.append(model)
+        cells = {
+            model: {
+                "mean": f"{summary[model][metric]['mean']:.4f}",
+                "std": f"± {summary[model][metric]['std']:.4f}",
+            }
+            for model in summary
+            if metric in summary[model]
+        }
+        rows.append(
+            {
+                "dataset": name,
+                "task": result["task"],
+                "rows": f"{result['rows']:,}",
+                "metric": metric,
+                "cells": cells,
+            }
+        )
+    ranks = {
+        model: f"{rank:.2f}" for model, rank in targets.get("mean_rank", {}).items()
+    }
+    return {"models": models, "rows": rows, "ranks": ranks}
+
+
+def provenance(results) -> List[Dict[str, str]]:
+    """Which result file each section quotes, when and where it was measured."""
+    rows = []
+    for name in RESULT_NAMES:
+        data = results[name]
+        if data is None:
+            rows.append({"name": f"{name}.json", "date": None, "machine": None})
+            continue
+        machine = data.get("machine", {})
+        rows.append(
+            {
+                "name": f"{name}.json",
+                "date": data.get("date", "?"),
+                "machine": f"{machine.get('processor', '?')}, "
+                f"{machine.get('cpu_count', '?')} CPUs, device "
+                f"{machine.get('device', 'cpu')}",
+            }
+        )
+    return rows
+
+
+def all_facts(results) -> Dict[str, Any]:
+    return {
+        "training": training(results),
+        "serving": serving(results),
+        "batch": batch(results),
+        "storage": storage(results),
+        "quality": quality(results),
+        "provenance": provenance(results),
+        "gpu_measured": results["throughput_cuda_bf16"] is not None,
+    }
