@@ -71,6 +71,8 @@ def test_inference_paths_smoke(tmp_path, monkeypatch):
     assert sum(stages.values()) == pytest.approx(payload["batch_profile"]["seconds"])
     assert set(payload["single_record_in_process"]) == {"torch", "onnx"}
     assert payload["api"] is None
+    floor = payload["model_forward_floor"]
+    assert floor["flops_per_row"] > 2 * 256 * 256  # the default MLP's two layers
     assert payload["target"]["met"] is False  # 2,000 rows cannot amortise start-up
     markdown = (tmp_path / "smoke.md").read_text()
     assert "| parquet -> parquet |" in markdown and "not measured" in markdown
