@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from .errors import ModelSphereError
 from .fileio import atomic_path, atomic_write_json, read_json, sha256_file
-from .model import ModelSpec, TabularMLP, build_model
+from .model import ModelSpec, build_model
 from .schema import Schema
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class Artifact:
     def task(self) -> str:
         return self.schema.task
 
-    def build(self, device: torch.device) -> TabularMLP:
+    def build(self, device: torch.device) -> torch.nn.Module:
         """The model with its trained weights, on `device`, in eval mode."""
         model = build_model(self.spec)
         try:

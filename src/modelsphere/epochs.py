@@ -20,7 +20,6 @@ from .distributed import DistContext, all_reduce
 from .engines import predict_outputs
 from .inference import outputs_to_scores
 from .metrics import compute_metrics
-from .model import TabularMLP
 
 NO_BAD_BATCH = -1
 SINGLE_PROCESS = DistContext()
@@ -84,7 +83,7 @@ class EpochProgress:
 
 
 def run_epoch(
-    model: TabularMLP,
+    model: nn.Module,
     data: SplitTensors,
     batch_size: int,
     optimizer: torch.optim.Optimizer,
@@ -173,7 +172,7 @@ def _first_bad_across_ranks(first_bad: torch.Tensor, context: DistContext):
 
 
 def train_one_epoch(
-    model: TabularMLP,
+    model: nn.Module,
     data: SplitTensors,
     batch_size: int,
     optimizer: torch.optim.Optimizer,
@@ -204,7 +203,13 @@ def train_one_epoch(
 def batch_loss(
     loss_fn: nn.Module, outputs: torch.Tensor, target: torch.Tensor
 ) -> torch.Tensor:
+    """The loss of a batch. Outputs of shape [rows, k, n_outputs] come from an
+    ensemble in training mode (tabm): the loss is the mean of the k members'
+    losses, each member scored on every row."""
     outputs = outputs.float()
+    if outputs.ndim == 3:
+        target = target.repeat_interleave(outputs.shape[1])
+        outputs = outputs.flatten(0, 1)
     if isinstance(loss_fn, nn.MSELoss):
         return loss_fn(outputs[:, 0], target)
     return loss_fn(outputs, target)

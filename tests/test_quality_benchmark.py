@@ -1,0 +1,48 @@
+"""benchmarks/quality.py at smoke size: every model option and reference runs on a
+binary, a multiclass and a regression data set and the results are well formed."""
+
+from __future__ import annotations
+
+import json
+import math
+import runpy
+import sys
+
+from conftest import REPO
+
+DATASETS = ["credit_data", "hpc_data", "ames"]
+MODELS = ["mlp", "mlp_plr", "tabm", "lightgbm", "linear"]
+
+
+def test_quality_benchmark_smoke(tmp_path, monkeypatch):
+    argv = ["quality.py", "--quick", "--max-rows", "200", "--datasets", *DATASETS]
+    argv += ["--work-dir", str(tmp_path / "work"), "--out", str(tmp_path)]
+    argv += ["--name", "smoke", "--threads", "1"]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(REPO / "benchmarks" / "quality.py"), run_name="__main__")
+
+    payload = json.loads((tmp_path / "smoke.json").read_text())
+    assert list(payload["results"]) == DATASETS
+    assert payload["setup"]["quick"] is True
+    for package in ("torch", "tabm", "rtdl_num_embeddings", "lightgbm"):
+        assert package in payload["versions"]
+    primary = {"binary": "roc_auc", "multiclass": "accuracy", "regression": "rmse"}
+    for name, entry in payload["results"].items():
+        assert set(entry["runs"]) == set(MODELS)
+        metric = primary[entry["task"]]
+        for model, runs in entry["runs"].items():
+            assert len(runs) == 1 and runs[0]["seconds"] >= 0
+            assert math.isfinite(runs[0]["test"][metric])
+            assert entry["summary"][model][metric]["std"] == 0.0  # one seed
+    # The options ran the real pipeline: one run dir each, with its artifact.
+    for model in ("mlp", "mlp_plr", "tabm"):
+        run_dir = tmp_path / "work" / "outputs" / "ames" / f"{model}_seed0"
+        assert (run_dir / "model.json").is_file()
+        spec = json.loads((run_dir / "model.json").read_text())["model_spec"]
+        assert spec["architecture"] == model
+    targets = payload["targets"]
+    assert set(targets["per_dataset"]) == set(DATASETS)
+    assert set(targets["mean_rank"]) == set(MODELS)
+    markdown = (tmp_path / "smoke.md").read_text()
+    assert "| data set | task | rows | metric | mlp |" in markdown
+    assert "## Targets" in markdown and "QUICK" in markdown
