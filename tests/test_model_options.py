@@ -4,6 +4,8 @@ exports to ONNX through the same artifact and predictor code."""
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -204,3 +206,15 @@ def test_options_compose_on_the_csv_overrides(tmp_path):
     for option in OPTIONS:
         cfg = compose_config(csv_overrides(csv, tmp_path) + [f"model={option}"])
         assert cfg.model.name == option
+
+
+def test_the_cli_path_does_not_import_the_optional_architectures():
+    """rtdl_num_embeddings imports scikit-learn when it is installed (~1 s): the
+    entry points and the server load it only to build an mlp_plr or tabm model."""
+    code = (
+        "import sys, modelsphere.batch_predict, modelsphere.cli, "
+        "modelsphere.training, modelsphere.serving.app; "
+        "loaded = {'rtdl_num_embeddings', 'tabm', 'sklearn'} & set(sys.modules); "
+        "assert not loaded, loaded"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

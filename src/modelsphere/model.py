@@ -25,8 +25,6 @@ from .layers import (  # noqa: F401  (Dropout: re-exported for callers)
     embed_categorical,
     mlp_backbone,
 )
-from .model_plr import PeriodicMLP
-from .model_tabm import TabMEnsemble
 
 EMBEDDING_SIZE_FACTOR, EMBEDDING_SIZE_POWER = 1.6, 0.56  # fastai's rule of thumb
 
@@ -131,12 +129,26 @@ class TabularMLP(nn.Module):
         return self.head(self.backbone(x))
 
 
-# The architecture named in a spec -> its module class. Every class takes the spec
+def _periodic_mlp(spec: ModelSpec) -> nn.Module:
+    # Imported on use: rtdl_num_embeddings imports scikit-learn when it is
+    # installed (about 1 s), which every CLI and worker would pay otherwise.
+    from .model_plr import PeriodicMLP
+
+    return PeriodicMLP(spec)
+
+
+def _tabm(spec: ModelSpec) -> nn.Module:
+    from .model_tabm import TabMEnsemble
+
+    return TabMEnsemble(spec)
+
+
+# The architecture named in a spec -> its builder. Every builder takes the spec
 # alone, so an artifact's model.json rebuilds any of them.
 ARCHITECTURES: Dict[str, Callable[[ModelSpec], nn.Module]] = {
     "mlp": TabularMLP,
-    "mlp_plr": PeriodicMLP,
-    "tabm": TabMEnsemble,
+    "mlp_plr": _periodic_mlp,
+    "tabm": _tabm,
 }
 
 
