@@ -247,6 +247,40 @@ def inference_costs(args, choice) -> dict:
     return costs
 
 
+def training_profile(args, data, choice, batch_size: int, top: int = 10) -> dict:
+    """Where an epoch of our loop spends its time: torch.profiler over a
+    100-batch slice of the table, operators ranked by their own (self) time."""
+    rows = min(len(data), 100 * batch_size)
+    sliced = type(data)(
+        data.numeric[:rows], data.categorical[:rows], data.target[:rows]
+    )
+    epoch = ours(args, sliced, choice, batch_size)
+    epoch()  # warm-up
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if choice.device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as profiler:
+        epoch()
+        synchronize(choice.device)
+    events = profiler.key_averages()
+    total = sum(event.self_cpu_time_total for event in events)
+    ranked = sorted(events, key=lambda event: -event.self_cpu_time_total)[:top]
+    return {
+        "batch_size": batch_size,
+        "rows": rows,
+        "self_cpu_seconds": total / 1e6,
+        "operators": [
+            {
+                "name": event.key,
+                "calls": event.count,
+                "self_cpu_seconds": event.self_cpu_time_total / 1e6,
+                "share": event.self_cpu_time_total / total if total else 0.0,
+            }
+            for event in ranked
+        ],
+    }
+
+
 def loop_result(times, rows, batch_size, flops_per_row, peak) -> dict:
     median = statistics.median(times)
     gflops = rows / median * flops_per_row / 1e9
@@ -291,6 +325,7 @@ def main() -> None:
             f"{name:30s} {results[name]['rows_per_second']:12,.0f} rows/s "
             f"{results[name]['gflops']:8.1f} GFLOP/s (median of {len(times)})"
         )
+    profile = training_profile(args, tables[args.rows], choice, first)
     del tables
     ours_rate = results["ours"]["rows_per_second"]
     ratios = {
@@ -325,6 +360,7 @@ def main() -> None:
         "results": results,
         "ratios": ratios,
         "inference": inference_costs(args, choice),
+        "training_profile": profile,
         "targets": targets(results, args.batch_sizes),
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -415,6 +451,23 @@ def render_markdown(payload) -> str:
         lines.append(
             f"| {int(batch):,} | {cost['microseconds_per_row']:.3f} "
             f"| {cost['rows_per_second']:,.0f} |"
+        )
+    profile = payload["training_profile"]
+    lines += [
+        "",
+        f"## Where our loop's time goes (batch {profile['batch_size']:,})",
+        "",
+        f"torch.profiler over one epoch of {profile['rows']:,} rows "
+        f"({profile['self_cpu_seconds']:.2f} s of operator self time); the top "
+        "operators:",
+        "",
+        "| operator | calls | self seconds | share |",
+        "|---|---:|---:|---:|",
+    ]
+    for op in profile["operators"]:
+        lines.append(
+            f"| `{op['name']}` | {op['calls']:,} | {op['self_cpu_seconds']:.3f} "
+            f"| {op['share']:.0%} |"
         )
     if payload["targets"]:
         lines += ["", "## Targets", ""]

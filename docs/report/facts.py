@@ -20,6 +20,7 @@ RESULT_NAMES = (
     "preprocess_scale",
     "quality",
     "storage_formats",
+    "inference_paths",
     "throughput_cuda_bf16",
     "throughput_cuda_fp32",
     "throughput_gpu_host_cpu",
@@ -95,6 +96,29 @@ def training(results) -> Dict[str, Figure]:
             "{}",
         ),
     }
+    out["peak"] = figure(
+        data, src, lambda d: d["matmul_peak"]["gflops"], "{:,.0f} GFLOP/s"
+    )
+    out["gflops_4096"] = figure(
+        data,
+        src,
+        lambda d: d["results"]["ours_batch_4096"]["gflops"],
+        "{:,.0f} GFLOP/s",
+    )
+    out["share_4096"] = figure(
+        data,
+        src,
+        lambda d: d["results"]["ours_batch_4096"]["fraction_of_peak"],
+        "{:.0%}",
+    )
+    out["rows_4096"] = figure(data, src, rows("ours_batch_4096"), "{:,.0f} rows/s")
+    for batch in ("1", "4096"):
+        out[f"infer_us_{batch}"] = figure(
+            data,
+            src,
+            lambda d, b=batch: d["inference"][b]["microseconds_per_row"],
+            "{:.2f} µs/row",
+        )
     for name, label in (
         ("throughput_cuda_bf16", "cuda_bf16"),
         ("throughput_cuda_fp32", "cuda_fp32"),
@@ -196,6 +220,47 @@ def batch(results) -> Dict[str, Figure]:
             data, src, step(rows, "preprocessing", "peak_rss_mib"), "{:,.0f} MiB"
         )
     return out
+
+
+def inference_paths(results) -> Dict[str, Figure]:
+    """inference_paths.json: predict.py on Telco rows against the API's figures."""
+    data, src = results["inference_paths"], "inference_paths.json"
+    batch = lambda key: lambda d: d["batch"]["parquet -> parquet"][key]  # noqa: E731
+    return {
+        "rows": figure(data, src, lambda d: d["setup"]["rows"], "{:,}"),
+        "rows_per_second": figure(
+            data, src, batch("rows_per_second"), "{:,.0f} rows/s"
+        ),
+        "in_process": figure(
+            data, src, batch("in_process_rows_per_second"), "{:,.0f} rows/s"
+        ),
+        "us_per_row": figure(
+            data,
+            src,
+            lambda d: 1e6
+            / d["batch"]["parquet -> parquet"]["in_process_rows_per_second"],
+            "{:.1f} µs/row",
+        ),
+        "model_share": figure(
+            data,
+            src,
+            lambda d: d["batch_profile"]["stages"]["model forward"]
+            / d["batch_profile"]["seconds"],
+            "{:.0%}",
+        ),
+        "floor_rows": figure(
+            data,
+            src,
+            lambda d: d["setup"]["rows"] / d["model_forward_floor"]["seconds"],
+            "{:,.0f} rows/s",
+        ),
+        "record_us": figure(
+            data,
+            src,
+            lambda d: d["single_record_in_process"]["onnx"]["microseconds_per_record"],
+            "{:.0f} µs",
+        ),
+    }
 
 
 def _size(data, rows: int) -> Dict[str, Any]:
@@ -395,6 +460,7 @@ def all_facts(results) -> Dict[str, Any]:
         "training": training(results),
         "serving": serving(results),
         "batch": batch(results),
+        "paths": inference_paths(results),
         "storage": storage(results),
         "quality": quality(results),
         "provenance": provenance(results),
