@@ -27,7 +27,6 @@ import argparse
 import cProfile
 import json
 import os
-import platform
 import pstats
 import re
 import shutil
@@ -39,6 +38,10 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, List, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from environment import machine, versions  # noqa: E402
+from processes import raw_csv_command  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -98,23 +101,7 @@ def model_run_dir(args, work: Path, serve: Optional[dict]) -> Path:
 
 def telco_rows(rows: int, work: Path) -> Dict[str, Path]:
     """`rows` Telco records (features and id, no target) as Parquet and CSV."""
-    code = (
-        "import sys; from hydra import compose, initialize_config_dir; "
-        "import modelsphere.config; "
-        "from modelsphere.sources import materialise_raw_csv; "
-        "initialize_config_dir(config_dir=sys.argv[1], version_base='1.3'); "
-        "print(materialise_raw_csv(compose('config', overrides=sys.argv[2:]).data))"
-    )
-    result = run(
-        [
-            sys.executable,
-            "-c",
-            code,
-            str(REPO / "conf"),
-            f"paths.data_dir={work / 'data'}",
-        ],
-        check=True,
-    )
+    result = run(raw_csv_command([f"paths.data_dir={work / 'data'}"]), check=True)
     import pandas as pd
 
     raw = pd.read_csv(result.stdout.strip().splitlines()[-1])
@@ -292,6 +279,7 @@ def main() -> None:
         "benchmark": "inference_paths",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
+        "versions": versions(),
         "load_average_1m": {"start": load_before, "end": os.getloadavg()[0]},
         "setup": {
             "rows": args.rows,
@@ -317,42 +305,19 @@ def main() -> None:
     print(json.dumps(payload["target"], indent=2))
 
 
-def machine() -> Dict[str, Any]:
-    processor = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                processor = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import pandas
-    import pyarrow
-    import torch
-
-    return {
-        "platform": platform.platform(),
-        "processor": processor,
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "pandas": pandas.__version__,
-        "pyarrow": pyarrow.__version__,
-    }
-
-
 def render_markdown(payload: Dict[str, Any]) -> str:
     machine, setup, load = (
         payload["machine"],
         payload["setup"],
         payload["load_average_1m"],
     )
+    packages = payload["versions"]
     lines = [
         "# Batch vs real-time inference",
         "",
         f"{payload['date']}, {machine['processor']}, {machine['platform']}, "
         f"{machine['cpu_count']} CPUs, Python {machine['python']}, torch "
-        f"{machine['torch']}, pyarrow {machine['pyarrow']}; 1-minute load average "
+        f"{packages['torch']}, pyarrow {packages['pyarrow']}; 1-minute load average "
         f"{load['start']:.1f} at the start, {load['end']:.1f} at the end (other "
         "work on the machine slows every figure).",
         "",

@@ -28,17 +28,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, List
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from environment import machine  # noqa: E402
+from processes import GNU_TIME, raw_csv_command  # noqa: E402
+from processes import measured as run_measured  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -46,15 +49,6 @@ TARGET_PEAK_RSS_MIB = 2048  # the issue's target at 10 million rows
 TARGET_ROWS = 10_000_000
 LARGE_ROWS = 5_000_000  # sizes from here on run --large-repeats times
 MODEL_ROWS = 5_000
-GNU_TIME = "/usr/bin/time"
-# Reads the peak RSS of one child when GNU time is missing (ru_maxrss is in KiB).
-RUSAGE_WRAPPER = (
-    "import resource, subprocess, sys; "
-    "code = subprocess.call(sys.argv[1:]); "
-    "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss; "
-    "sys.stderr.write(f'Maximum resident set size (kbytes): {peak}\\n'); "
-    "sys.exit(code)"
-)
 
 
 def parse_args() -> argparse.Namespace:
@@ -94,20 +88,9 @@ def data_overrides(rows: int, work: Path) -> List[str]:
 def measured(command: List[str], in_process: str = "") -> Dict[str, Any]:
     """Run `command` in the repo root; its wall seconds and peak RSS, and the
     seconds its own log reports (the first group of the regex `in_process`)."""
-    if Path(GNU_TIME).is_file():
-        wrapped = [GNU_TIME, "-v", *command]
-    else:
-        wrapped = [sys.executable, "-c", RUSAGE_WRAPPER, *command]
-    started = time.perf_counter()
-    result = subprocess.run(wrapped, cwd=REPO, capture_output=True, text=True)
-    seconds = time.perf_counter() - started
-    output = result.stdout + result.stderr
-    if result.returncode != 0:
-        raise RuntimeError(
-            f"{' '.join(command)} failed ({result.returncode}):\n{output[-3000:]}"
-        )
-    peak = re.search(r"Maximum resident set size \(kbytes\): (\d+)", output)
-    run = {"seconds": seconds, "peak_rss_mib": int(peak.group(1)) / 1024}
+    result = run_measured(command)
+    run = {"seconds": result["process_seconds"], "peak_rss_mib": result["peak_rss_mib"]}
+    output = result["stdout"] + result["stderr"]
     found = re.search(in_process, output) if in_process else None
     if found:
         run["in_process_seconds"] = float(found.group(1))
@@ -116,15 +99,7 @@ def measured(command: List[str], in_process: str = "") -> Dict[str, Any]:
 
 def generate(rows: int, work: Path) -> Dict[str, Any]:
     """The raw CSV, written by the package's own generator in a fresh process."""
-    code = (
-        "import sys; from hydra import compose, initialize_config_dir; "
-        "import modelsphere.config; "
-        "from modelsphere.sources import materialise_raw_csv; "
-        "initialize_config_dir(config_dir=sys.argv[1], version_base='1.3'); "
-        "materialise_raw_csv(compose('config', overrides=sys.argv[2:]).data)"
-    )
-    command = [sys.executable, "-c", code, str(REPO / "conf")]
-    return measured(command + data_overrides(rows, work))
+    return measured(raw_csv_command(data_overrides(rows, work)))
 
 
 def preprocess(rows: int, work: Path) -> Dict[str, Any]:
@@ -274,18 +249,6 @@ def target(sizes: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
-def machine() -> Dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "processor": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "memory_gib": round(
-            os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1
-        ),
-        "python": platform.python_version(),
-    }
-
-
 def code_and_versions() -> Dict[str, Any]:
     """Package versions and the modelsphere code the steps ran (in a subprocess,
     as the steps import it: PYTHONPATH can point them at another checkout)."""
@@ -300,16 +263,6 @@ def code_and_versions() -> Dict[str, Any]:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     return json.loads(result.stdout)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def render_markdown(payload) -> str:

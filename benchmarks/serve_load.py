@@ -23,7 +23,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import re
 import shutil
 import signal
@@ -52,6 +51,9 @@ from modelsphere.inference import Predictor
 from modelsphere.provenance import package_versions
 from modelsphere.schema import Schema
 from modelsphere.serving.schemas import predict_request_model, record_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from environment import machine  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -460,24 +462,6 @@ def http_overhead(configs: list, inproc: dict) -> dict:
                 "http_overhead_ms": cell["latency_ms"]["p50"] - in_ms,
             }
     return out
-
-
-def machine() -> dict:
-    processor = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                processor = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "platform": platform.platform(),
-        "processor": processor,
-        "cpu_count": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)),
-        "python": platform.python_version(),
-    }
 
 
 def versions() -> dict:

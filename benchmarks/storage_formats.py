@@ -52,9 +52,9 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from storage_end_to_end import end_to_end  # noqa: E402
-from storage_environment import machine, versions  # noqa: E402
+from environment import machine, versions  # noqa: E402
 from storage_markdown import render_markdown  # noqa: E402
-from storage_processes import GNU_TIME, compose_config, measured  # noqa: E402
+from processes import GNU_TIME, compose_config, measured  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"

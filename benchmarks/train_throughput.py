@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,6 +43,9 @@ from modelsphere.model import ModelSpec, build_model
 from modelsphere.provenance import package_versions
 from modelsphere.epochs import SplitTensors, train_one_epoch
 from modelsphere.optimization import make_loss, make_optimizer, make_scheduler
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from environment import cpu_model  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -397,16 +401,6 @@ def device_name(choice) -> str:
     if choice.device.type == "cuda":
         return torch.cuda.get_device_name(choice.device)
     return cpu_model()
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def render_markdown(payload) -> str:

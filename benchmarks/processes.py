@@ -1,5 +1,6 @@
 """Running a benchmark step as its own process, as a user runs it (wall seconds and
-peak RSS), and the app config the storage benchmark composes."""
+peak RSS from GNU time, or getrusage without it), and the app config of the
+synthetic table the benchmarks compose."""
 
 from __future__ import annotations
 
@@ -19,6 +20,19 @@ RUSAGE_WRAPPER = (
     "sys.stderr.write(f'Maximum resident set size (kbytes): {peak}\\n'); "
     "sys.exit(code)"
 )
+
+
+def raw_csv_command(overrides: List[str]) -> List[str]:
+    """A fresh process that writes the raw CSV of the data config these overrides
+    compose (the package's own sources) and prints its path."""
+    code = (
+        "import sys; from hydra import compose, initialize_config_dir; "
+        "import modelsphere.config; "
+        "from modelsphere.sources import materialise_raw_csv; "
+        "initialize_config_dir(config_dir=sys.argv[1], version_base='1.3'); "
+        "print(materialise_raw_csv(compose('config', overrides=sys.argv[2:]).data))"
+    )
+    return [sys.executable, "-c", code, str(REPO / "conf"), *overrides]
 
 
 def compose_config(rows: int, work: Path, fmt: str = "parquet"):
@@ -42,7 +56,7 @@ def data_overrides(rows: int, work: Path, fmt: str) -> List[str]:
 
 
 def measured(command: List[str]) -> Dict[str, Any]:
-    """Run `command` in the repo root: wall seconds, peak RSS and its stdout."""
+    """Run `command` in the repo root: wall seconds, peak RSS and its output."""
     if Path(GNU_TIME).is_file():
         wrapped = [GNU_TIME, "-v", *command]
     else:
@@ -60,4 +74,5 @@ def measured(command: List[str]) -> Dict[str, Any]:
         "process_seconds": seconds,
         "peak_rss_mib": int(peak.group(1)) / 1024,
         "stdout": result.stdout,
+        "stderr": result.stderr,
     }

@@ -1,4 +1,5 @@
-"""The machine and package versions a benchmark ran with, for its results file."""
+"""The machine and package versions a benchmark ran with, for its results file
+(shared by every script in benchmarks/)."""
 
 from __future__ import annotations
 
