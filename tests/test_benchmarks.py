@@ -66,6 +66,9 @@ def test_inference_paths_smoke(tmp_path, monkeypatch):
     for result in payload["batch"].values():
         assert result["rows"] == 2000 and result["rows_per_second"] > 0
         assert result["in_process_seconds"] < result["seconds"]
+    startup = payload["startup"]
+    assert 0 < startup["seconds"] and len(startup["runs"]) == 1
+    assert startup["rows_per_second_cap"] == pytest.approx(2000 / startup["seconds"])
     stages = payload["batch_profile"]["stages"]
     assert stages["model forward"] > 0 and stages["feature transform"] > 0
     assert sum(stages.values()) == pytest.approx(payload["batch_profile"]["seconds"])

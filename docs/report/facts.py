@@ -254,6 +254,7 @@ def inference_paths(results) -> Dict[str, Figure]:
             lambda d: d["setup"]["rows"] / d["model_forward_floor"]["seconds"],
             "{:,.0f} rows/s",
         ),
+        "startup_s": figure(data, src, lambda d: d["startup"]["seconds"], "{:.2f} s"),
         "record_us": figure(
             data,
             src,
