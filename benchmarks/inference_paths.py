@@ -28,7 +28,6 @@ import cProfile
 import json
 import os
 import pstats
-import re
 import shutil
 import statistics
 import subprocess
@@ -41,11 +40,10 @@ from typing import Any, Dict, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from environment import machine, versions  # noqa: E402
-from processes import raw_csv_command  # noqa: E402
+from processes import measured, raw_csv_command  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-GNU_TIME = "/usr/bin/time"
 TARGET_ROWS_PER_SECOND = 500_000  # issue 7: predict.py Parquet -> Parquet, 1M rows
 SINGLE_RECORD_CALLS = 2000
 # cProfile functions (file suffix, function name) -> stage of predict_file
@@ -139,21 +137,14 @@ def predict_once(run_dir: Path, source: Path, work: Path) -> Dict[str, Any]:
         "device=cpu",
         f"paths.outputs_dir={outputs}",
     ]
-    if Path(GNU_TIME).is_file():
-        command = [GNU_TIME, "-v", *command]
-    started = time.perf_counter()
-    result = run(command)
-    seconds = time.perf_counter() - started
-    if result.returncode != 0:
-        sys.exit(f"predict.py failed:\n{(result.stdout + result.stderr)[-3000:]}")
+    result = measured(command)
     summaries = sorted(outputs.glob("predict/*/prediction.json"))
     summary = json.loads(summaries[-1].read_text())
     shutil.rmtree(outputs)
-    peak = re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr)
     return {
-        "seconds": seconds,
+        "seconds": result["process_seconds"],
         "in_process_seconds": summary["seconds"],
-        "peak_rss_mib": int(peak.group(1)) / 1024 if peak else None,
+        "peak_rss_mib": result["peak_rss_mib"],
     }
 
 
@@ -169,7 +160,7 @@ def batch_path(args, run_dir: Path, source: Path, work: Path) -> Dict[str, Any]:
         "rows_per_second": args.rows / seconds,
         "in_process_rows_per_second": args.rows / inner,
         "microseconds_per_row": seconds / args.rows * 1e6,
-        "peak_rss_mib": max((r["peak_rss_mib"] or 0) for r in runs) or None,
+        "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
     }
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 from typing import List
 
@@ -167,3 +170,39 @@ def run_cli_in_process(capfd, script: str, *overrides: str):
         torch.set_num_threads(saved_threads)
     captured = capfd.readouterr()
     return subprocess.CompletedProcess(argv, returncode, captured.out, captured.err)
+
+
+# ----------------------------------------------------------------------------
+# Waiting for the API to load its model
+
+READY_TIMEOUT_SECONDS = 60
+
+
+def wait_client_ready(client) -> None:
+    """Poll an in-process TestClient until /v2/health/ready answers 200."""
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    while client.get("/v2/health/ready").status_code != 200:
+        assert time.monotonic() < deadline, client.get("/v2/health/ready").json()
+        time.sleep(0.05)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_server_ready(process: subprocess.Popen, base: str) -> None:
+    """Poll a serve.py subprocess until /v2/health/ready answers 200; fail with
+    its output if it exits first."""
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/v2/health/ready") as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        assert process.poll() is None, process.stdout.read()
+        assert time.monotonic() < deadline, "serve.py did not become ready"
+        time.sleep(0.2)

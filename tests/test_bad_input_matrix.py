@@ -17,7 +17,6 @@ import asyncio
 import json
 import logging
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -32,6 +31,7 @@ from conftest import (
     run_cli,
     run_cli_in_process,
     train_tiny,
+    wait_client_ready,
 )
 from fastapi.testclient import TestClient
 from hydra.core.global_hydra import GlobalHydra
@@ -43,7 +43,6 @@ from modelsphere.serving.app import ServeSettings, create_app
 from modelsphere.training import run_training
 
 USAGE_ERROR = 2
-READY_TIMEOUT_SECONDS = 60
 MAX_BODY_BYTES = 1 << 20  # ServeSettings' default, as serve.max_body_bytes
 LONG = 10_000  # characters in the "10,000-character strings" rows
 PROBABILITIES = ["no_probability", "yes_probability"]
@@ -705,10 +704,7 @@ def test_in_process_runs_leave_no_hydra_or_logging_state(tmp_path, capfd):
 def client(run_dir):
     app = create_app(ServeSettings(run_dir=str(run_dir), engine="torch"))
     with TestClient(app) as client:
-        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-        while client.get("/v2/health/ready").status_code != 200:
-            assert time.monotonic() < deadline, client.get("/v2/health/ready").json()
-            time.sleep(0.05)
+        wait_client_ready(client)
         yield client
 
 

@@ -12,16 +12,13 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 from typing import Iterator, List, Tuple
 
 import pytest
-from conftest import REPO, compose_config
+from conftest import REPO, compose_config, free_port, wait_server_ready
 
 from modelsphere.serving.app import ServeSettings, create_app
 
@@ -39,7 +36,6 @@ METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"}
 DELIBERATELY_UNKNOWN = {("GET", "/v2/no_such_endpoint")}
 # FastAPI's own pages: not part of the documented API.
 FASTAPI_PAGES = {"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
-READY_TIMEOUT_SECONDS = 60
 NEWMAN_TIMEOUT_SECONDS = 120
 
 
@@ -241,26 +237,6 @@ def test_example_bodies_fit_the_telco_model(collection, telco_run):
 # newman against serve.py
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_ready(process: subprocess.Popen, base: str) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-    while True:
-        try:
-            with urllib.request.urlopen(f"{base}/v2/health/ready") as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        assert process.poll() is None, process.stdout.read()
-        assert time.monotonic() < deadline, "serve.py did not become ready"
-        time.sleep(0.2)
-
-
 def test_newman_runs_the_collection_against_serve_py(collection, telco_run, tmp_path):
     if not NEWMAN.exists():
         pytest.fail(
@@ -287,7 +263,7 @@ def test_newman_runs_the_collection_against_serve_py(collection, telco_run, tmp_
         env=dict(os.environ, PYTHONUNBUFFERED="1"),
     )
     try:
-        wait_ready(server, base)
+        wait_server_ready(server, base)
         newman = subprocess.run(
             [
                 str(NEWMAN),

@@ -5,17 +5,22 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, make_table, train_tiny
+from conftest import (
+    REPO,
+    free_port,
+    make_table,
+    train_tiny,
+    wait_client_ready,
+    wait_server_ready,
+)
 from fastapi.testclient import TestClient
 
 from modelsphere.batch_predict import predict_file
@@ -23,7 +28,6 @@ from modelsphere.devices import select_device
 from modelsphere.inference import Predictor
 from modelsphere.serving.app import ServeSettings, create_app
 
-READY_TIMEOUT_SECONDS = 60
 NAME = "tiny_binary"  # the data set name: train_tiny writes tiny_binary.csv
 
 
@@ -37,20 +41,11 @@ def runs(tmp_path_factory):
     }
 
 
-def wait_ready(client: TestClient) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if client.get("/v2/health/ready").status_code == 200:
-            return
-        time.sleep(0.05)
-    raise AssertionError(client.get("/v2/health/ready").json())
-
-
 def client_for(run_dir: Path, **settings) -> TestClient:
     app = create_app(ServeSettings(run_dir=str(run_dir), **settings))
     client = TestClient(app)
     client.__enter__()
-    wait_ready(client)
+    wait_client_ready(client)
     return client
 
 
@@ -170,13 +165,13 @@ def test_onnx_engine_matches_torch(runs, task):
 
 def test_regression_and_multiclass_responses(runs):
     with TestClient(create_app(ServeSettings(run_dir=str(runs["regression"])))) as c:
-        wait_ready(c)
+        wait_client_ready(c)
         body = c.post("/predict", json={"records": feature_records(2, "regression")})
         predictions = body.json()["predictions"]
         assert all(isinstance(p["prediction"], float) for p in predictions)
         assert all("probabilities" not in p for p in predictions)
     with TestClient(create_app(ServeSettings(run_dir=str(runs["multiclass"])))) as c:
-        wait_ready(c)
+        wait_client_ready(c)
         body = c.post("/predict", json={"records": feature_records(2, "multiclass")})
         for p in body.json()["predictions"]:
             assert p["prediction"] in {0, 1, 2}
@@ -404,12 +399,6 @@ def test_metrics_count_requests_errors_and_rows(binary):
 # serve.py as a user starts it
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_serve_py_starts_answers_and_stops(runs):
     port = free_port()
     outputs = runs["binary"].parents[1]
@@ -429,17 +418,7 @@ def test_serve_py_starts_answers_and_stops(runs):
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/v2/health/ready") as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert process.poll() is None, process.stdout.read()
-            assert time.monotonic() < deadline, "server did not become ready"
-            time.sleep(0.2)
+        wait_server_ready(process, base)
         request = urllib.request.Request(
             f"{base}/predict",
             data=json.dumps({"records": feature_records(2)}).encode(),

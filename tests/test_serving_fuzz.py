@@ -19,12 +19,11 @@ pytest 9 no longer has (AttributeError before any case runs).
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
 import schemathesis
-from conftest import train_tiny
+from conftest import train_tiny, wait_client_ready
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -39,7 +38,6 @@ NUMERIC = ("age", "income")  # make_table's features and id column
 CATEGORICAL = ("plan", "region")
 ID_COLUMN = "customer_id"
 INFER = "/v2/models/{name}/infer"
-READY_TIMEOUT_SECONDS = 60
 MAX_EXAMPLES = 50  # per test: the whole file runs in under 30 s on 2 cores
 FUZZ_SETTINGS = settings(
     max_examples=MAX_EXAMPLES,
@@ -68,10 +66,7 @@ def served_app(tmp_path_factory):
     run_dir = train_tiny(base, task="binary", run_name="binary")
     app = create_app(ServeSettings(run_dir=str(run_dir), engine="torch"))
     with TestClient(app) as client:
-        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-        while client.get("/v2/health/ready").status_code != 200:
-            assert time.monotonic() < deadline, client.get("/v2/health/ready").json()
-            time.sleep(0.05)
+        wait_client_ready(client)
         yield app
 
 

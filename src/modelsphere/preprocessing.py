@@ -551,7 +551,7 @@ def iter_split_columns(
 ) -> Iterator[pd.DataFrame]:
     """A processed split (or some of its columns) as frames typed like
     `read_split_columns`, `chunk_rows` rows each (Parquet, read a row group at a
-    time) or one 1 MiB block each (CSV)."""
+    time) or one 1 MiB block each (CSV); an empty split gives one empty frame."""
     layout = arrow_schema(schema)
     names = columns or layout.names
     if fmt == "parquet":
@@ -563,8 +563,12 @@ def iter_split_columns(
             convert_options=_split_convert_options(layout, names),
         )
         tables = (pa.Table.from_batches([batch]) for batch in batches)
+    empty = True
     for table in tables:
+        empty = False
         yield _split_frame(table)
+    if empty:
+        yield _split_frame(pa.schema([layout.field(n) for n in names]).empty_table())
 
 
 def _checked_split_path(processed: ProcessedData, split: str) -> Path:

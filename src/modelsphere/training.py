@@ -17,7 +17,6 @@ import random
 import signal
 import time
 from dataclasses import dataclass, replace
-from itertools import chain
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
@@ -67,7 +66,6 @@ from .preprocessing import (
     SPLITS,
     ProcessedData,
     iter_split_frames,
-    load_split,
     prepare_data,
 )
 from .provenance import provenance
@@ -416,10 +414,7 @@ def _split_tensors(
     """A split's model inputs and targets, transformed chunk by chunk."""
     numeric, categorical, target = [], [], []
     target_name = feature_state["target"]["name"]
-    chunks = iter_split_frames(data, split)
-    first = next(chunks, None)  # an empty split still gives typed, empty arrays
-    frames = [load_split(data, split)] if first is None else chain([first], chunks)
-    for frame in frames:
+    for frame in iter_split_frames(data, split):
         arrays = transform_features(frame, feature_state)
         numeric.append(arrays.numeric)
         categorical.append(arrays.categorical)
