@@ -117,9 +117,26 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(table, tmp_path):
     assert process.returncode == -signal.SIGKILL
     payload = load_checkpoint(killed)  # loadable: written atomically
     assert 2 <= payload["epoch"] < 12
-    assert not [p for p in killed.iterdir() if p.name.endswith(".tmp")]
+    # A kill inside a write may leave that write's temporary file (never a
+    # half-written checkpoint); resuming removes it.
     resume(table, tmp_path, killed)
+    assert not [p for p in killed.iterdir() if p.name.endswith(".tmp")]
     assert_identical_runs(reference, killed)
+
+
+def test_resume_removes_the_temporary_file_of_a_killed_write(table, tmp_path):
+    run_dir = tmp_path / "outputs" / "train" / "short"
+    run_training(
+        compose_config(overrides(table, tmp_path, "train.max_epochs=1")), run_dir
+    )
+    stale = run_dir / f".{CHECKPOINT_FILE}.x1y2z3.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    cfg = compose_config(
+        overrides(table, tmp_path, f"train.resume={run_dir}", "train.max_epochs=2")
+    )
+    run_training(cfg, tmp_path / "unused")
+    assert not stale.exists()
+    assert load_checkpoint(run_dir)["epoch"] == 2
 
 
 # ----------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, List
 
 from .errors import ModelSphereError
 
@@ -46,6 +46,15 @@ def _describe_os_error(path: Path, exc: OSError) -> str:
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"cannot write {path}: permission denied (is the folder writable?)"
     return f"cannot write {path}: {exc.strerror or exc}"
+
+
+def remove_stale_temp_files(directory: str | os.PathLike) -> List[Path]:
+    """Delete the temporary files `atomic_path` leaves when its process is killed
+    mid-write (the file it was replacing is intact); returns what was removed."""
+    stale = sorted(Path(directory).glob(".*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 @contextlib.contextmanager

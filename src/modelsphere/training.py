@@ -52,7 +52,7 @@ from .features import (
     fit_feature_state_from_split,
     transform_features,
 )
-from .fileio import atomic_write_json, atomic_write_text
+from .fileio import atomic_write_json, atomic_write_text, remove_stale_temp_files
 from .interrupts import StopRequest, TrainingInterrupted, stop_requests
 from .metrics import is_improvement, resolve_monitor
 from .model import ModelSpec, TabularMLP, build_model, spec_from_config
@@ -115,6 +115,9 @@ def _train(cfg, run_dir: Path, resume, device: DeviceChoice, context) -> float:
     main = context.is_main  # only rank 0 writes (a single process is rank 0)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if resume is not None:
+            for stale in remove_stale_temp_files(run_dir):
+                log.info("resume: removed %s, left by a write that was killed", stale)
         atomic_write_text(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
 
     data = prepare_data(cfg.data, cfg.paths.data_dir)
