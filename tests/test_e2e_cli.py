@@ -234,6 +234,35 @@ def test_predict_parquet_to_csv(work, unlabelled, scored_parquet):
         np.testing.assert_allclose(scored[name], reference[name], atol=1e-9)
 
 
+def test_predict_engines_and_prefetch_agree(work, unlabelled, scored_parquet):
+    """engine=auto (ONNX Runtime on the CPU) with the chunk prefetch, and eager
+    PyTorch one stage after the other, in small chunks: the same rows, the same
+    labels, probabilities equal to float32 rounding."""
+    outputs = {}
+    for name, options in {
+        "torch_in_turn": ["engine=torch", "prefetch_chunks=0"],
+        "auto_prefetched": ["prefetch_chunks=2", "threads=1"],
+    }.items():
+        outputs[name] = work / "scored" / f"{name}.parquet"
+        result = run_cli(
+            "predict.py",
+            f"paths.outputs_dir={work / 'outputs'}",
+            f"input={unlabelled}",
+            f"output={outputs[name]}",
+            "device=cpu",
+            "chunk_rows=50",
+            *options,
+        )
+        assert_ok(result)
+    eager, fast = (pd.read_parquet(path) for path in outputs.values())
+    assert len(eager) == len(fast) == 240
+    assert eager["customer_id"].tolist() == fast["customer_id"].tolist()
+    assert eager["prediction"].tolist() == fast["prediction"].tolist()
+    np.testing.assert_allclose(
+        eager["yes_probability"], fast["yes_probability"], rtol=0, atol=1e-5
+    )
+
+
 def test_train_preprocesses_a_fresh_data_dir_itself(tmp_path, tiny_csv):
     overrides = csv_overrides(tiny_csv, tmp_path)
     assert not (tmp_path / "data").exists()

@@ -187,7 +187,7 @@ def test_train_save_reload_predict(tmp_path, option, task):
 def test_onnx_export_failure_falls_back_to_torch(tmp_path, monkeypatch, caplog):
     run_dir = train_tiny(tmp_path, *SMALL["tabm"])
 
-    def broken_export(module):
+    def broken_export(module, weights_sha256):
         raise RuntimeError("unsupported operator\nmore detail")
 
     monkeypatch.setattr(engines, "_export", broken_export)

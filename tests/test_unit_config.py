@@ -102,6 +102,21 @@ def test_predict_config_composes_and_needs_input_and_output():
 @pytest.mark.parametrize(
     "overrides, message",
     [
+        (["engine=tensorrt"], "engine='tensorrt' is not valid"),
+        (["engine=onnx", "device=cuda"], "engine=onnx runs on the CPU"),
+        (["threads=0"], "threads must be >= 1 or null"),
+        (["prefetch_chunks=-1"], "prefetch_chunks must be >= 0"),
+    ],
+)
+def test_predict_engine_options_are_checked(overrides, message):
+    cfg = compose_config(["input=a.csv", "output=b.csv", *overrides], "predict")
+    with pytest.raises(ModelSphereError, match=re.escape(message)):
+        validate_predict_app(cfg)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
         (["train.lr=-0.1"], "train.lr must be > 0, got -0.1"),
         (["train.lr=0"], "train.lr must be > 0"),
         (["train.max_epochs=0"], "train.max_epochs must be >= 1, got 0"),

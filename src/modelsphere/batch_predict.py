@@ -1,5 +1,9 @@
 """predict.py: score a file chunk by chunk, so memory stays bounded by `chunk_rows`.
 
+Reading, typing and the feature transform of the next chunk run in a background
+thread while the current chunk goes through the forward pass and the writer
+(`prefetch_chunks` ahead; 0: one stage after the other).
+
 The output is written to a temporary file beside the destination and renamed into
 place at the end: a bad row in the last chunk leaves no half-written output.
 """
@@ -9,13 +13,17 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, Iterator, List
+
+import torch
 
 from .config import validate_predict_app
 from .devices import select_device
+from .engines import resolve_engine
 from .errors import ModelSphereError
 from .fileio import atomic_write_json
-from .inference import Predictor
+from .inference import Predictor, PreparedRows
+from .prefetch import prefetched
 from .runs import resolve_run_dir
 from .table_files import (
     CsvOptions,
@@ -37,6 +45,7 @@ def predict_file(
     output_path: str | Path,
     chunk_rows: int,
     csv: CsvOptions = CsvOptions(),
+    prefetch_chunks: int = 1,
 ) -> Dict[str, Any]:
     input_path, output_path = Path(input_path), Path(output_path)
     table_format(input_path, "input")
@@ -52,13 +61,13 @@ def predict_file(
         raise ModelSphereError(f"{exc}{_delimiter_hint(columns, csv)}") from exc
     started = time.perf_counter()
     rows = 0
+    prepared = _prepared_chunks(predictor, input_path, chunk_rows, csv)
+    if prefetch_chunks:
+        prepared = prefetched(prepared, prefetch_chunks)
     with writer.open():
-        for chunk in iter_table_chunks(input_path, chunk_rows, csv=csv):
-            scored = predictor.predict_frame(
-                chunk, where=str(input_path), row_offset=rows
-            )
-            writer.write(scored)
-            rows += len(chunk)
+        for chunk in prepared:
+            writer.write(predictor.score_prepared(chunk))
+            rows += chunk.rows
             log.info("scored %d rows", rows)
         if rows == 0:
             raise ModelSphereError(f"{input_path} has no data rows to score")
@@ -68,6 +77,22 @@ def predict_file(
         "seconds": seconds,
         "rows_per_second": rows / seconds if seconds else None,
     }
+
+
+def forward_threads(prefetch_chunks: int) -> int:
+    """Intra-op threads for the forward pass: every core, less the one the
+    prefetch thread keeps busy reading and transforming."""
+    cores = torch.get_num_threads()
+    return max(1, cores - 1) if prefetch_chunks else cores
+
+
+def _prepared_chunks(
+    predictor: Predictor, input_path: Path, chunk_rows: int, csv: CsvOptions
+) -> Iterator[PreparedRows]:
+    rows = 0
+    for chunk in iter_table_chunks(input_path, chunk_rows, csv=csv):
+        yield predictor.prepare_rows(chunk, where=str(input_path), row_offset=rows)
+        rows += len(chunk)
 
 
 def _delimiter_hint(columns: List[str], csv: CsvOptions) -> str:
@@ -85,9 +110,13 @@ def run_batch_prediction(cfg: Any, output_dir: str | Path) -> Dict[str, Any]:
     run_dir = resolve_run_dir(cfg.run_dir, cfg.paths.outputs_dir)
     device = select_device(cfg.device.name, cfg.device.amp, cfg.device.amp_dtype)
     log.info("device: %s (%s)", device.device, device.reason)
-    predictor = Predictor.from_run_dir(run_dir, device, cfg.batch_size)
+    engine = resolve_engine(cfg.engine, device)
+    threads = cfg.threads or forward_threads(cfg.prefetch_chunks)
+    predictor = Predictor.from_run_dir(run_dir, device, cfg.batch_size, engine, threads)
     csv = CsvOptions(delimiter=cfg.delimiter, encoding=cfg.encoding)
-    summary = predict_file(predictor, cfg.input, cfg.output, cfg.chunk_rows, csv)
+    summary = predict_file(
+        predictor, cfg.input, cfg.output, cfg.chunk_rows, csv, cfg.prefetch_chunks
+    )
     summary.update(run_dir=str(run_dir), input=str(cfg.input), output=str(cfg.output))
     atomic_write_json(Path(output_dir) / SUMMARY_FILE, summary)
     log.info(

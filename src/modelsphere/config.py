@@ -199,6 +199,9 @@ class PredictAppConfig:
     output: str = MISSING
     chunk_rows: int = 65_536
     batch_size: int = 8192
+    prefetch_chunks: int = 1
+    engine: str = "auto"
+    threads: Optional[int] = None
     delimiter: str = ","
     encoding: str = "utf8"
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -481,7 +484,17 @@ def validate_predict_app(cfg: DictConfig) -> None:
     validate_device(cfg.device)
     _require(cfg.chunk_rows >= 1, "chunk_rows must be >= 1")
     _require(cfg.batch_size >= 1, "batch_size must be >= 1")
+    _require(cfg.prefetch_chunks >= 0, "prefetch_chunks must be >= 0")
+    _choice(cfg.engine, "engine", PREDICT_ENGINES)
+    _require(cfg.threads is None or cfg.threads >= 1, "threads must be >= 1 or null")
     _require(len(cfg.delimiter) == 1, "delimiter must be a single character")
+    _require(
+        not (cfg.engine == "onnx" and cfg.device.name == "cuda"),
+        "engine=onnx runs on the CPU: use device=cpu, or engine=auto or torch",
+    )
+
+
+PREDICT_ENGINES = ("auto", "onnx", "torch")
 
 
 SERVE_ENGINES = ("onnx", "torch")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
@@ -49,6 +50,15 @@ def outputs_to_scores(
     return outputs[:, 0] * target["std"] + target["mean"]
 
 
+@dataclass
+class PreparedRows:
+    """Rows checked, typed and transformed, ready for the forward pass."""
+
+    rows: int
+    ids: Optional[np.ndarray]  # the id column's values, if the input has it
+    arrays: FeatureArrays
+
+
 class Predictor:
     """A trained model with its schema and feature state, ready to score rows."""
 
@@ -68,7 +78,14 @@ class Predictor:
         self.transform = FeatureTransform(artifact.feature_state)
         self.model = artifact.build(device.device)
         self.engine = make_engine(
-            engine, self.model, artifact.spec, device, batch_size, threads
+            engine,
+            self.model,
+            artifact.spec,
+            device,
+            batch_size,
+            threads,
+            artifact.run_dir,
+            artifact.meta.get("weights_sha256"),
         )
         self._announced: set = set()
 
@@ -193,16 +210,29 @@ class Predictor:
             )
         return out
 
+    def prepare_rows(
+        self, frame: pd.DataFrame, where: str = "input", row_offset: int = 0
+    ) -> PreparedRows:
+        """Everything before the forward pass (predict.py runs it a chunk ahead)."""
+        cleaned = self.prepare(frame, where, row_offset)
+        ids = None
+        if self.schema.id_column is not None and self.schema.id_column in frame:
+            ids = frame[self.schema.id_column].to_numpy()
+        arrays = self.transform.transform(cleaned, len(cleaned))
+        return PreparedRows(len(frame), ids, arrays)
+
+    def score_prepared(self, prepared: PreparedRows) -> pd.DataFrame:
+        """The id column (if given), `prediction` and the class probabilities."""
+        out: Dict[str, Any] = {}
+        if prepared.ids is not None:
+            out[self.schema.id_column] = prepared.ids
+        out.update(self._outputs(self._scores(prepared.arrays)))
+        return pd.DataFrame(out)
+
     def predict_frame(
         self, frame: pd.DataFrame, where: str = "input", row_offset: int = 0
     ) -> pd.DataFrame:
-        cleaned = self.prepare(frame, where, row_offset)
-        outputs = self._outputs(self.scores(cleaned).numpy())
-        out: Dict[str, Any] = {}
-        if self.schema.id_column is not None and self.schema.id_column in frame:
-            out[self.schema.id_column] = frame[self.schema.id_column].to_numpy()
-        out.update(outputs)
-        return pd.DataFrame(out)
+        return self.score_prepared(self.prepare_rows(frame, where, row_offset))
 
     def predict_records(
         self, records: Sequence[Mapping[str, Any]]

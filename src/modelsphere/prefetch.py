@@ -1,0 +1,69 @@
+"""Run an iterator one step ahead in a background thread.
+
+predict.py reads, types and transforms chunk i+1 while the forward pass and the
+writer work on chunk i. Reading (pyarrow), the numeric transform (numpy, torch) and
+ONNX Runtime release the GIL, so on two cores the two stages overlap. The queue
+holds at most `depth` finished items, so memory stays bounded; items and errors
+arrive in the iterator's order, so an error in chunk i+1 surfaces only after chunk
+i is done, as it would without the thread.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
+
+_DONE = object()
+POLL_SECONDS = 0.1  # how often a blocked producer checks whether to give up
+
+
+class _Failure:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+def prefetched(items: Iterable[T], depth: int) -> Iterator[T]:
+    """Yield `items`, produced in a daemon thread at most `depth` items ahead.
+
+    If the consumer stops early (an error, `break`, garbage collection), the
+    producer stops at its next item and the thread ends."""
+    if depth < 1:
+        raise ValueError(f"depth must be >= 1, got {depth}")
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def offer(item) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=POLL_SECONDS)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not offer(item):
+                    return
+        except BaseException as exc:  # handed to the consumer, raised there
+            offer(_Failure(exc))
+            return
+        offer(_DONE)
+
+    thread = threading.Thread(target=produce, name="prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = ready.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        thread.join()

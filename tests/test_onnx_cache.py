@@ -1,0 +1,156 @@
+"""The ONNX engine's export cache (`model.onnx` beside the weights): used only when
+it was exported from these weights and reproduces them; rebuilt otherwise."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from conftest import make_table, train_tiny
+
+from modelsphere import engines
+from modelsphere.devices import select_device
+from modelsphere.inference import Predictor
+
+CPU = select_device("cpu", False, "auto")
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """Two runs of the same data and architecture with different seeds."""
+    base = tmp_path_factory.mktemp("onnx_cache")
+    first = train_tiny(base, "seed=1", run_name="first")
+    second = train_tiny(base, "seed=2", run_name="second")
+    return first, second
+
+
+@pytest.fixture
+def run_dir(two_runs, tmp_path):
+    """A private copy of the first run, without any cached graph."""
+    copy = tmp_path / "run"
+    shutil.copytree(two_runs[0], copy)
+    (copy / engines.ONNX_FILE).unlink(missing_ok=True)
+    return copy
+
+
+def no_export(monkeypatch):
+    def refuse(module, weights_sha256):
+        raise AssertionError("exported although a valid cache was there")
+
+    monkeypatch.setattr(engines, "_export", refuse)
+
+
+def scores(run_dir, engine="onnx"):
+    frame = make_table(rows=40).drop(columns=["label"])
+    return Predictor.from_run_dir(run_dir, CPU, 16, engine=engine).predict_frame(frame)
+
+
+def test_first_use_exports_and_caches_stamped_with_the_weights(run_dir):
+    scores(run_dir)
+    graph = onnx.load(str(run_dir / engines.ONNX_FILE))
+    stamps = {prop.key: prop.value for prop in graph.metadata_props}
+    meta = (run_dir / "model.json").read_text()
+    assert stamps[engines.ONNX_WEIGHTS_KEY] in meta
+    assert not list(run_dir.glob(".*.tmp")), "no temp file is left behind"
+
+
+def test_a_valid_cache_is_used_without_exporting(run_dir, monkeypatch, caplog):
+    expected = scores(run_dir)
+    no_export(monkeypatch)
+    with caplog.at_level(logging.INFO, logger="modelsphere.engines"):
+        again = scores(run_dir)
+    assert "loaded the ONNX graph cached in" in caplog.text
+    np.testing.assert_allclose(
+        again["yes_probability"], expected["yes_probability"], rtol=0, atol=0
+    )
+    torch_scores = scores(run_dir, engine="torch")
+    np.testing.assert_allclose(
+        again["yes_probability"], torch_scores["yes_probability"], atol=1e-5
+    )
+
+
+def test_a_graph_from_other_weights_is_exported_again(run_dir, two_runs, caplog):
+    scores(two_runs[1])  # caches the second run's graph
+    shutil.copy(two_runs[1] / engines.ONNX_FILE, run_dir / engines.ONNX_FILE)
+    with caplog.at_level(logging.INFO, logger="modelsphere.engines"):
+        onnx_scores = scores(run_dir)
+    assert "was exported from other weights: exporting again" in caplog.text
+    np.testing.assert_allclose(
+        onnx_scores["yes_probability"],
+        scores(run_dir, engine="torch")["yes_probability"],
+        atol=1e-5,
+    )
+
+
+def test_a_graph_stamped_right_but_computing_wrong_is_exported_again(
+    run_dir, two_runs, caplog
+):
+    """A swapped graph that claims these weights is caught by the probe batch."""
+    scores(two_runs[1])
+    graph = onnx.load(str(two_runs[1] / engines.ONNX_FILE))
+    ours = onnx.load_model_from_string(scores_and_graph_bytes(run_dir))
+    stamp = {p.key: p.value for p in ours.metadata_props}[engines.ONNX_WEIGHTS_KEY]
+    for prop in graph.metadata_props:
+        if prop.key == engines.ONNX_WEIGHTS_KEY:
+            prop.value = stamp
+    onnx.save(graph, str(run_dir / engines.ONNX_FILE))
+    with caplog.at_level(logging.INFO, logger="modelsphere.engines"):
+        onnx_scores = scores(run_dir)
+    assert "does not reproduce the PyTorch model's outputs" in caplog.text
+    np.testing.assert_allclose(
+        onnx_scores["yes_probability"],
+        scores(run_dir, engine="torch")["yes_probability"],
+        atol=1e-5,
+    )
+
+
+def scores_and_graph_bytes(run_dir) -> bytes:
+    scores(run_dir)
+    return (run_dir / engines.ONNX_FILE).read_bytes()
+
+
+def test_a_damaged_cache_is_exported_again(run_dir, caplog):
+    (run_dir / engines.ONNX_FILE).write_bytes(b"not an onnx graph")
+    with caplog.at_level(logging.INFO, logger="modelsphere.engines"):
+        scores(run_dir)
+    assert "is not a usable ONNX graph" in caplog.text
+    assert onnx.load(str(run_dir / engines.ONNX_FILE)).graph.node
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_a_read_only_run_dir_still_scores(run_dir, caplog):
+    run_dir.chmod(0o555)
+    try:
+        with caplog.at_level(logging.INFO, logger="modelsphere.engines"):
+            scores(run_dir)
+    finally:
+        run_dir.chmod(0o755)
+    assert "could not cache the ONNX graph" in caplog.text
+    assert not (run_dir / engines.ONNX_FILE).exists()
+
+
+def test_an_unwritable_cache_still_scores(run_dir, monkeypatch, caplog):
+    def disk_full(path, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(engines, "atomic_write_bytes", disk_full)
+    with caplog.at_level(logging.INFO, logger="modelsphere.engines"):
+        out = scores(run_dir)
+    assert "could not cache the ONNX graph" in caplog.text
+    assert len(out) == 40
+    assert not (run_dir / engines.ONNX_FILE).exists()
+
+
+def test_auto_engine_is_onnx_on_cpu_and_torch_elsewhere():
+    assert engines.resolve_engine("auto", CPU) == "onnx"
+    assert engines.resolve_engine("torch", CPU) == "torch"
+
+    class Cuda:
+        class device:
+            type = "cuda"
+
+    assert engines.resolve_engine("auto", Cuda) == "torch"

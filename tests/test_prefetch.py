@@ -1,0 +1,86 @@
+"""`prefetched`: the iterator runs ahead in a thread, bounded, in order, and errors
+arrive where they would without the thread."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from modelsphere.prefetch import prefetched
+
+
+def test_items_arrive_complete_and_in_order():
+    assert list(prefetched(iter(range(100)), depth=2)) == list(range(100))
+
+
+def test_an_empty_iterator_yields_nothing():
+    assert list(prefetched(iter([]), depth=1)) == []
+
+
+def test_the_producer_runs_at_most_depth_items_ahead():
+    produced = []
+
+    def items():
+        for i in range(20):
+            produced.append(i)
+            yield i
+
+    stream = prefetched(items(), depth=2)
+    assert next(stream) == 0
+    time.sleep(0.3)  # give the producer every chance to run further ahead
+    # item 0 consumed, 2 waiting in the queue, 1 produced and blocked on put
+    assert len(produced) <= 1 + 2 + 1
+    assert list(stream) == list(range(1, 20))
+
+
+def test_an_error_surfaces_after_the_items_before_it():
+    def items():
+        yield "a"
+        yield "b"
+        raise ValueError("row 7 is bad")
+
+    seen = []
+    with pytest.raises(ValueError, match="row 7 is bad"):
+        for item in prefetched(items(), depth=1):
+            seen.append(item)
+    assert seen == ["a", "b"]
+
+
+def test_stopping_early_stops_the_producer():
+    produced = []
+
+    def items():
+        for i in range(10_000):
+            produced.append(i)
+            yield i
+
+    before = threading.active_count()
+    stream = prefetched(items(), depth=1)
+    for item in stream:
+        if item == 3:
+            break
+    stream.close()  # what the for loop's owner does when it is collected
+    assert threading.active_count() == before
+    assert len(produced) < 10
+
+
+def test_the_next_item_is_produced_while_the_consumer_works():
+    producing_second = threading.Event()
+
+    def items():
+        yield 0
+        producing_second.set()
+        yield 1
+
+    stream = prefetched(items(), depth=1)
+    assert next(stream) == 0
+    # Still holding item 0: without the thread, item 1 would not be started yet.
+    assert producing_second.wait(timeout=30)
+    assert list(stream) == [1]
+
+
+def test_depth_must_be_positive():
+    with pytest.raises(ValueError, match="depth must be >= 1"):
+        list(prefetched(iter([1]), depth=0))
