@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import math
 from types import SimpleNamespace
 
@@ -223,3 +225,43 @@ def test_train_one_epoch_reports_the_first_nonfinite_batch():
     )
     order = torch.randperm(64, generator=torch.Generator().manual_seed(0))
     assert bad_batch == int((order == 20).nonzero()) // 16
+
+
+def test_the_fused_optimizer_takes_the_plain_adamw_steps():
+    """make_optimizer picks torch's fused AdamW on the CPU: the same updates as the
+    per-tensor implementation (to float32 rounding), decay groups kept."""
+    model, data, optimizer, _, loss_fn = tiny_training()
+    assert optimizer.defaults["fused"] is True
+    assert [group["weight_decay"] for group in optimizer.param_groups] == [1e-4, 0.0]
+    reference = copy.deepcopy(model)
+    plain = torch.optim.AdamW(
+        [
+            {"params": g["params"], "weight_decay": g["weight_decay"]}
+            for g in make_param_groups_like(optimizer, model, reference)
+        ],
+        lr=1e-2,
+        foreach=False,
+    )
+    for step in range(5):
+        rows = slice(step * 16, step * 16 + 16)
+        for net, opt in ((model, optimizer), (reference, plain)):
+            opt.zero_grad(set_to_none=True)
+            out = net(data.numeric[rows], data.categorical[rows])
+            loss_fn(out, data.target[rows]).backward()
+            opt.step()
+    for (name, fused), plain_value in zip(
+        model.state_dict().items(), reference.state_dict().values()
+    ):
+        torch.testing.assert_close(fused, plain_value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def make_param_groups_like(optimizer, model, reference):
+    """`optimizer`'s groups with `model`'s parameters swapped for `reference`'s."""
+    twin = dict(zip(model.parameters(), reference.parameters()))
+    return [
+        {
+            "params": [twin[p] for p in group["params"]],
+            "weight_decay": group["weight_decay"],
+        }
+        for group in optimizer.param_groups
+    ]
