@@ -121,6 +121,10 @@ def test_predict_engine_options_are_checked(overrides, message):
         (["train.lr=0"], "train.lr must be > 0"),
         (["train.max_epochs=0"], "train.max_epochs must be >= 1, got 0"),
         (["model.dropout=1.5"], "model.dropout must be in [0, 1), got 1.5"),
+        (
+            ["model.features.numeric_level_max=-1"],
+            "model.features.numeric_level_max must be >= 0",
+        ),
         (["model.activation=tanh"], "model.activation='tanh' is not valid"),
         (["model.normalization=groupnorm"], "model.normalization='groupnorm'"),
         (["model.hidden_sizes=[]"], "model.hidden_sizes needs >= 1 layer"),

@@ -362,3 +362,71 @@ def test_large_inputs_get_the_codes_small_inputs_get(values):
     np.testing.assert_array_equal(large, small)
     seen = {code for code in large}
     assert MISSING_CODE in seen and UNSEEN_CODE in seen
+
+
+# ---------------------------------------------------------------------------
+# Discrete numeric columns: an embedding per train value as well
+
+
+def test_a_discrete_numeric_column_also_gets_a_code_per_value():
+    schema = make_schema(numeric=("x", "z"), categorical=("c",))
+    train = frame(
+        x=[1.0, 2.0, 2.0, 4.0, np.nan, 1.0],
+        c=["a", "b", "a", "b", "a", "b"],
+        y=["no", "yes"] * 3,
+        z=pd.Series([0.1, 0.2, 0.3, 0.4, 0.5, 0.6]),  # 6 values > the limit of 4
+    )
+    state = fit_feature_state(train, schema, options(numeric_level_max=4), seed=0)
+    assert state["numeric_levels"] == [{"name": "x", "values": [1.0, 2.0, 4.0]}]
+    assert cardinalities(state) == [2 + FIRST_LEVEL_CODE, 3 + FIRST_LEVEL_CODE]
+    new = frame(
+        x=[2.0, np.nan, 3.0, 4.0],
+        c=["a", "a", "b", "b"],
+        z=pd.Series([0.1, 0.2, 0.3, 0.4]),
+    )
+    arrays = transform_features(new, state)
+    # categorical columns first, then the discrete numeric columns
+    assert arrays.categorical[:, 1].tolist() == [
+        FIRST_LEVEL_CODE + 1,  # 2.0: the second train value
+        MISSING_CODE,
+        UNSEEN_CODE,  # 3.0 never seen in training
+        FIRST_LEVEL_CODE + 2,
+    ]
+    # the numeric input itself is unchanged: still scaled, as without the levels
+    plain = fit_feature_state(train, schema, options(), seed=0)
+    assert "numeric_levels" in plain and plain["numeric_levels"] == []
+    np.testing.assert_array_equal(
+        arrays.numeric, transform_features(new, plain).numeric
+    )
+
+
+def test_numeric_levels_are_counted_across_chunks():
+    """A column whose distinct values only exceed the limit over several chunks
+    gets no levels; one that stays within it gets the union."""
+    from modelsphere.features import fit_feature_state_chunks
+
+    schema = make_schema(numeric=("x", "z"), categorical=())
+    chunks = [
+        {"x": np.array([1.0, 2.0]), "z": np.array([1.0, 2.0]), "y": ["no", "yes"]},
+        {"x": np.array([3.0, 1.0]), "z": np.array([3.0, 4.0]), "y": ["no", "yes"]},
+    ]
+    state = fit_feature_state_chunks(chunks, schema, options(numeric_level_max=3), 0)
+    assert state["numeric_levels"] == [{"name": "x", "values": [1.0, 2.0, 3.0]}]
+
+
+def test_a_constant_numeric_column_gets_no_levels():
+    schema = make_schema(numeric=("x",), categorical=())
+    train = frame(x=[5.0, 5.0, 5.0], y=["no", "yes", "no"])
+    state = fit_feature_state(train, schema, options(numeric_level_max=8), seed=0)
+    assert state["numeric_levels"] == []
+
+
+def test_a_state_without_numeric_levels_still_loads():
+    """Artifacts written before numeric levels existed have no such key."""
+    schema = make_schema()
+    train = frame(x=[1.0, 2.0, 3.0], c=["a", "b", "a"], y=["no", "yes", "no"])
+    state = fit_feature_state(train, schema, options(numeric_level_max=8), seed=0)
+    old = {k: v for k, v in state.items() if k != "numeric_levels"}
+    arrays = transform_features(frame(x=[1.0], c=["a"]), old)
+    assert arrays.categorical.shape == (1, 1)
+    assert cardinalities(old) == [2 + FIRST_LEVEL_CODE]

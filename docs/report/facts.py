@@ -255,6 +255,24 @@ def inference_paths(results) -> Dict[str, Figure]:
             "{:,.0f} rows/s",
         ),
         "startup_s": figure(data, src, lambda d: d["startup"]["seconds"], "{:.2f} s"),
+        "in_process_torch": figure(
+            data,
+            src,
+            lambda d: d["batch"]["parquet -> parquet, engine=torch, no prefetch"][
+                "in_process_rows_per_second"
+            ],
+            "{:,.0f} rows/s",
+        ),
+        "large_rows": figure(data, src, lambda d: d["large"]["rows"], "{:,}"),
+        "large_rows_per_second": figure(
+            data, src, lambda d: d["large"]["rows_per_second"], "{:,.0f} rows/s"
+        ),
+        "export_s": figure(
+            data,
+            src,
+            lambda d: d["first_run_seconds_with_onnx_export"],
+            "{:.1f} s",
+        ),
         "record_us": figure(
             data,
             src,

@@ -108,6 +108,7 @@ class FeatureConfig:
     missing_indicator: bool = True
     max_category_levels: int = 1000
     min_category_count: int = 1
+    numeric_level_max: int = 0
 
 
 @dataclass
@@ -398,6 +399,10 @@ def validate_model(model: DictConfig) -> None:
     _require(
         features.min_category_count >= 1,
         "model.features.min_category_count must be >= 1",
+    )
+    _require(
+        features.numeric_level_max >= 0,
+        "model.features.numeric_level_max must be >= 0",
     )
 
 

@@ -142,6 +142,23 @@ class ColumnSketch:
         return self.mean, math.sqrt(max(self.m2 / self.n_present, 0.0))
 
 
+class DistinctValues:
+    """The distinct present values of a numeric column while there are at most
+    `limit` of them; `values` is None once there are more (or limit is 0)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.values: Optional[set] = set() if limit > 0 else None
+
+    def update(self, values: np.ndarray) -> None:
+        if self.values is None:
+            return
+        present = values[~np.isnan(values)]
+        self.values.update(np.unique(present).tolist())
+        if len(self.values) > self.limit:
+            self.values = None
+
+
 class FeatureFitter:
     """The streaming `fit`: `update` with chunks of train rows, then `state()`.
 
@@ -159,6 +176,9 @@ class FeatureFitter:
             name: ColumnSketch(options.quantile_subsample, np.random.default_rng(s))
             for name, s in zip(schema.numeric, streams)
         }
+        self.distinct = {
+            name: DistinctValues(options.numeric_level_max) for name in schema.numeric
+        }
         self.categorical = {name: Counter() for name in schema.categorical}
         self.target: Optional[ColumnSketch] = None
         if not schema.is_classification:
@@ -167,7 +187,9 @@ class FeatureFitter:
 
     def update(self, chunk: Mapping[str, Any]) -> None:
         for name, sketch in self.numeric.items():
-            sketch.update(as_float_array(chunk[name]))
+            values = as_float_array(chunk[name])
+            sketch.update(values)
+            self.distinct[name].update(values)
         for name, counts in self.categorical.items():
             values = pd.Series(chunk[name])
             counts.update(values.dropna().value_counts().to_dict())
@@ -184,6 +206,11 @@ class FeatureFitter:
             "categorical": [
                 _categorical_state(name, counts, self.options)
                 for name, counts in self.categorical.items()
+            ],
+            "numeric_levels": [
+                {"name": name, "values": sorted(distinct.values)}
+                for name, distinct in self.distinct.items()
+                if distinct.values is not None and len(distinct.values) >= 2
             ],
             "target": self._target_state(),
         }
@@ -240,8 +267,27 @@ def numeric_width(state: Dict[str, Any]) -> int:
 
 
 def cardinalities(state: Dict[str, Any]) -> List[int]:
-    """Embedding table sizes: kept levels plus the missing and unseen codes."""
-    return [len(col["levels"]) + FIRST_LEVEL_CODE for col in state["categorical"]]
+    """Embedding table sizes: kept levels plus the missing and unseen codes, for
+    the categorical columns, then for the discrete numeric columns."""
+    categorical = [
+        len(col["levels"]) + FIRST_LEVEL_CODE for col in state["categorical"]
+    ]
+    levels = [
+        len(col["values"]) + FIRST_LEVEL_CODE for col in state.get("numeric_levels", [])
+    ]
+    return categorical + levels
+
+
+def numeric_level_codes(raw: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Codes of a discrete numeric column's values among its sorted train values:
+    missing (NaN) and values not seen in training get the reserved codes."""
+    positions = np.minimum(np.searchsorted(values, raw), len(values) - 1)
+    seen = values[positions] == raw
+    return np.where(
+        np.isnan(raw),
+        MISSING_CODE,
+        np.where(seen, positions + FIRST_LEVEL_CODE, UNSEEN_CODE),
+    ).astype(np.int64)
 
 
 def _quantile_normal(
@@ -329,6 +375,10 @@ class FeatureTransform:
         self.arrow_levels = [
             pa.array(col["levels"], type=pa.string()) for col in state["categorical"]
         ]
+        self.numeric_levels = [
+            (col["name"], np.asarray(col["values"], dtype=np.float64))
+            for col in state.get("numeric_levels", [])
+        ]
         self.width = numeric_width(state)
 
     def _numeric_column(
@@ -376,7 +426,13 @@ class FeatureTransform:
         for col in self.numeric:
             raw = as_float_array(columns[col["name"]])
             position += self._numeric_column(raw, col, numeric[:, position:])
-        categorical = np.empty((n_rows, len(self.categorical)), dtype=np.int64)
+        n_codes = len(self.categorical) + len(self.numeric_levels)
+        categorical = np.empty((n_rows, n_codes), dtype=np.int64)
+        for position, (name, values) in enumerate(
+            self.numeric_levels, len(self.categorical)
+        ):
+            raw = as_float_array(columns[name])
+            categorical[:, position] = numeric_level_codes(raw, values)
         for position, (name, lookup, index) in enumerate(self.categorical):
             codes = None
             if n_rows >= self.LOOKUP_BELOW_ROWS:
