@@ -54,7 +54,9 @@ benchmarks: venv
 	$(PY) benchmarks/preprocess_scale.py
 	$(PY) benchmarks/serve_load.py
 	$(PY) benchmarks/inference_paths.py
-	$(PY) benchmarks/quality.py
+	$(PY) benchmarks/quality.py --override "tabm:model.hidden_sizes=[128,128]" \
+	    --override tabm:model.ensemble.k=8
+	$(PY) benchmarks/quality.py --holdout --models mlp mlp_plr lightgbm linear
 	$(MAKE) report
 
 report: venv
