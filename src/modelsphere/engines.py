@@ -188,7 +188,8 @@ def _disagreement(session, probe: List[np.ndarray], expected: np.ndarray) -> str
 
 
 def _probe_inputs(n_numeric: int, cardinalities: Sequence[int]) -> List[np.ndarray]:
-    """A seeded batch covering every category code, in the graph's input order."""
+    """A seeded batch in the graph's input order; each categorical column cycles
+    through its codes (all of them, up to PROBE_ROWS levels)."""
     rng = np.random.default_rng(PROBE_SEED)
     blocks = []
     if n_numeric:
