@@ -84,3 +84,28 @@ def test_the_next_item_is_produced_while_the_consumer_works():
 def test_depth_must_be_positive():
     with pytest.raises(ValueError, match="depth must be >= 1"):
         list(prefetched(iter([1]), depth=0))
+
+
+def test_chained_stages_pass_errors_on_and_stop_together():
+    """predict.py chains two prefetched stages: an error in the first reaches the
+    consumer after the items before it, and stopping early ends both threads."""
+
+    def source():
+        yield from range(3)
+        raise ValueError("row 9 is bad")
+
+    def doubled(items):
+        for item in items:
+            yield item * 2
+
+    seen = []
+    with pytest.raises(ValueError, match="row 9 is bad"):
+        for item in prefetched(doubled(prefetched(source(), depth=1)), depth=1):
+            seen.append(item)
+    assert seen == [0, 2, 4]
+
+    before = threading.active_count()
+    stream = prefetched(doubled(prefetched(iter(range(10_000)), depth=1)), depth=1)
+    assert next(stream) == 0
+    stream.close()
+    assert threading.active_count() == before

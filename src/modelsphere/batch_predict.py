@@ -1,8 +1,8 @@
 """predict.py: score a file chunk by chunk, so memory stays bounded by `chunk_rows`.
 
-Reading, typing and the feature transform of the next chunk run in a background
-thread while the current chunk goes through the forward pass and the writer
-(`prefetch_chunks` ahead; 0: one stage after the other).
+Three stages overlap, each in its own thread, handing chunks on through bounded
+queues (`prefetch_chunks` deep; 0: one stage after the other): reading, typing and
+the feature transform; the forward pass; labels, probabilities and the writer.
 
 The output is written to a temporary file beside the destination and renamed into
 place at the end: a bad row in the last chunk leaves no half-written output.
@@ -22,7 +22,7 @@ from .devices import select_device
 from .engines import resolve_engine
 from .errors import ModelSphereError
 from .fileio import atomic_write_json
-from .inference import Predictor, PreparedRows
+from .inference import Predictor, PreparedRows, ScoredRows
 from .prefetch import prefetched
 from .runs import resolve_run_dir
 from .table_files import (
@@ -45,7 +45,7 @@ def predict_file(
     output_path: str | Path,
     chunk_rows: int,
     csv: CsvOptions = CsvOptions(),
-    prefetch_chunks: int = 1,
+    prefetch_chunks: int = 2,
 ) -> Dict[str, Any]:
     input_path, output_path = Path(input_path), Path(output_path)
     table_format(input_path, "input")
@@ -64,9 +64,12 @@ def predict_file(
     prepared = _prepared_chunks(predictor, input_path, chunk_rows, csv)
     if prefetch_chunks:
         prepared = prefetched(prepared, prefetch_chunks)
+    scored = _forward_chunks(predictor, prepared)
+    if prefetch_chunks:
+        scored = prefetched(scored, prefetch_chunks)
     with writer.open():
-        for chunk in prepared:
-            writer.write(predictor.score_prepared(chunk))
+        for chunk in scored:
+            writer.write(predictor.finish(chunk))
             rows += chunk.rows
             log.info("scored %d rows", rows)
         if rows == 0:
@@ -81,7 +84,7 @@ def predict_file(
 
 def forward_threads(prefetch_chunks: int) -> int:
     """Intra-op threads for the forward pass: every core, less the one the
-    prefetch thread keeps busy reading and transforming."""
+    other stages keep busy (reading, transforming, writing)."""
     cores = torch.get_num_threads()
     return max(1, cores - 1) if prefetch_chunks else cores
 
@@ -93,6 +96,18 @@ def _prepared_chunks(
     for chunk in iter_table_chunks(input_path, chunk_rows, csv=csv):
         yield predictor.prepare_rows(chunk, where=str(input_path), row_offset=rows)
         rows += len(chunk)
+
+
+def _forward_chunks(
+    predictor: Predictor, prepared: Iterator[PreparedRows]
+) -> Iterator[ScoredRows]:
+    try:
+        for chunk in prepared:
+            yield predictor.forward(chunk)
+    finally:  # stop the stage before this one as soon as this one stops
+        close = getattr(prepared, "close", None)
+        if close is not None:
+            close()
 
 
 def _delimiter_hint(columns: List[str], csv: CsvOptions) -> str:

@@ -200,7 +200,7 @@ class PredictAppConfig:
     output: str = MISSING
     chunk_rows: int = 65_536
     batch_size: int = 8192
-    prefetch_chunks: int = 1
+    prefetch_chunks: int = 2
     engine: str = "auto"
     threads: Optional[int] = None
     delimiter: str = ","

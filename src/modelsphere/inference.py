@@ -59,6 +59,15 @@ class PreparedRows:
     arrays: FeatureArrays
 
 
+@dataclass
+class ScoredRows:
+    """Rows after the forward pass: probabilities (or values), ids kept."""
+
+    rows: int
+    ids: Optional[np.ndarray]
+    scores: np.ndarray
+
+
 class Predictor:
     """A trained model with its schema and feature state, ready to score rows."""
 
@@ -221,13 +230,20 @@ class Predictor:
         arrays = self.transform.transform(cleaned, len(cleaned))
         return PreparedRows(len(frame), ids, arrays)
 
-    def score_prepared(self, prepared: PreparedRows) -> pd.DataFrame:
+    def forward(self, prepared: PreparedRows) -> ScoredRows:
+        """The forward pass (predict.py runs it in its own thread)."""
+        return ScoredRows(prepared.rows, prepared.ids, self._scores(prepared.arrays))
+
+    def finish(self, scored: ScoredRows) -> pd.DataFrame:
         """The id column (if given), `prediction` and the class probabilities."""
         out: Dict[str, Any] = {}
-        if prepared.ids is not None:
-            out[self.schema.id_column] = prepared.ids
-        out.update(self._outputs(self._scores(prepared.arrays)))
+        if scored.ids is not None:
+            out[self.schema.id_column] = scored.ids
+        out.update(self._outputs(scored.scores))
         return pd.DataFrame(out)
+
+    def score_prepared(self, prepared: PreparedRows) -> pd.DataFrame:
+        return self.finish(self.forward(prepared))
 
     def predict_frame(
         self, frame: pd.DataFrame, where: str = "input", row_offset: int = 0

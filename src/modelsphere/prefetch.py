@@ -29,7 +29,7 @@ def prefetched(items: Iterable[T], depth: int) -> Iterator[T]:
     """Yield `items`, produced in a daemon thread at most `depth` items ahead.
 
     If the consumer stops early (an error, `break`, garbage collection), the
-    producer stops at its next item and the thread ends."""
+    producer stops at its next item, closes `items` and the thread ends."""
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
     ready: queue.Queue = queue.Queue(maxsize=depth)
@@ -52,6 +52,12 @@ def prefetched(items: Iterable[T], depth: int) -> Iterator[T]:
         except BaseException as exc:  # handed to the consumer, raised there
             offer(_Failure(exc))
             return
+        finally:
+            # A source that is itself a generator (a prefetched stage, say) is
+            # closed here, in the thread that iterates it, so it stops at once.
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
         offer(_DONE)
 
     thread = threading.Thread(target=produce, name="prefetch", daemon=True)
