@@ -8,7 +8,8 @@ Both paths score the same Telco churn model with the same `Predictor`:
 - batch: `python predict.py` as a user runs it (its own process under
   `/usr/bin/time -v`), on `--rows` rows drawn with replacement from the Telco table
   (seeded), Parquet -> Parquet and CSV -> Parquet with the defaults (engine=auto:
-  ONNX Runtime, the next chunk prepared in a thread), and Parquet -> Parquet the
+  ONNX Runtime; reading + transform, forward and writing overlap in three
+  threads), and Parquet -> Parquet the
   earlier way (engine=torch, prefetch_chunks=0) side by side; wall seconds include
   start-up, the run's own figure (`prediction.json`, file read to file written)
   does not; the same default run on `--large-rows` rows shows start-up amortised;
@@ -394,9 +395,10 @@ def render_markdown(payload: Dict[str, Any]) -> str:
         f"Median of {setup['repeats']} runs, each its own process (wall seconds "
         "include interpreter start-up and imports; in-process seconds are the run's "
         "own figure, from reading the first chunk to the output file renamed into "
-        "place). The defaults: engine=auto (ONNX Runtime on the CPU) and the next "
-        "chunk read and transformed in a thread while the current one is scored; "
-        "the last row is the earlier path, eager PyTorch one stage after the other.",
+        "place). The defaults: engine=auto (ONNX Runtime on the CPU) and three "
+        "overlapping stages, each in its own thread (read + type + transform, "
+        "forward pass, labels + write); the last row is the earlier path, eager "
+        "PyTorch one stage after the other.",
         "",
         "| input -> output | seconds | rows/s | us/row | in-process s "
         "| in-process rows/s | peak RSS (MiB) |",
