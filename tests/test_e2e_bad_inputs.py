@@ -249,3 +249,35 @@ def test_undefined_validation_metric_stops_with_a_clear_message(tmp_path):
     cfg = compose_config(csv_overrides(csv, tmp_path) + ["train.max_epochs=2"])
     with pytest.raises(ModelSphereError, match=r"val_roc_auc is undefined in epoch 1"):
         run_training(cfg, tmp_path / "outputs" / "train" / "rare")
+
+
+def test_a_failed_write_stops_the_stage_threads(run_dir, tmp_path, monkeypatch):
+    """predict.py's read and forward stages run in threads: when the writer fails
+    mid-file, they stop before the error reaches the caller, and the output is
+    left as it was (absent)."""
+    import threading
+
+    from modelsphere import table_files
+
+    source = write(features(), tmp_path / "in" / "rows.csv")
+    output = tmp_path / "out" / "scored.parquet"
+    output.parent.mkdir()
+    written = []
+
+    def disk_full(self, frame):
+        if written:
+            raise ModelSphereError(f"cannot write {output}: No space left on device")
+        written.append(len(frame))
+
+    monkeypatch.setattr(table_files.TableWriter, "write", disk_full)
+    try:
+        predict(run_dir, source, output, "chunk_rows=5", "prefetch_chunks=1")
+    except ModelSphereError as error:  # checked while its traceback is alive
+        message = str(error)
+        alive = [t.name for t in threading.enumerate() if t.name == "prefetch"]
+    else:
+        pytest.fail("the failed write was not reported")
+    assert "No space left on device" in message
+    assert alive == []
+    assert written == [5]
+    assert list(output.parent.iterdir()) == []

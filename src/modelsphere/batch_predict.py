@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
@@ -67,7 +68,8 @@ def predict_file(
     scored = _forward_chunks(predictor, prepared)
     if prefetch_chunks:
         scored = prefetched(scored, prefetch_chunks)
-    with writer.open():
+    # closing(): a failed write stops the stage threads now, not at garbage collection
+    with writer.open(), closing(scored):
         for chunk in scored:
             writer.write(predictor.finish(chunk))
             rows += chunk.rows
