@@ -1,12 +1,12 @@
-"""Run an iterator one step ahead in a background thread.
+"""Run an iterator ahead of its consumer in a background thread.
 
-predict.py reads, types and transforms chunk i+1 while the forward pass and the
-writer work on chunk i. Reading (pyarrow), the numeric transform (numpy, torch) and
-ONNX Runtime release the GIL, so on two cores the two stages overlap. The queue
-holds at most `depth` finished items, so memory stays bounded; items and errors
-arrive in the iterator's order, so an error in chunk i+1 surfaces only after chunk
-i is done, as it would without the thread.
-"""
+predict.py chains two of these into three stages: reading, typing and the feature
+transform of chunk i+2, the forward pass of chunk i+1, labels and the writer for
+chunk i. Reading (pyarrow), the numeric transform (numpy, torch) and ONNX Runtime
+release the GIL, so on two cores the stages overlap. Each queue holds at most
+`depth` finished items, so memory stays bounded; items and errors arrive in the
+iterator's order, so an error in a later chunk surfaces only after the earlier
+ones are done, as it would without the threads."""
 
 from __future__ import annotations
 
