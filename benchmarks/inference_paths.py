@@ -45,7 +45,7 @@ from typing import Any, Dict, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from environment import machine, versions  # noqa: E402
-from processes import measured, raw_csv_command  # noqa: E402
+from processes import measured, predict_command, raw_csv_command  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -155,16 +155,9 @@ def predict_once(
     run_dir: Path, source: Path, work: Path, options: tuple = ()
 ) -> Dict[str, Any]:
     outputs = work / "predict_runs"
-    command = [
-        sys.executable,
-        "predict.py",
-        f"run_dir={run_dir}",
-        f"input={source}",
-        f"output={work / 'scored.parquet'}",
-        "device=cpu",
-        f"paths.outputs_dir={outputs}",
-        *options,
-    ]
+    command = predict_command(
+        run_dir, source, work / "scored.parquet", outputs, *options
+    )
     result = measured(command)
     summaries = sorted(outputs.glob("predict/*/prediction.json"))
     summary = json.loads(summaries[-1].read_text())

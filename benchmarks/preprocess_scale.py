@@ -40,7 +40,7 @@ from typing import Any, Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from environment import machine  # noqa: E402
-from processes import GNU_TIME, raw_csv_command  # noqa: E402
+from processes import GNU_TIME, predict_command, raw_csv_command  # noqa: E402
 from processes import measured as run_measured  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -140,15 +140,9 @@ def predict_input(rows: int, work: Path) -> Path:
 
 
 def predict(run_dir: Path, source: Path, work: Path) -> Dict[str, Any]:
-    command = [
-        sys.executable,
-        "predict.py",
-        f"run_dir={run_dir}",
-        f"input={source}",
-        f"output={work / 'scored.parquet'}",
-        "device=cpu",
-        f"paths.outputs_dir={work / 'outputs'}",
-    ]
+    command = predict_command(
+        run_dir, source, work / "scored.parquet", work / "outputs"
+    )
     return measured(command, r"wrote .*?: \d+ rows in ([\d.]+)s")
 
 

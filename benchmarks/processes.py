@@ -35,6 +35,22 @@ def raw_csv_command(overrides: List[str]) -> List[str]:
     return [sys.executable, "-c", code, str(REPO / "conf"), *overrides]
 
 
+def predict_command(
+    run_dir: Path, source: Path, output: Path, outputs_dir: Path, *options: str
+) -> List[str]:
+    """`python predict.py` on the CPU as a user runs it, run dirs under outputs_dir."""
+    return [
+        sys.executable,
+        "predict.py",
+        f"run_dir={run_dir}",
+        f"input={source}",
+        f"output={output}",
+        "device=cpu",
+        f"paths.outputs_dir={outputs_dir}",
+        *options,
+    ]
+
+
 def compose_config(rows: int, work: Path, fmt: str = "parquet"):
     """The composed app config for `rows` rows of the synthetic table under `work`."""
     from hydra import compose, initialize_config_dir

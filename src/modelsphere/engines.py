@@ -134,7 +134,8 @@ class OnnxEngine:
             log.info(
                 "exported the model to ONNX in %.1fs", time.perf_counter() - started
             )
-            _store(cache_path, proto)
+            if weights_sha256 is not None:  # an unstamped graph is never reused
+                _store(cache_path, proto)
         self.input_names = [item.name for item in self.session.get_inputs()]
 
     def _session(self, proto: bytes):
