@@ -1,5 +1,6 @@
-"""The model options (mlp, mlp_plr, tabm): each trains, saves, reloads, predicts and
-exports to ONNX through the same artifact and predictor code."""
+"""The model options (mlp, mlp_plr, tabm) and the numeric embeddings: each trains,
+saves, reloads, predicts and exports to ONNX through the same artifact and
+predictor code."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from modelsphere import engines
 from modelsphere.artifacts import load_artifact
 from modelsphere.config import ModelConfig, validate_model
 from modelsphere.devices import select_device
-from modelsphere.epochs import batch_loss
+from modelsphere.epochs import SplitTensors, batch_loss
 from modelsphere.errors import ModelSphereError
 from modelsphere.inference import Predictor
 from modelsphere.model import ARCHITECTURES, ModelSpec, build_model, spec_from_config
@@ -37,15 +38,36 @@ SMALL = {
         "model.periodic.n_frequencies=4",
     ],
     "tabm": ["model=tabm", "model.hidden_sizes=[16,16]", "model.ensemble.k=4"],
+    # Any architecture takes any numeric embedding (TabM's best variant, TabM+PLE).
+    "tabm+piecewise_linear": [
+        "model=tabm",
+        "model.hidden_sizes=[16,16]",
+        "model.ensemble.k=4",
+        "model.numeric_embedding=piecewise_linear",
+        "model.piecewise.n_bins=8",
+    ],
 }
 CPU = select_device("cpu", False, "auto")
 
 
-def tiny_spec(architecture: str, task: str = "binary", n_numeric: int = 3, cards=None):
+EMBEDDING = {"mlp": "piecewise_linear", "mlp_plr": "periodic", "tabm": "none"}
+
+
+def tiny_spec(
+    architecture: str,
+    task: str = "binary",
+    n_numeric: int = 3,
+    cards=None,
+    numeric_embedding=None,
+):
     cfg = OmegaConf.structured(
-        ModelConfig(architecture=architecture, hidden_sizes=[8, 8])
+        ModelConfig(
+            architecture=architecture,
+            hidden_sizes=[8, 8],
+            numeric_embedding=numeric_embedding or EMBEDDING[architecture],
+        )
     )
-    cfg.ensemble.k, cfg.periodic.n_frequencies = 3, 4
+    cfg.ensemble.k, cfg.periodic.n_frequencies, cfg.piecewise.n_bins = 3, 4, 4
     cards = [5, 4] if cards is None else cards
     classes = ["a", "b", "c"] if task == "multiclass" else ["no", "yes"]
     state = {
@@ -58,7 +80,13 @@ def tiny_spec(architecture: str, task: str = "binary", n_numeric: int = 3, cards
         ],
         "target": {"name": "y", "task": task, "classes": classes},
     }
-    return spec_from_config(cfg, state, task)
+    gen = torch.Generator().manual_seed(5)
+    train = SplitTensors(
+        numeric=torch.randn(20, n_numeric, generator=gen),
+        categorical=torch.zeros(20, len(cards), dtype=torch.long),
+        target=torch.randint(0, len(classes), (20,), generator=gen),
+    )
+    return spec_from_config(cfg, state, task, train=train)
 
 
 def inputs(spec: ModelSpec, rows: int = 6):
@@ -87,10 +115,22 @@ def test_each_option_composes_and_builds(option):
     assert model(*inputs(spec)).shape == (6, 1)
 
 
-@pytest.mark.parametrize("option", ["mlp_plr", "tabm"])
+@pytest.mark.parametrize(
+    "option, numeric_embedding",
+    [
+        ("mlp", "piecewise_linear"),
+        ("mlp", "none"),
+        ("mlp_plr", "periodic"),
+        ("tabm", "none"),
+        ("tabm", "piecewise_linear"),
+        ("tabm", "periodic"),
+    ],
+)
 @pytest.mark.parametrize("n_numeric, cards", [(0, [5, 4]), (3, [])])
-def test_options_take_only_numeric_or_only_categorical(option, n_numeric, cards):
-    spec = tiny_spec(option, "multiclass", n_numeric, cards)
+def test_options_take_only_numeric_or_only_categorical(
+    option, numeric_embedding, n_numeric, cards
+):
+    spec = tiny_spec(option, "multiclass", n_numeric, cards, numeric_embedding)
     out = build_model(spec).eval()(*inputs(spec))
     assert out.shape == (6, 3) and torch.isfinite(out).all()
 
@@ -117,6 +157,11 @@ def test_spec_without_architecture_field_loads_as_mlp():
         (["model=tabm", "model.ensemble.k=0"], "ensemble.k"),
         (["model=tabm", "model.ensemble.arch_type=big"], "arch_type"),
         (["model=mlp_plr", "model.periodic.frequency_init_scale=0"], "init_scale"),
+        (["model=mlp_plr", "model.numeric_embedding=none"], "must be periodic"),
+        (["model.numeric_embedding=splines"], "model.numeric_embedding"),
+        (["model.piecewise.n_bins=1"], "n_bins must be >= 2"),
+        (["model.piecewise.bins=kmeans"], "model.piecewise.bins"),
+        (["model.piecewise.d_embedding=0"], "piecewise.d_embedding"),
         (["model.architecture=trees"], "model.architecture"),
     ],
 )
@@ -166,11 +211,11 @@ def test_ensemble_loss_is_the_mean_of_member_losses(task):
 
 
 @pytest.mark.parametrize("task", ["binary", "multiclass", "regression"])
-@pytest.mark.parametrize("option", OPTIONS)
+@pytest.mark.parametrize("option", SMALL)
 def test_train_save_reload_predict(tmp_path, option, task):
     run_dir = train_tiny(tmp_path, *SMALL[option], task=task)
     artifact = load_artifact(run_dir)
-    assert artifact.spec.architecture == option
+    assert artifact.spec.architecture == option.split("+")[0]
     frame = make_table(rows=40, task=task, seed=3).drop(columns=["label"])
     first = Predictor(artifact, CPU, 16).predict_frame(frame)
     again = Predictor.from_run_dir(run_dir, CPU, 7).predict_frame(frame)
@@ -210,7 +255,7 @@ def test_options_compose_on_the_csv_overrides(tmp_path):
 
 def test_the_cli_path_does_not_import_the_optional_architectures():
     """rtdl_num_embeddings imports scikit-learn when it is installed (~1 s): the
-    entry points and the server load it only to build an mlp_plr or tabm model."""
+    entry points and the server load it only to build a model that needs it."""
     code = (
         "import sys, modelsphere.batch_predict, modelsphere.cli, "
         "modelsphere.training, modelsphere.serving.app; "

@@ -163,7 +163,13 @@ def feature_state(task="multiclass", classes=("a", "b", "c")):
 
 def test_spec_from_config():
     cfg = OmegaConf.structured(
-        ModelConfig(name="m", hidden_sizes=[16, 8], activation="silu", dropout=0.2)
+        ModelConfig(
+            name="m",
+            hidden_sizes=[16, 8],
+            activation="silu",
+            dropout=0.2,
+            numeric_embedding="none",
+        )
     )
     spec = spec_from_config(cfg, feature_state(), "multiclass")
     assert spec.n_numeric == 3  # x, x missing indicator, z
@@ -178,12 +184,14 @@ def test_spec_from_config():
 
 
 def test_spec_from_config_fixed_and_capped_embedding_dims():
-    fixed = OmegaConf.structured(ModelConfig(embedding_dim=7))
+    fixed = OmegaConf.structured(ModelConfig(embedding_dim=7, numeric_embedding="none"))
     assert spec_from_config(fixed, feature_state(), "multiclass").embedding_dims == [
         7,
         7,
     ]
-    capped = OmegaConf.structured(ModelConfig(max_embedding_dim=4))
+    capped = OmegaConf.structured(
+        ModelConfig(max_embedding_dim=4, numeric_embedding="none")
+    )
     assert spec_from_config(capped, feature_state(), "multiclass").embedding_dims == [
         3,
         4,
@@ -195,7 +203,7 @@ def test_spec_from_config_fixed_and_capped_embedding_dims():
     [("binary", ("no", "yes"), 1), ("regression", (), 1), ("multiclass", "abcd", 4)],
 )
 def test_spec_from_config_outputs_per_task(task, classes, n_outputs):
-    cfg = OmegaConf.structured(ModelConfig())
+    cfg = OmegaConf.structured(ModelConfig(numeric_embedding="none"))
     spec = spec_from_config(cfg, feature_state(task, classes), task)
     assert spec.n_outputs == n_outputs
 

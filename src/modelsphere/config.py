@@ -29,7 +29,8 @@ NUMERIC_SCALINGS = ("quantile_normal", "standard", "none")
 ACTIVATIONS = ("relu", "gelu", "silu")
 ARCHITECTURES = ("mlp", "mlp_plr", "tabm")  # the keys of model.ARCHITECTURES
 TABM_ARCH_TYPES = ("tabm", "tabm-mini", "tabm-packed")
-TABM_NUMERIC_EMBEDDINGS = ("none", "periodic")
+NUMERIC_EMBEDDINGS = ("none", "piecewise_linear", "periodic")
+PIECEWISE_BINS = ("quantile", "tree")
 NORMALIZATIONS = ("none", "batchnorm", "layernorm")
 SCHEDULERS = ("cosine", "constant")
 CLASS_WEIGHTS = ("none", "balanced")
@@ -113,7 +114,7 @@ class FeatureConfig:
 
 @dataclass
 class PeriodicConfig:
-    """Periodic embeddings of numeric features (mlp_plr; tabm if asked)."""
+    """Periodic embeddings of numeric features (mlp_plr)."""
 
     d_embedding: int = 24
     n_frequencies: int = 48
@@ -122,12 +123,24 @@ class PeriodicConfig:
 
 
 @dataclass
+class PiecewiseConfig:
+    """Piecewise-linear embeddings of numeric features (the default mlp)."""
+
+    n_bins: int = 48
+    bins: str = "tree"
+    d_embedding: int = 32
+    max_numeric_width: int = 2048
+    tree_min_samples_leaf: int = 64
+    tree_min_impurity_decrease: float = 1e-4
+    subsample: int = 200_000
+
+
+@dataclass
 class EnsembleConfig:
     """TabM's ensemble of k MLPs (tabm)."""
 
     k: int = 32
     arch_type: str = "tabm"
-    numeric_embeddings: str = "none"
 
 
 @dataclass
@@ -140,7 +153,9 @@ class ModelConfig:
     normalization: str = "none"
     embedding_dim: Optional[int] = None
     max_embedding_dim: int = 32
+    numeric_embedding: str = "piecewise_linear"
     periodic: PeriodicConfig = field(default_factory=PeriodicConfig)
+    piecewise: PiecewiseConfig = field(default_factory=PiecewiseConfig)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
 
@@ -414,13 +429,33 @@ def _validate_architecture_settings(model: DictConfig) -> None:
         periodic.frequency_init_scale > 0,
         "model.periodic.frequency_init_scale must be > 0",
     )
+    piecewise = model.piecewise
+    _require(piecewise.n_bins >= 2, "model.piecewise.n_bins must be >= 2")
+    _choice(piecewise.bins, "model.piecewise.bins", PIECEWISE_BINS)
+    _require(piecewise.d_embedding >= 1, "model.piecewise.d_embedding must be >= 1")
+    _require(
+        piecewise.max_numeric_width >= 1,
+        "model.piecewise.max_numeric_width must be >= 1",
+    )
+    _require(
+        piecewise.tree_min_samples_leaf >= 1,
+        "model.piecewise.tree_min_samples_leaf must be >= 1",
+    )
+    _require(
+        piecewise.tree_min_impurity_decrease >= 0,
+        "model.piecewise.tree_min_impurity_decrease must be >= 0",
+    )
+    _require(piecewise.subsample >= 3, "model.piecewise.subsample must be >= 3")
     _require(ensemble.k >= 1, f"model.ensemble.k must be >= 1, got {ensemble.k}")
     _choice(ensemble.arch_type, "model.ensemble.arch_type", TABM_ARCH_TYPES)
-    _choice(
-        ensemble.numeric_embeddings,
-        "model.ensemble.numeric_embeddings",
-        TABM_NUMERIC_EMBEDDINGS,
-    )
+    _choice(model.numeric_embedding, "model.numeric_embedding", NUMERIC_EMBEDDINGS)
+    if model.architecture == "mlp_plr":
+        _require(
+            model.numeric_embedding == "periodic",
+            "model.architecture=mlp_plr is the MLP with periodic embeddings: "
+            f"model.numeric_embedding must be periodic, got "
+            f"{model.numeric_embedding} (use model=mlp for the others)",
+        )
     if model.architecture == "tabm":
         _require(
             len(set(model.hidden_sizes)) == 1,

@@ -1,5 +1,5 @@
-"""Building blocks shared by the architectures in `model.py`, `model_plr.py` and
-`model_tabm.py`: activations, dropout, normalisation, categorical embeddings."""
+"""Building blocks shared by the architectures in `model.py` and `model_tabm.py`:
+activations, dropout, normalisation, categorical embeddings."""
 
 from __future__ import annotations
 

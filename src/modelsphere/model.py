@@ -1,8 +1,12 @@
 """The model options and the one place that builds them.
 
-- `mlp` (TabularMLP, here): categorical embeddings + numeric features -> MLP -> head;
-- `mlp_plr` (model_plr.py): the same MLP with periodic embeddings of the numerics;
+- `mlp` (TabularMLP, here): [numeric embeddings, categorical embeddings] -> MLP
+  -> head, the numerics piecewise-linear embedded by default;
+- `mlp_plr`: the same MLP with periodic embeddings of the numerics;
 - `tabm` (model_tabm.py): TabM, an efficient ensemble of k MLPs.
+
+`model.numeric_embedding` (none | piecewise_linear | periodic) picks how numeric
+features enter any of them (numeric_embeddings.py).
 
 The whole architecture is described by a `ModelSpec` (plain data, saved as JSON in
 the artifact), so a saved model is rebuilt from its spec without executing code.
@@ -11,7 +15,7 @@ the artifact), so a saved model is rebuilt from its spec without executing code.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, List
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -25,6 +29,9 @@ from .layers import (  # noqa: F401  (Dropout: re-exported for callers)
     embed_categorical,
     mlp_backbone,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .epochs import SplitTensors
 
 EMBEDDING_SIZE_FACTOR, EMBEDDING_SIZE_POWER = 1.6, 0.56  # fastai's rule of thumb
 
@@ -64,8 +71,15 @@ def n_outputs_for(task: str, n_classes: int) -> int:
 
 
 def spec_from_config(
-    model_cfg: Any, feature_state: Dict[str, Any], task: str
+    model_cfg: Any,
+    feature_state: Dict[str, Any],
+    task: str,
+    train: Optional["SplitTensors"] = None,
+    seed: int = 0,
 ) -> ModelSpec:
+    """The spec for `model_cfg` on these features; `train` (the transformed
+    training split) is needed by architectures that fit data-dependent settings
+    (the piecewise-linear bin edges), with `seed` for any subsampling."""
     cards = cardinalities(feature_state)
     classes = feature_state["target"].get("classes") or []
     return ModelSpec(
@@ -81,41 +95,91 @@ def spec_from_config(
         dropout=float(model_cfg.dropout),
         normalization=model_cfg.normalization,
         name=model_cfg.name,
-        extra=architecture_settings(model_cfg, task),
+        extra=architecture_settings(model_cfg, task, train, seed),
         architecture=model_cfg.architecture,
     )
 
 
-def architecture_settings(model_cfg: Any, task: str) -> Dict[str, Any]:
+def architecture_settings(
+    model_cfg: Any, task: str, train: Optional["SplitTensors"] = None, seed: int = 0
+) -> Dict[str, Any]:
     """What an architecture needs beyond the MLP fields, as plain data."""
-    periodic = {
-        key: model_cfg.periodic[key]
-        for key in ("d_embedding", "n_frequencies", "frequency_init_scale", "lite")
-    }
-    if model_cfg.architecture == "mlp_plr":
-        return {"periodic": periodic}
+    settings = numeric_embedding_settings(model_cfg, task, train, seed)
     if model_cfg.architecture == "tabm":
         ensemble = model_cfg.ensemble
-        settings: Dict[str, Any] = {
-            "ensemble": {"k": ensemble.k, "arch_type": ensemble.arch_type, "task": task}
+        settings["ensemble"] = {
+            "k": ensemble.k,
+            "arch_type": ensemble.arch_type,
+            "task": task,
         }
-        if ensemble.numeric_embeddings == "periodic":
-            settings["periodic"] = periodic
-        return settings
-    return {}
+    return settings
+
+
+def numeric_embedding_settings(
+    model_cfg: Any, task: str, train: Optional["SplitTensors"], seed: int
+) -> Dict[str, Any]:
+    """{"periodic": settings}, {"piecewise": settings with the bin edges fitted
+    on `train`}, or {} for numerics that go in as they are."""
+    kind = model_cfg.numeric_embedding
+    if kind == "periodic":
+        periodic = model_cfg.periodic
+        keys = ("d_embedding", "n_frequencies", "frequency_init_scale", "lite")
+        return {"periodic": {key: periodic[key] for key in keys}}
+    if kind != "piecewise_linear":
+        return {}
+    if train is None:
+        raise ModelSphereError(
+            "model.numeric_embedding=piecewise_linear fits its bin edges on the "
+            "training split: spec_from_config needs train="
+        )
+    # Imported on use, as in numeric_modules below.
+    from .numeric_embeddings import fit_bin_edges
+
+    piecewise = dict(model_cfg.piecewise)
+    n_numeric = train.numeric.shape[1]
+    if not n_numeric:
+        return {"piecewise": {"d_embedding": piecewise["d_embedding"], "edges": []}}
+    edges = fit_bin_edges(train.numeric, train.target, task, piecewise, seed)
+    return {
+        "piecewise": {
+            "d_embedding": piecewise_width(piecewise, n_numeric),
+            "edges": edges,
+        }
+    }
+
+
+def piecewise_width(piecewise: Dict[str, Any], n_numeric: int) -> int:
+    """Each numeric column's embedding width: `d_embedding`, shrunk on wide tables
+    so that all of them together stay within `max_numeric_width` (the first
+    layer's input, and so the model's compute, grows with their sum)."""
+    share = piecewise["max_numeric_width"] // n_numeric
+    return int(max(1, min(piecewise["d_embedding"], share)))
+
+
+def numeric_modules(spec: ModelSpec) -> Tuple[Optional[nn.Module], int]:
+    """The spec's numeric embedding (None if the numerics go in as they are) and
+    the width it hands on. rtdl_num_embeddings is imported only when a spec asks
+    for an embedding (numeric_embeddings.py keeps it from importing scikit-learn)."""
+    if "piecewise" not in spec.extra and "periodic" not in spec.extra:
+        return None, spec.n_numeric
+    from .numeric_embeddings import numeric_embedding
+
+    return numeric_embedding(spec)
 
 
 class TabularMLP(nn.Module):
-    """An MLP over [numeric features, one embedding per categorical column]."""
+    """An MLP over [numeric features (embedded or as they are), one embedding per
+    categorical column]."""
 
     def __init__(self, spec: ModelSpec):
         super().__init__()
         self.spec = spec
+        self.numeric_embeddings, numeric_width = numeric_modules(spec)
         self.embeddings = categorical_embeddings(
             spec.cardinalities, spec.embedding_dims
         )
         self.backbone, width = mlp_backbone(
-            spec.n_numeric + sum(spec.embedding_dims),
+            numeric_width + sum(spec.embedding_dims),
             spec.hidden_sizes,
             spec.normalization,
             spec.activation,
@@ -124,17 +188,11 @@ class TabularMLP(nn.Module):
         self.head = nn.Linear(width, spec.n_outputs)
 
     def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+        if self.numeric_embeddings is not None:
+            numeric = self.numeric_embeddings(numeric).flatten(1)
         parts = [numeric] + embed_categorical(self.embeddings, categorical)
         x = torch.cat(parts, dim=1) if len(parts) > 1 else numeric
         return self.head(self.backbone(x))
-
-
-def _periodic_mlp(spec: ModelSpec) -> nn.Module:
-    # Imported on use: rtdl_num_embeddings imports scikit-learn when it is
-    # installed (about 1 s), which every CLI and worker would pay otherwise.
-    from .model_plr import PeriodicMLP
-
-    return PeriodicMLP(spec)
 
 
 def _tabm(spec: ModelSpec) -> nn.Module:
@@ -147,7 +205,7 @@ def _tabm(spec: ModelSpec) -> nn.Module:
 # alone, so an artifact's model.json rebuilds any of them.
 ARCHITECTURES: Dict[str, Callable[[ModelSpec], nn.Module]] = {
     "mlp": TabularMLP,
-    "mlp_plr": _periodic_mlp,
+    "mlp_plr": TabularMLP,  # the MLP; its spec holds the periodic settings
     "tabm": _tabm,
 }
 

@@ -13,17 +13,13 @@ export treat it like any other model.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 from tabm import TabM
 from torch import nn
 from torch.nn import functional as F
 
-from .model_plr import periodic_embeddings
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .model import ModelSpec
+from .model import ModelSpec, numeric_modules
 
 TORCH_ACTIVATIONS = {"relu": "ReLU", "gelu": "GELU", "silu": "SiLU"}
 
@@ -43,17 +39,15 @@ def mean_of_members(outputs: torch.Tensor, task: str) -> torch.Tensor:
 
 
 class TabMEnsemble(nn.Module):
-    """TabM over [numeric features (optionally periodic-embedded), one-hot
+    """TabM over [numeric features (embedded if the spec says so), one-hot
     categoricals]; `hidden_sizes` gives depth and width (all layers equal)."""
 
-    def __init__(self, spec: "ModelSpec"):
+    def __init__(self, spec: ModelSpec):
         super().__init__()
         self.spec = spec
         ensemble = spec.extra["ensemble"]
         self.task = ensemble["task"]
-        embeddings = None
-        if "periodic" in spec.extra:
-            embeddings = periodic_embeddings(spec.n_numeric, spec.extra["periodic"])
+        embeddings, _ = numeric_modules(spec)
         self.tabm = TabM.make(
             n_num_features=spec.n_numeric,
             cat_cardinalities=list(spec.cardinalities),

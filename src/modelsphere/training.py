@@ -331,7 +331,9 @@ def _interrupt(cfg, run_dir, trainer, loop, stop: StopRequest, progress) -> None
 
 def _build_trainer(cfg, feature_state, task, tensors, device, context) -> Trainer:
     torch.manual_seed(cfg.seed)
-    spec = spec_from_config(cfg.model, feature_state, task)
+    spec = spec_from_config(
+        cfg.model, feature_state, task, train=tensors["train"], seed=cfg.seed
+    )
     model = build_model(spec).to(device.device)
     train_model = model
     if context.enabled:

@@ -1,0 +1,172 @@
+"""Numeric embeddings: the piecewise-linear bins fitted on the training split, their
+edge cases, and their round trip through the spec (model.json)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+from conftest import compose_config, train_tiny
+
+from modelsphere.artifacts import load_artifact
+from modelsphere.errors import ModelSphereError
+from modelsphere.model import ModelSpec, build_model, piecewise_width
+from modelsphere.numeric_embeddings import fit_bin_edges
+
+QUANTILE = {
+    "n_bins": 8,
+    "bins": "quantile",
+    "d_embedding": 4,
+    "tree_min_samples_leaf": 20,
+    "tree_min_impurity_decrease": 0.0,
+    "subsample": 100_000,
+}
+TREE = {**QUANTILE, "bins": "tree"}
+
+
+def columns(rows: int = 400, seed: int = 0) -> torch.Tensor:
+    """[continuous, 0/1 indicator, constant, three-valued] columns."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.stack(
+        [
+            torch.randn(rows, generator=gen),
+            (torch.rand(rows, generator=gen) < 0.3).float(),
+            torch.full((rows,), 2.5),
+            torch.randint(0, 3, (rows,), generator=gen).float(),
+        ],
+        dim=1,
+    )
+
+
+def test_quantile_edges_per_column():
+    numeric = columns()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # single-bin columns are expected: no noise
+        edges = fit_bin_edges(numeric, torch.zeros(400), "binary", QUANTILE, seed=0)
+    continuous, indicator, constant, three = edges
+    assert len(continuous) == QUANTILE["n_bins"] + 1
+    assert continuous == sorted(continuous)
+    assert continuous[0] == pytest.approx(numeric[:, 0].min().item())
+    assert continuous[-1] == pytest.approx(numeric[:, 0].max().item())
+    # Fewer distinct values, fewer bins: quantiles that coincide merge.
+    assert indicator == [0.0, 1.0]
+    assert three == [0.0, 1.0, 2.0]
+    # A column constant on the training split gets one bin around its value.
+    assert constant == [2.0, 3.0]
+    json.dumps(edges)  # plain data for model.json
+
+
+def test_tree_edges_find_the_step_in_the_target():
+    numeric = columns()
+    target = (numeric[:, 0] > 0.7).long()
+    edges = fit_bin_edges(numeric, target, "binary", TREE, seed=0)
+    inner = edges[0][1:-1]
+    assert inner, "the tree found no split"
+    assert min(abs(edge - 0.7) for edge in inner) < 0.1
+    # Regression targets work the same way.
+    edges = fit_bin_edges(numeric, numeric[:, 3] * 2.0, "regression", TREE, seed=0)
+    assert 0.5 <= edges[3][1] <= 1.5  # the split between 0 and 1, then 1 and 2
+
+
+def test_tree_edges_without_scikit_learn_name_the_fix(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    monkeypatch.setitem(sys.modules, "sklearn.tree", None)
+    with pytest.raises(ModelSphereError, match="bins=tree.*scikit-learn.*quantile"):
+        fit_bin_edges(columns(), torch.zeros(400).long(), "binary", TREE, seed=0)
+
+
+def test_building_and_quantile_bins_do_not_import_scikit_learn():
+    """rtdl_num_embeddings imports scikit-learn when it can (~1 s): a model with
+    numeric embeddings is built, and quantile bins are fitted, without it; tree
+    bins import it when asked."""
+    code = (
+        "import sys, torch\n"
+        "from modelsphere.model import ModelSpec, build_model\n"
+        "from modelsphere.numeric_embeddings import fit_bin_edges\n"
+        f"settings = {QUANTILE!r}\n"
+        "edges = fit_bin_edges(torch.randn(50, 2), torch.zeros(50), 'binary', "
+        "settings, 0)\n"
+        "spec = ModelSpec(2, [], [], [4], 1, extra={'piecewise': "
+        "{'d_embedding': 4, 'edges': edges}})\n"
+        "build_model(spec)\n"
+        "assert 'sklearn' not in sys.modules, 'scikit-learn was imported'\n"
+        # Tree bins, later in the same process, get scikit-learn after all.
+        f"tree = {TREE!r}\n"
+        "y = torch.arange(50) % 2\n"
+        "fit_bin_edges(torch.randn(50, 2), y, 'binary', tree, 0)\n"
+        "assert 'sklearn.tree' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_bins_cap_at_the_training_rows_and_subsample_by_seed():
+    small = columns(rows=5)
+    edges = fit_bin_edges(small, torch.zeros(5), "binary", QUANTILE, seed=0)
+    assert len(edges[0]) <= 5  # n_bins capped at rows - 1
+    capped = {**QUANTILE, "subsample": 50}
+    numeric = columns(rows=1000)
+    first = fit_bin_edges(numeric, torch.zeros(1000), "binary", capped, seed=1)
+    again = fit_bin_edges(numeric, torch.zeros(1000), "binary", capped, seed=1)
+    other = fit_bin_edges(numeric, torch.zeros(1000), "binary", capped, seed=2)
+    full = fit_bin_edges(numeric, torch.zeros(1000), "binary", QUANTILE, seed=1)
+    assert first == again and first[0] != other[0] and first[0] != full[0]
+
+
+def test_too_few_rows_is_a_clear_error():
+    with pytest.raises(ModelSphereError, match="at least 3 rows; it has 2"):
+        fit_bin_edges(columns(rows=2), torch.zeros(2), "binary", QUANTILE, seed=0)
+
+
+def test_the_embedding_is_piecewise_linear_with_kinks_at_the_edges():
+    """Inside a bin the output is linear in x; across an edge the slope changes."""
+    edges = [[-1.0, 0.0, 1.0]]
+    spec = ModelSpec(
+        n_numeric=1,
+        cardinalities=[],
+        embedding_dims=[],
+        hidden_sizes=[4],
+        n_outputs=1,
+        extra={"piecewise": {"d_embedding": 3, "edges": edges}},
+    )
+    torch.manual_seed(0)
+    embedding = build_model(spec).numeric_embeddings
+    torch.nn.init.normal_(embedding.linear.weight)  # version B starts linear
+    x = torch.tensor([[-0.8], [-0.5], [-0.2], [0.2], [0.5], [0.8]])
+    out = embedding(x).detach()[:, 0, :]
+    left, right = out[1] - out[0], out[4] - out[3]
+    torch.testing.assert_close(out[2] - out[1], left)  # linear within [-1, 0]
+    torch.testing.assert_close(out[5] - out[4], right)  # linear within [0, 1]
+    assert not torch.allclose(left, right, atol=1e-3)  # the kink at 0
+
+
+def test_the_default_model_saves_its_edges_and_reloads_them(tmp_path):
+    cfg = compose_config([])
+    assert cfg.model.numeric_embedding == "piecewise_linear"
+    run_dir = train_tiny(tmp_path, "model.piecewise.n_bins=6", task="regression")
+    artifact = load_artifact(run_dir)
+    saved = json.loads((run_dir / "model.json").read_text())["model_spec"]
+    edges = saved["extra"]["piecewise"]["edges"]
+    assert len(edges) == artifact.spec.n_numeric
+    assert all(2 <= len(column) <= 7 for column in edges)
+    # The bins rebuilt from model.json are the ones training placed: the encoding
+    # buffers saved with the weights match them exactly (strict load).
+    rebuilt = build_model(ModelSpec(**saved))
+    buffers = {k: v for k, v in rebuilt.state_dict().items() if ".impl." in k}
+    assert buffers
+    for name, tensor in buffers.items():
+        torch.testing.assert_close(tensor, artifact.state_dict[name])
+    assert artifact.build(torch.device("cpu")).numeric_embeddings is not None
+
+
+@pytest.mark.parametrize(
+    "n_numeric, width",
+    [(1, 32), (64, 32), (65, 31), (100, 20), (4096, 1)],
+)
+def test_wide_tables_get_narrower_numeric_embeddings(n_numeric, width):
+    """32 per column, shrunk so that all of them stay within 2048 inputs."""
+    settings = {"d_embedding": 32, "max_numeric_width": 2048}
+    assert piecewise_width(settings, n_numeric) == width
