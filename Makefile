@@ -57,6 +57,7 @@ benchmarks: venv
 	$(PY) benchmarks/quality.py --override "tabm:model.hidden_sizes=[128,128]" \
 	    --override tabm:model.ensemble.k=8
 	$(PY) benchmarks/quality.py --holdout --models mlp mlp_plr lightgbm linear
+	$(PY) benchmarks/quality.py --fresh --models mlp mlp_plr lightgbm linear
 	$(MAKE) report
 
 report: venv
