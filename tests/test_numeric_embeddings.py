@@ -14,8 +14,8 @@ from conftest import compose_config, train_tiny
 
 from modelsphere.artifacts import load_artifact
 from modelsphere.errors import ModelSphereError
-from modelsphere.model import ModelSpec, build_model, piecewise_width
-from modelsphere.numeric_embeddings import fit_bin_edges
+from modelsphere.model import ModelSpec, build_model, inference_form, piecewise_width
+from modelsphere.numeric_embeddings import FoldedPiecewiseMLP, fit_bin_edges
 
 QUANTILE = {
     "n_bins": 8,
@@ -86,7 +86,7 @@ def test_building_and_quantile_bins_do_not_import_scikit_learn():
     code = (
         "import sys, torch\n"
         "from modelsphere.model import ModelSpec, build_model\n"
-        "from modelsphere.numeric_embeddings import fit_bin_edges\n"
+        "from modelsphere.numeric_embeddings import FoldedPiecewiseMLP, fit_bin_edges\n"
         f"settings = {QUANTILE!r}\n"
         "edges = fit_bin_edges(torch.randn(50, 2), torch.zeros(50), 'binary', "
         "settings, 0)\n"
@@ -159,7 +159,7 @@ def test_the_default_model_saves_its_edges_and_reloads_them(tmp_path):
     assert buffers
     for name, tensor in buffers.items():
         torch.testing.assert_close(tensor, artifact.state_dict[name])
-    assert artifact.build(torch.device("cpu")).numeric_embeddings is not None
+    assert isinstance(artifact.build(torch.device("cpu")), FoldedPiecewiseMLP)
 
 
 @pytest.mark.parametrize(
@@ -170,3 +170,58 @@ def test_wide_tables_get_narrower_numeric_embeddings(n_numeric, width):
     """32 per column, shrunk so that all of them stay within 2048 inputs."""
     settings = {"d_embedding": 32, "max_numeric_width": 2048}
     assert piecewise_width(settings, n_numeric) == width
+
+
+@pytest.mark.parametrize(
+    "edges",
+    [
+        [[-1.0, 0.0, 1.0], [0.0, 1.0], [-2.0, -1.0, 0.5, 3.0], [2.0, 3.0]],  # mixed
+        [[-1.0, 0.0, 1.0], [0.0, 0.5, 2.0]],  # equal bin counts: no padding mask
+        [[0.0, 1.0], [-1.0, 1.0]],  # one bin each: no clamping at all
+    ],
+)
+@pytest.mark.parametrize("cards", [[5, 4], []])
+@pytest.mark.parametrize("normalization", ["none", "layernorm"])
+def test_the_folded_inference_form_computes_the_same_function(
+    edges, cards, normalization
+):
+    spec = ModelSpec(
+        n_numeric=len(edges),
+        cardinalities=cards,
+        embedding_dims=[3] * len(cards),
+        hidden_sizes=[16, 8],
+        n_outputs=3,
+        normalization=normalization,
+        extra={"piecewise": {"d_embedding": 4, "edges": edges}},
+    )
+    torch.manual_seed(0)
+    model = build_model(spec).eval()
+    for parameter in model.parameters():  # trained-looking weights everywhere
+        torch.nn.init.normal_(parameter, std=0.5)
+    folded = inference_form(model)
+    assert isinstance(folded, FoldedPiecewiseMLP)
+    gen = torch.Generator().manual_seed(1)
+    numeric = torch.randn(64, len(edges), generator=gen) * 3  # inside and beyond
+    categorical = torch.stack(
+        [torch.randint(0, c, (64,), generator=gen) for c in cards]
+        or [torch.zeros(64, dtype=torch.long)],
+        dim=1,
+    )[:, : len(cards)]
+    with torch.no_grad():
+        torch.testing.assert_close(
+            folded(numeric, categorical),
+            model(numeric, categorical),
+            atol=1e-5,
+            rtol=1e-5,
+        )
+    # Fewer inputs to the first layer: the real bins, not columns x d_embedding.
+    n_bins = sum(len(column) - 1 for column in edges)
+    assert folded.first.in_features == n_bins + len(edges) + 3 * len(cards)
+
+
+def test_models_without_piecewise_embeddings_run_as_they_are():
+    spec = ModelSpec(
+        n_numeric=2, cardinalities=[], embedding_dims=[], hidden_sizes=[4], n_outputs=1
+    )
+    model = build_model(spec)
+    assert inference_form(model) is model

@@ -3,6 +3,7 @@ it was exported from these weights and reproduces them; rebuilt otherwise."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -60,8 +61,9 @@ def test_first_use_exports_and_caches_stamped_with_the_weights(run_dir):
     scores(run_dir)
     graph = onnx.load(str(run_dir / engines.ONNX_FILE))
     stamps = {prop.key: prop.value for prop in graph.metadata_props}
-    meta = (run_dir / "model.json").read_text()
-    assert stamps[engines.ONNX_WEIGHTS_KEY] in meta
+    weights = json.loads((run_dir / "model.json").read_text())["weights_sha256"]
+    # The weights and the inference form the graph was exported from.
+    assert stamps[engines.ONNX_WEIGHTS_KEY] == f"{weights}/FoldedPiecewiseMLP"
     assert not list(run_dir.glob(".*.tmp")), "no temp file is left behind"
 
 
@@ -75,6 +77,23 @@ def test_a_valid_cache_is_used_without_exporting(run_dir, monkeypatch, caplog):
         again["yes_probability"], expected["yes_probability"], rtol=0, atol=0
     )
     assert_matches_torch(again, run_dir)
+
+
+def test_a_graph_of_another_inference_form_is_exported_again(run_dir, caplog):
+    """A graph cached from the unfolded MLP (same weights, same function, more
+    work) is replaced by the folded one."""
+    scores(run_dir)
+    graph = onnx.load(str(run_dir / engines.ONNX_FILE))
+    for prop in graph.metadata_props:
+        if prop.key == engines.ONNX_WEIGHTS_KEY:
+            prop.value = prop.value.replace("/FoldedPiecewiseMLP", "/TabularMLP")
+    onnx.save(graph, str(run_dir / engines.ONNX_FILE))
+    with caplog.at_level(logging.INFO, logger="modelsphere.engines"):
+        scores(run_dir)
+    assert "loaded the ONNX graph cached in" not in caplog.text
+    graph = onnx.load(str(run_dir / engines.ONNX_FILE))
+    stamps = {prop.key: prop.value for prop in graph.metadata_props}
+    assert stamps[engines.ONNX_WEIGHTS_KEY].endswith("/FoldedPiecewiseMLP")
 
 
 def test_a_graph_from_other_weights_is_exported_again(run_dir, two_runs, caplog):

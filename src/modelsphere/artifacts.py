@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from .errors import ModelSphereError
 from .fileio import atomic_path, atomic_write_json, read_json, sha256_file
-from .model import ModelSpec, build_model
+from .model import ModelSpec, build_model, inference_form
 from .schema import Schema
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,8 @@ class Artifact:
         return self.schema.task
 
     def build(self, device: torch.device) -> torch.nn.Module:
-        """The model with its trained weights, on `device`, in eval mode."""
+        """The model with its trained weights in its inference form
+        (`model.inference_form`), on `device`, in eval mode."""
         model = build_model(self.spec)
         try:
             model.load_state_dict(self.state_dict, strict=True)
@@ -55,7 +56,7 @@ class Artifact:
                 f"{self.run_dir / WEIGHTS_FILE} does not match the model described in "
                 f"{META_FILE}: {first}"
             ) from exc
-        return model.to(device).eval()
+        return inference_form(model.eval()).to(device).eval()
 
 
 def save_artifact(

@@ -68,6 +68,15 @@ class ScoredRows:
     scores: np.ndarray
 
 
+def graph_stamp(weights_sha256: Optional[str], model: torch.nn.Module) -> Optional[str]:
+    """What a cached ONNX graph must have been exported from: these weights in
+    this inference form (a graph of the unfolded MLP computes the same function
+    more slowly, so it is exported again rather than reused)."""
+    if weights_sha256 is None:
+        return None
+    return f"{weights_sha256}/{type(model).__name__}"
+
+
 class Predictor:
     """A trained model with its schema and feature state, ready to score rows."""
 
@@ -94,7 +103,7 @@ class Predictor:
             batch_size,
             threads,
             artifact.run_dir,
-            artifact.meta.get("weights_sha256"),
+            graph_stamp(artifact.meta.get("weights_sha256"), self.model),
         )
         self._announced: set = set()
 

@@ -195,6 +195,18 @@ class TabularMLP(nn.Module):
         return self.head(self.backbone(x))
 
 
+def inference_form(model: nn.Module) -> nn.Module:
+    """The module predictions run: the model itself, or for an MLP with
+    piecewise-linear embeddings the same function with the embeddings folded
+    into its first layer (numeric_embeddings.FoldedPiecewiseMLP)."""
+    if isinstance(model, TabularMLP) and "piecewise" in model.spec.extra:
+        if model.numeric_embeddings is not None:
+            from .numeric_embeddings import FoldedPiecewiseMLP
+
+            return FoldedPiecewiseMLP(model)
+    return model
+
+
 def _tabm(spec: ModelSpec) -> nn.Module:
     from .model_tabm import TabMEnsemble
 

@@ -169,3 +169,84 @@ def _tree_options(
         "y": (target.float() if regression else target.long()).reshape(-1),
         "regression": regression,
     }
+
+
+class FoldedPiecewiseMLP(nn.Module):
+    """The inference form of a TabularMLP with piecewise-linear embeddings: the
+    same function, computed with a third of the work.
+
+    Version "B" embeddings have no activation, so embedding -> flatten -> the
+    first Linear is linear in each column's encoding and is folded into one
+    matrix (as batch norm is folded into a convolution). The padding of the
+    package's [columns, max bins] layout is dropped too: the encoding keeps only
+    each column's real bins, so the first layer reads sum(bins) + columns +
+    categorical inputs instead of columns x d_embedding (Telco: 138 against 360).
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.spec = model.spec
+        self.embeddings = model.embeddings
+        self.rest = model.backbone[1:]
+        self.head = model.head
+        embedding, first = model.numeric_embeddings, model.backbone[0]
+        impl = embedding.impl
+        n_features, max_bins = impl.weight.shape
+        d = embedding.linear.weight.shape[2]
+        with torch.no_grad():
+            hidden = first.weight.shape[0]
+            w_numeric = first.weight[:, : n_features * d].reshape(hidden, n_features, d)
+            w_categorical = first.weight[:, n_features * d :]
+            # [features, bins, hidden], [features, hidden], [hidden]
+            through_bins = torch.einsum(
+                "fnd,hfd->fnh", embedding.linear.weight, w_numeric
+            )
+            through_linear = torch.einsum(
+                "fd,hfd->fh", embedding.linear0.weight, w_numeric
+            )
+            bias = first.bias + torch.einsum(
+                "fd,hfd->h", embedding.linear0.bias, w_numeric
+            )
+            lower, upper = _encoding_bounds(impl, n_features, max_bins)
+            kept = (
+                impl.mask
+                if impl.mask is not None
+                else torch.ones(n_features, max_bins, dtype=torch.bool)
+            )
+            self.register_buffer("feature", kept.nonzero()[:, 0].clone())
+            self.register_buffer("scale", impl.weight[kept].clone())
+            self.register_buffer("shift", impl.bias[kept].clone())
+            self.register_buffer("lower", lower[kept].clone())
+            self.register_buffer("upper", upper[kept].clone())
+            weight = torch.cat(
+                [through_bins[kept], through_linear, w_categorical.T], dim=0
+            )
+            self.first = nn.Linear(weight.shape[0], hidden)
+            self.first.weight.copy_(weight.T)
+            self.first.bias.copy_(bias)
+
+    def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+        encoded = numeric[:, self.feature] * self.scale + self.shift
+        encoded = torch.minimum(torch.maximum(encoded, self.lower), self.upper)
+        parts = [encoded, numeric]
+        for i, table in enumerate(self.embeddings):
+            parts.append(table(categorical[:, i]))
+        return self.head(self.rest(self.first(torch.cat(parts, dim=1))))
+
+
+def _encoding_bounds(
+    impl: nn.Module, n_features: int, max_bins: int
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The clamp of each component of the package's encoding, as [lower, upper]:
+    the first bin (-inf, 1], the middle ones [0, 1], the last [0, inf), and no
+    clamp at all for a column with a single bin (or when every column has one)."""
+    inf = float("inf")
+    lower = torch.full((n_features, max_bins), 0.0)
+    upper = torch.full((n_features, max_bins), 1.0)
+    if max_bins == 1:
+        return lower - inf, upper + inf
+    lower[:, 0] = -inf
+    upper[:, -1] = inf
+    if impl.single_bin_mask is not None:
+        lower[impl.single_bin_mask, -1] = -inf
+    return lower, upper
