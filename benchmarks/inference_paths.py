@@ -247,12 +247,25 @@ def single_record_cost(run_dir: Path, source: Path) -> Dict[str, Any]:
 
 def forward_floor(run_dir: Path, rows: int, peak_file: Path) -> Dict[str, Any]:
     """The least time the model's matrix products can take on this machine:
-    2 x multiply-adds per row x rows / the matmul peak of train_throughput.json."""
-    spec = json.loads((run_dir / "model.json").read_text())["model_spec"]
-    widths = [spec["n_numeric"] + sum(spec["embedding_dims"]), *spec["hidden_sizes"]]
-    widths.append(spec["n_outputs"])
-    multiply_adds = sum(a * b for a, b in zip(widths, widths[1:]))
-    floor: Dict[str, Any] = {"flops_per_row": 2 * multiply_adds, "architecture": spec}
+    2 x multiply-adds per row x rows / the matmul peak of train_throughput.json.
+    The multiply-adds are those of the Linear layers of the module predict.py
+    runs (the artifact's inference form)."""
+    import torch
+
+    from modelsphere.artifacts import load_artifact
+
+    artifact = load_artifact(run_dir)
+    model = artifact.build(torch.device("cpu"))
+    multiply_adds = sum(
+        module.in_features * module.out_features
+        for module in model.modules()
+        if isinstance(module, torch.nn.Linear)
+    )
+    floor: Dict[str, Any] = {
+        "flops_per_row": 2 * multiply_adds,
+        "architecture": artifact.spec.to_dict(),
+        "inference_form": type(model).__name__,
+    }
     if peak_file.is_file():
         peak = json.loads(peak_file.read_text()).get("matmul_peak")
         if peak:
