@@ -160,7 +160,8 @@ def numeric_modules(spec: ModelSpec) -> Tuple[Optional[nn.Module], int]:
     """The spec's numeric embedding (None if the numerics go in as they are) and
     the width it hands on. rtdl_num_embeddings is imported only when a spec asks
     for an embedding (numeric_embeddings.py keeps it from importing scikit-learn)."""
-    if "piecewise" not in spec.extra and "periodic" not in spec.extra:
+    embedded = "piecewise" in spec.extra or "periodic" in spec.extra
+    if not (spec.n_numeric and embedded):
         return None, spec.n_numeric
     from .numeric_embeddings import numeric_embedding
 
@@ -199,12 +200,12 @@ def inference_form(model: nn.Module) -> nn.Module:
     """The module predictions run: the model itself, or for an MLP with
     piecewise-linear embeddings the same function with the embeddings folded
     into its first layer (numeric_embeddings.FoldedPiecewiseMLP)."""
-    if isinstance(model, TabularMLP) and "piecewise" in model.spec.extra:
-        if model.numeric_embeddings is not None:
-            from .numeric_embeddings import FoldedPiecewiseMLP
+    folds = isinstance(model, TabularMLP) and "piecewise" in model.spec.extra
+    if not (folds and model.numeric_embeddings is not None):
+        return model
+    from .numeric_embeddings import FoldedPiecewiseMLP
 
-            return FoldedPiecewiseMLP(model)
-    return model
+    return FoldedPiecewiseMLP(model)
 
 
 def _tabm(spec: ModelSpec) -> nn.Module:

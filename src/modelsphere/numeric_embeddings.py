@@ -23,12 +23,13 @@ from __future__ import annotations
 import sys
 import warnings
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Tuple
 
 import torch
 from torch import nn
 
 from .errors import ModelSphereError
+from .layers import embed_categorical
 
 if TYPE_CHECKING:  # pragma: no cover
     from .model import ModelSpec
@@ -61,12 +62,8 @@ CONSTANT_COLUMN_HALF_WIDTH = 0.5
 SINGLE_BIN_WARNING = r"The \d+-th feature has just two bin edges"
 
 
-def periodic_embeddings(
-    n_numeric: int, settings: Dict[str, Any]
-) -> Optional[nn.Module]:
-    """The periodic module for `n_numeric` columns (None when there are none)."""
-    if n_numeric == 0:
-        return None
+def periodic_embeddings(n_numeric: int, settings: Dict[str, Any]) -> nn.Module:
+    """The periodic module for `n_numeric` (>= 1) columns."""
     return rtdl.PeriodicEmbeddings(
         n_numeric,
         int(settings["d_embedding"]),
@@ -76,12 +73,8 @@ def periodic_embeddings(
     )
 
 
-def piecewise_embeddings(
-    edges: List[List[float]], d_embedding: int
-) -> Optional[nn.Module]:
-    """The piecewise-linear module for these bin edges (None without columns)."""
-    if not edges:
-        return None
+def piecewise_embeddings(edges: List[List[float]], d_embedding: int) -> nn.Module:
+    """The piecewise-linear module for these bin edges (one list per column)."""
     bins = [torch.tensor(column, dtype=torch.float32) for column in edges]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=SINGLE_BIN_WARNING)
@@ -90,19 +83,18 @@ def piecewise_embeddings(
         )
 
 
-def numeric_embedding(spec: "ModelSpec") -> Tuple[Optional[nn.Module], int]:
-    """The spec's numeric embedding module and the width of its flattened output;
-    (None, n_numeric) when the numerics go in as they are."""
-    if spec.n_numeric and "piecewise" in spec.extra:
+def numeric_embedding(spec: "ModelSpec") -> Tuple[nn.Module, int]:
+    """The numeric embedding module of a spec with numeric columns and
+    "piecewise" or "periodic" settings, and the width of its flattened output."""
+    if "piecewise" in spec.extra:
         settings = spec.extra["piecewise"]
         d_embedding = int(settings["d_embedding"])
         module = piecewise_embeddings(settings["edges"], d_embedding)
-        return module, spec.n_numeric * d_embedding
-    if spec.n_numeric and "periodic" in spec.extra:
+    else:
         settings = spec.extra["periodic"]
+        d_embedding = int(settings["d_embedding"])
         module = periodic_embeddings(spec.n_numeric, settings)
-        return module, spec.n_numeric * int(settings["d_embedding"])
-    return None, spec.n_numeric
+    return module, spec.n_numeric * d_embedding
 
 
 def fit_bin_edges(
@@ -228,9 +220,7 @@ class FoldedPiecewiseMLP(nn.Module):
     def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
         encoded = numeric[:, self.feature] * self.scale + self.shift
         encoded = torch.minimum(torch.maximum(encoded, self.lower), self.upper)
-        parts = [encoded, numeric]
-        for i, table in enumerate(self.embeddings):
-            parts.append(table(categorical[:, i]))
+        parts = [encoded, numeric] + embed_categorical(self.embeddings, categorical)
         return self.head(self.rest(self.first(torch.cat(parts, dim=1))))
 
 
