@@ -1,5 +1,12 @@
 """DistributedDataParallel under torchrun on the CPU (gloo, 2 processes).
 
+What DDP is for, checked directly: each rank's forward receives its own disjoint
+share of every global batch, the replicas hold identical weights after every
+optimizer step although they saw different rows (the gradients were averaged),
+and the result matches one process within float tolerance. Through `train.py`,
+each epoch's history records the rows every process trained on, and the run
+stops if the replicas' weights disagree at the end.
+
 Tolerance: each rank takes every other row of the single-process batch and weights
 its mean loss by its share, so the averaged gradient is mathematically the
 single-process gradient; only the order of float32 additions differs (the
@@ -18,8 +25,10 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO, compose_config, make_table
+from ddp_probe import BATCH_SIZE, ROWS, train_probe
 from safetensors.torch import load_file
 
+from modelsphere.distributed import DistContext
 from modelsphere.training import run_training
 
 TOLERANCE = 1e-5
@@ -42,9 +51,9 @@ def settings(tmp_path: Path, outputs: str, *extra: str):
     ]
 
 
-def torchrun(tmp_path: Path, overrides) -> subprocess.CompletedProcess:
+def torchrun(tmp_path: Path, overrides, script="train.py"):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    command += ["--nproc_per_node=2", str(REPO / "train.py"), *overrides]
+    command += ["--nproc_per_node=2", str(REPO / script), *overrides]
     return subprocess.run(
         command, cwd=REPO, capture_output=True, text=True, timeout=300
     )
@@ -69,6 +78,12 @@ def assert_close_runs(single: Path, multi: Path) -> None:
                 value, abs=TOLERANCE
             ), (split, name)
     assert metrics[1]["training"]["processes"] == 2
+    batch = metrics[1]["training"]["batch_size"]
+    for one, two in zip(metrics[0]["history"], metrics[1]["history"]):
+        (n_train,) = one["rows_per_process"]
+        first, second = two["rows_per_process"]  # each rank trained on its half
+        assert first + second == n_train
+        assert abs(first - n_train / 2) <= batch and abs(second - n_train / 2) <= batch
 
 
 @pytest.fixture
@@ -104,3 +119,36 @@ def test_a_distributed_run_resumes_like_a_single_one(tmp_path, table):
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert len(json.loads((multi / "metrics.json").read_text())["history"]) == 4
     assert_close_runs(single, multi)
+
+
+def test_each_rank_trains_its_share_and_replicas_stay_identical(tmp_path):
+    result = torchrun(tmp_path, [str(tmp_path)], script="tests/ddp_probe.py")
+    assert result.returncode == 0, result.stdout + result.stderr
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    order = ranks[0]["order"]
+    assert torch.equal(order, ranks[1]["order"])  # one global permutation
+    steps = -(-ROWS // BATCH_SIZE)
+    assert len(ranks[0]["seen"]) == len(ranks[1]["seen"]) == steps
+    for step in range(steps):
+        batch = set(order[step * BATCH_SIZE : (step + 1) * BATCH_SIZE].tolist())
+        mine, theirs = (set(rank["seen"][step].tolist()) for rank in ranks)
+        assert not mine & theirs, step  # disjoint shares
+        assert mine | theirs == batch, step  # together, the whole global batch
+        assert torch.equal(
+            ranks[0]["weights"][step], ranks[1]["weights"][step]
+        ), f"replicas differ after step {step}: gradients were not averaged"
+    assert ranks[0]["rows"] + ranks[1]["rows"] == ROWS
+    assert all(abs(rank["rows"] - ROWS / 2) <= BATCH_SIZE for rank in ranks)
+    assert ranks[0]["mean_loss"] == pytest.approx(ranks[1]["mean_loss"])
+
+    _, single = train_probe(DistContext())
+    assert single["rows"] == ROWS
+    for step in range(steps):  # the same updates as one process, up to rounding
+        assert torch.allclose(
+            single["weights"][step], ranks[0]["weights"][step], atol=TOLERANCE
+        ), step
+    assert single["mean_loss"] == pytest.approx(ranks[0]["mean_loss"], rel=1e-5)
+
+    assert [rank["after_training"] for rank in ranks] == ["agree", "agree"]
+    for rank in ranks:
+        assert "ended training with different weights" in rank["after_drift"]

@@ -125,9 +125,15 @@ class LoopState:
             "partial": self.partial.payload() if self.partial is not None else None,
         }
 
-    def record(self, epoch, train_loss, val, optimizer, seconds, n_rows) -> None:
+    def record(
+        self, epoch, train_loss, val, optimizer, seconds, rows_per_process
+    ) -> None:
+        """One epoch's history row; `rows_per_process` lists the training rows
+        each process's forward saw this epoch, in rank order."""
+        n_rows = sum(rows_per_process)
         row = {"epoch": epoch, "train_loss": train_loss, "seconds": seconds}
         row["rows_per_second"] = n_rows / seconds if seconds > 0 else float("nan")
+        row["rows_per_process"] = list(rows_per_process)
         row["lr"] = optimizer.param_groups[0]["lr"]
         row.update(
             {f"val_{name}": value for name, value in val.items() if name != "rows"}

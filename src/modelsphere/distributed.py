@@ -14,13 +14,20 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import List
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from .errors import ModelSphereError
 
 log = logging.getLogger(__name__)
+
+# Replicas apply the same averaged gradient with the same optimizer, so their
+# weights agree bitwise on one kind of device; this bound only leaves room for a
+# collective whose reduction order differs between ranks.
+REPLICA_TOLERANCE = 1e-6
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,38 @@ def all_reduce(tensor: torch.Tensor, op: str, context: DistContext) -> torch.Ten
         }
         dist.all_reduce(tensor, op=ops[op])
     return tensor
+
+
+def gather_counts(count: int, context: DistContext, device) -> List[int]:
+    """Every rank's `count`, in rank order (`[count]` in a single process)."""
+    if not context.enabled:
+        return [count]
+    mine = torch.tensor([count], dtype=torch.int64, device=device)
+    every = [torch.zeros_like(mine) for _ in range(context.world_size)]
+    dist.all_gather(every, mine)
+    return [int(value) for value in every]
+
+
+def check_replicas_agree(model: nn.Module, context: DistContext) -> None:
+    """Stop if this rank's weights differ from rank 0's.
+
+    DDP keeps the replicas identical by averaging gradients before every
+    optimizer step; a rank whose weights drifted trained on its own, and its
+    share of the data never reached the saved model.
+    """
+    if not context.enabled:
+        return
+    mine = torch.cat([p.detach().float().flatten() for p in model.parameters()])
+    reference = mine.clone()
+    dist.broadcast(reference, src=0)
+    drift = (mine - reference).abs().max().reshape(1)
+    all_reduce(drift, "max", context)
+    if float(drift) > REPLICA_TOLERANCE:
+        raise ModelSphereError(
+            f"the {context.world_size} processes ended training with different "
+            f"weights (largest difference {float(drift):.3g}): gradients were not "
+            "averaged across ranks, so the run dir would hold one rank's model only"
+        )
 
 
 def barrier(context: DistContext) -> None:

@@ -44,6 +44,7 @@ class EpochProgress:
     next_step: int  # the next batch to train
     total: torch.Tensor  # sum of per-row training losses so far (on the device)
     first_bad: torch.Tensor  # first batch with a non-finite loss, or NO_BAD_BATCH
+    rows: int = 0  # rows this process's forward has trained on so far
 
     @classmethod
     def start(cls, epoch: int, n_rows: int, generator: torch.Generator, device):
@@ -80,6 +81,15 @@ class EpochProgress:
             payload["total"].to(device),
             payload["first_bad"].to(device),
         )
+
+    def count_resumed_rows(self, batch_size: int, context: DistContext) -> None:
+        """Credit this process with its share of the batches trained before an
+        interruption (a checkpoint holds one progress for every rank)."""
+        n_rows = len(self.order)
+        self.rows = 0
+        for start in range(0, min(self.next_step * batch_size, n_rows), batch_size):
+            rows = min(batch_size, n_rows - start)
+            self.rows += len(range(context.rank, rows, context.world_size))
 
 
 def run_epoch(
@@ -140,6 +150,7 @@ def run_epoch(
         if index.shape[0] == 0:
             continue
         rows = index.shape[0]
+        progress.rows += rows
         detached = loss.detach().float()
         if context.enabled:
             detached = detached * global_index.shape[0] / (rows * context.world_size)

@@ -35,6 +35,8 @@ from .distributed import (
     DistContext,
     barrier,
     check_batch_size,
+    check_replicas_agree,
+    gather_counts,
     init_distributed,
     shutdown,
 )
@@ -135,12 +137,15 @@ def _train(cfg, run_dir: Path, resume, device: DeviceChoice, context) -> float:
         loop = LoopState.restore(
             resume, trainer.model, trainer.optimizer, trainer.scheduler, trainer.scaler
         )
-        if loop.partial is not None and not main:
-            loop.partial.total.zero_()  # rank 0 holds the summed loss so far
+        if loop.partial is not None:
+            loop.partial.count_resumed_rows(trainer.batch_size, context)
+            if not main:
+                loop.partial.total.zero_()  # rank 0 holds the summed loss so far
 
     started = time.perf_counter()
     with stop_requests() as stop:
         _fit(cfg, run_dir, trainer, tensors, feature_state, loop, stop)
+    check_replicas_agree(trainer.model, context)
 
     model = trainer.model
     if loop.best_state is not None:
@@ -214,7 +219,7 @@ def _fit(cfg, run_dir: Path, trainer: Trainer, tensors, feature_state, loop, sto
         loop.partial = None
         epoch_start = time.perf_counter()
         finished = run_epoch(
-            trainer.model,
+            trainer.train_model,
             train,
             trainer.batch_size,
             trainer.optimizer,
@@ -225,6 +230,7 @@ def _fit(cfg, run_dir: Path, trainer: Trainer, tensors, feature_state, loop, sto
             trainer.scaler,
             progress,
             stop,
+            trainer.context,
         )
         if not finished:
             loop.partial = progress
@@ -248,7 +254,12 @@ def _fit(cfg, run_dir: Path, trainer: Trainer, tensors, feature_state, loop, sto
                 "larger data.split.val_fraction or train.monitor=loss"
             )
         loop.record(
-            epoch, progress.mean_loss(), val, trainer.optimizer, seconds, len(train)
+            epoch,
+            progress.mean_loss(),
+            val,
+            trainer.optimizer,
+            seconds,
+            gather_counts(progress.rows, trainer.context, train.target.device),
         )
         improved = is_improvement(
             val[monitor], loop.best_value, trainer.mode, cfg.train.min_delta
