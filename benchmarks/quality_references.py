@@ -2,7 +2,7 @@
 feature transform the model options use: LightGBM with early stopping on the
 validation split, and logistic (classification) or ridge (regression) regression
 with C or alpha picked on the validation split. Test metrics come from
-`modelsphere.metrics`, as the options' do."""
+`modelsphere.training.metrics`, as the options' do."""
 
 from __future__ import annotations
 
@@ -12,16 +12,16 @@ from typing import Any, Dict
 import numpy as np
 import pandas as pd
 import torch
+from quality_report import PRIMARY
 
-from modelsphere.features import (
+from modelsphere.data.preprocessing import load_split, prepare_data
+from modelsphere.features.transform import (
     cardinalities,
     encode_target,
     fit_feature_state_from_split,
     transform_features,
 )
-from modelsphere.metrics import compute_metrics
-from modelsphere.preprocessing import load_split, prepare_data
-from quality_report import PRIMARY
+from modelsphere.training.metrics import compute_metrics
 
 LINEAR_STRENGTHS = (0.01, 0.1, 1.0, 10.0, 100.0)  # C (logistic) / 1/alpha (ridge)
 LIGHTGBM_TREES, LIGHTGBM_STOPPING_ROUNDS = 2000, 50

@@ -44,12 +44,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from modelsphere.cleaning import clean_records
-from modelsphere.devices import select_device
-from modelsphere.fileio import read_json
-from modelsphere.inference import Predictor
-from modelsphere.provenance import package_versions
-from modelsphere.schema import Schema
+from modelsphere.core.devices import select_device
+from modelsphere.core.fileio import read_json
+from modelsphere.core.provenance import package_versions
+from modelsphere.data.cleaning import clean_records
+from modelsphere.data.schema import Schema
+from modelsphere.inference.predictor import Predictor
 from modelsphere.serving.schemas import predict_request_model, record_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -16,7 +16,7 @@ FORMATS = ("parquet", "csv")
 
 def end_to_end(rows: int, repeats: int, work: Path) -> Dict[str, Any]:
     """data_preprocessing.py + train.py train=quick, per format, same raw CSV."""
-    from modelsphere.sources import materialise_raw_csv
+    from modelsphere.data.sources import materialise_raw_csv
 
     print(f"{rows:,} rows end to end", flush=True)
     dirs = {fmt: work / f"e2e_{fmt}" for fmt in FORMATS}

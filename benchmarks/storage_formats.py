@@ -51,10 +51,10 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from storage_end_to_end import end_to_end  # noqa: E402
 from environment import machine, versions  # noqa: E402
-from storage_markdown import render_markdown  # noqa: E402
 from processes import GNU_TIME, compose_config, measured  # noqa: E402
+from storage_end_to_end import end_to_end  # noqa: E402
+from storage_markdown import render_markdown  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -101,7 +101,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def learn_schema(work: Path) -> Path:
     """schema.json as data_preprocessing.py infers it for this table."""
-    from modelsphere.preprocessing import prepare_data
+    from modelsphere.data.preprocessing import prepare_data
 
     cfg = compose_config(SCHEMA_ROWS, work / "schema")
     processed = prepare_data(cfg.data, cfg.paths.data_dir, force=True)
@@ -111,10 +111,10 @@ def learn_schema(work: Path) -> Path:
 def typed_table(rows: int, work: Path, schema_path: Path):
     """The generated raw CSV, typed as a processed split; and the pipeline's
     Parquet settings (compression, row-group rows) from the same config."""
-    from modelsphere.csvio import NULL_STRINGS
-    from modelsphere.preprocessing import arrow_schema
-    from modelsphere.schema import Schema
-    from modelsphere.sources import materialise_raw_csv
+    from modelsphere.data.preprocessing import arrow_schema
+    from modelsphere.data.raw_csv import NULL_STRINGS
+    from modelsphere.data.schema import Schema
+    from modelsphere.data.sources import materialise_raw_csv
 
     cfg = compose_config(rows, work / "raw")
     raw = materialise_raw_csv(cfg.data)
@@ -182,8 +182,8 @@ def reference_frame(table: pa.Table) -> pd.DataFrame:
 
 def values_round_trip(paths, schema_path: Path, reference: pd.DataFrame):
     """Whether each format gives back exactly the written values (pipeline reader)."""
-    from modelsphere.preprocessing import read_split_columns
-    from modelsphere.schema import Schema
+    from modelsphere.data.preprocessing import read_split_columns
+    from modelsphere.data.schema import Schema
 
     schema = Schema.from_dict(json.loads(schema_path.read_text()))
     equal = {}

@@ -38,11 +38,13 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from modelsphere.devices import autocast, make_grad_scaler, select_device
-from modelsphere.model import ModelSpec, build_model
-from modelsphere.provenance import package_versions
-from modelsphere.epochs import SplitTensors, train_one_epoch
-from modelsphere.optimization import make_loss, make_optimizer, make_scheduler
+from modelsphere.core.devices import autocast, make_grad_scaler, select_device
+from modelsphere.core.provenance import package_versions
+from modelsphere.features.tensors import SplitTensors
+from modelsphere.models.registry import build_model
+from modelsphere.models.spec import ModelSpec
+from modelsphere.training.epochs import train_one_epoch
+from modelsphere.training.optimization import make_loss, make_optimizer, make_scheduler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from environment import cpu_model  # noqa: E402

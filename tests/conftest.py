@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-import modelsphere.config  # noqa: F401  (registers the config schemas)
+import modelsphere.core.config  # noqa: F401  (registers the config schemas)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "conf"
@@ -104,7 +104,7 @@ def train_tiny(
     Data and outputs stay under `base`; returns the run dir
     `<base>/outputs/train/<run_name>`. Later `overrides` win over the defaults.
     """
-    from modelsphere.training import run_training
+    from modelsphere.training.run import run_training
 
     csv = base / f"tiny_{task}.csv"
     if not csv.exists():

@@ -17,16 +17,17 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from modelsphere.devices import select_device
-from modelsphere.distributed import (
+from modelsphere.core.devices import select_device
+from modelsphere.core.errors import ModelSphereError
+from modelsphere.features.tensors import SplitTensors
+from modelsphere.training.distributed import (
     DistContext,
     check_replicas_agree,
     init_distributed,
     shutdown,
 )
-from modelsphere.epochs import EpochProgress, SplitTensors, run_epoch
-from modelsphere.errors import ModelSphereError
-from modelsphere.optimization import make_optimizer
+from modelsphere.training.epochs import EpochProgress, run_epoch
+from modelsphere.training.optimization import make_optimizer
 
 ROWS = 203  # odd, and not a multiple of the batch: the last batch is short
 BATCH_SIZE = 32

@@ -24,6 +24,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 import pandas as pd
 import pytest
+from fastapi.testclient import TestClient
+from hydra.core.global_hydra import GlobalHydra
+
 from conftest import (
     compose_config,
     csv_overrides,
@@ -33,14 +36,11 @@ from conftest import (
     train_tiny,
     wait_client_ready,
 )
-from fastapi.testclient import TestClient
-from hydra.core.global_hydra import GlobalHydra
-
-from modelsphere.batch_predict import predict_file
-from modelsphere.devices import select_device
-from modelsphere.inference import Predictor
+from modelsphere.core.devices import select_device
+from modelsphere.inference.batch_predict import predict_file
+from modelsphere.inference.predictor import Predictor
 from modelsphere.serving.app import ServeSettings, create_app
-from modelsphere.training import run_training
+from modelsphere.training.run import run_training
 
 USAGE_ERROR = 2
 MAX_BODY_BYTES = 1 << 20  # ServeSettings' default, as serve.max_body_bytes

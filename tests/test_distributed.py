@@ -24,12 +24,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, compose_config, make_table
 from ddp_probe import BATCH_SIZE, ROWS, train_probe
 from safetensors.torch import load_file
 
-from modelsphere.distributed import DistContext
-from modelsphere.training import run_training
+from conftest import REPO, compose_config, make_table
+from modelsphere.training.distributed import DistContext
+from modelsphere.training.run import run_training
 
 TOLERANCE = 1e-5
 

@@ -14,13 +14,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import compose_config, csv_overrides, make_table, train_tiny
 
-from modelsphere.batch_predict import run_batch_prediction
-from modelsphere.errors import ModelSphereError
-from modelsphere.evaluation import run_evaluation
-from modelsphere.preprocessing import run_preprocessing
-from modelsphere.training import run_training
+from conftest import compose_config, csv_overrides, make_table, train_tiny
+from modelsphere.core.errors import ModelSphereError
+from modelsphere.data.preprocessing import run_preprocessing
+from modelsphere.inference.batch_predict import run_batch_prediction
+from modelsphere.inference.evaluation import run_evaluation
+from modelsphere.training.run import run_training
 
 PROBABILITIES = ["no_probability", "yes_probability"]
 
@@ -257,7 +257,7 @@ def test_a_failed_write_stops_the_stage_threads(run_dir, tmp_path, monkeypatch):
     left as it was (absent)."""
     import threading
 
-    from modelsphere import table_files
+    from modelsphere.data import table_io as table_files
 
     source = write(features(), tmp_path / "in" / "rows.csv")
     output = tmp_path / "out" / "scored.parquet"

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+
 from conftest import csv_overrides, make_table, run_cli
 
 CUDA = torch.cuda.is_available()

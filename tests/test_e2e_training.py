@@ -17,13 +17,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import compose_config, csv_overrides, make_table, train_tiny
 from safetensors.torch import load_file
 
-from modelsphere.batch_predict import run_batch_prediction
-from modelsphere.errors import ModelSphereError
-from modelsphere.evaluation import run_evaluation
-from modelsphere.training import run_training
+from conftest import compose_config, csv_overrides, make_table, train_tiny
+from modelsphere.core.errors import ModelSphereError
+from modelsphere.inference.batch_predict import run_batch_prediction
+from modelsphere.inference.evaluation import run_evaluation
+from modelsphere.training.run import run_training
 
 TIMING = ("seconds", "rows_per_second")
 

@@ -16,14 +16,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, compose_config, csv_overrides, make_table
 from safetensors.torch import load_file
 
-from modelsphere import epochs, fileio, training
-from modelsphere.checkpoint import CHECKPOINT_FILE, load_checkpoint
-from modelsphere.errors import ModelSphereError
-from modelsphere.interrupts import StopRequest, TrainingInterrupted
-from modelsphere.training import run_training
+from conftest import REPO, compose_config, csv_overrides, make_table
+from modelsphere.core import fileio
+from modelsphere.core.errors import ModelSphereError
+from modelsphere.training import epochs
+from modelsphere.training import run as training
+from modelsphere.training.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from modelsphere.training.interrupts import StopRequest, TrainingInterrupted
+from modelsphere.training.run import run_training
 
 TIMING = ("seconds", "rows_per_second")
 # Enough batches per epoch that a signal usually lands mid-epoch.

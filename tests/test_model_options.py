@@ -12,20 +12,22 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import compose_config, csv_overrides, make_table, train_tiny
 from omegaconf import OmegaConf
 
-from modelsphere import config as config_module
-from modelsphere import engines
-from modelsphere.artifacts import load_artifact
-from modelsphere.config import ModelConfig, validate_model
-from modelsphere.devices import select_device
-from modelsphere.epochs import SplitTensors, batch_loss
-from modelsphere.errors import ModelSphereError
-from modelsphere.inference import Predictor
-from modelsphere.model import ARCHITECTURES, ModelSpec, build_model, spec_from_config
-from modelsphere.model_tabm import mean_of_members
-from modelsphere.optimization import make_loss
+from conftest import compose_config, csv_overrides, make_table, train_tiny
+from modelsphere.core import config as config_module
+from modelsphere.core.config import ModelConfig, validate_model
+from modelsphere.core.devices import select_device
+from modelsphere.core.errors import ModelSphereError
+from modelsphere.features.tensors import SplitTensors
+from modelsphere.inference import engines
+from modelsphere.inference.predictor import Predictor
+from modelsphere.models.artifact import load_artifact
+from modelsphere.models.registry import ARCHITECTURES, build_model, spec_from_config
+from modelsphere.models.spec import ModelSpec
+from modelsphere.models.tabm import mean_of_members
+from modelsphere.training.epochs import batch_loss
+from modelsphere.training.optimization import make_loss
 
 OPTIONS = ("mlp", "mlp_plr", "tabm")
 # Small versions of each option, so a test trains in a second.
@@ -236,7 +238,7 @@ def test_onnx_export_failure_falls_back_to_torch(tmp_path, monkeypatch, caplog):
         raise RuntimeError("unsupported operator\nmore detail")
 
     monkeypatch.setattr(engines, "_export", broken_export)
-    with caplog.at_level(logging.WARNING, logger="modelsphere.engines"):
+    with caplog.at_level(logging.WARNING, logger="modelsphere.inference.engines"):
         predictor = Predictor.from_run_dir(run_dir, CPU, 16, engine="onnx")
     assert predictor.engine.name == "torch"
     assert "could not be exported to ONNX (unsupported operator)" in caplog.text
@@ -257,8 +259,8 @@ def test_the_cli_path_does_not_import_the_optional_architectures():
     """rtdl_num_embeddings imports scikit-learn when it is installed (~1 s): the
     entry points and the server load it only to build a model that needs it."""
     code = (
-        "import sys, modelsphere.batch_predict, modelsphere.cli, "
-        "modelsphere.training, modelsphere.serving.app; "
+        "import sys, modelsphere.inference.batch_predict, modelsphere.cli, "
+        "modelsphere.training.run, modelsphere.serving.app; "
         "loaded = {'rtdl_num_embeddings', 'tabm', 'sklearn'} & set(sys.modules); "
         "assert not loaded, loaded"
     )

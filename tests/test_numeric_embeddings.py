@@ -10,12 +10,13 @@ import warnings
 
 import pytest
 import torch
-from conftest import compose_config, train_tiny
 
-from modelsphere.artifacts import load_artifact
-from modelsphere.errors import ModelSphereError
-from modelsphere.model import ModelSpec, build_model, inference_form, piecewise_width
-from modelsphere.numeric_embeddings import FoldedPiecewiseMLP, fit_bin_edges
+from conftest import compose_config, train_tiny
+from modelsphere.core.errors import ModelSphereError
+from modelsphere.models.artifact import load_artifact
+from modelsphere.models.numeric_embeddings import FoldedPiecewiseMLP, fit_bin_edges
+from modelsphere.models.registry import build_model, inference_form
+from modelsphere.models.spec import ModelSpec, piecewise_width
 
 QUANTILE = {
     "n_bins": 8,
@@ -85,8 +86,9 @@ def test_building_and_quantile_bins_do_not_import_scikit_learn():
     bins import it when asked."""
     code = (
         "import sys, torch\n"
-        "from modelsphere.model import ModelSpec, build_model\n"
-        "from modelsphere.numeric_embeddings import FoldedPiecewiseMLP, fit_bin_edges\n"
+        "from modelsphere.models.registry import ModelSpec, build_model\n"
+        "from modelsphere.models.numeric_embeddings import (\n"
+        "    FoldedPiecewiseMLP, fit_bin_edges)\n"
         f"settings = {QUANTILE!r}\n"
         "edges = fit_bin_edges(torch.randn(50, 2), torch.zeros(50), 'binary', "
         "settings, 0)\n"

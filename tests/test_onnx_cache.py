@@ -11,11 +11,11 @@ import shutil
 import numpy as np
 import onnx
 import pytest
-from conftest import make_table, train_tiny
 
-from modelsphere import engines
-from modelsphere.devices import select_device
-from modelsphere.inference import Predictor
+from conftest import make_table, train_tiny
+from modelsphere.core.devices import select_device
+from modelsphere.inference import engines
+from modelsphere.inference.predictor import Predictor
 
 CPU = select_device("cpu", False, "auto")
 
@@ -70,7 +70,7 @@ def test_first_use_exports_and_caches_stamped_with_the_weights(run_dir):
 def test_a_valid_cache_is_used_without_exporting(run_dir, monkeypatch, caplog):
     expected = scores(run_dir)
     no_export(monkeypatch)
-    with caplog.at_level(logging.INFO, logger="modelsphere.engines"):
+    with caplog.at_level(logging.INFO, logger="modelsphere.inference.engines"):
         again = scores(run_dir)
     assert "loaded the ONNX graph cached in" in caplog.text
     np.testing.assert_allclose(
@@ -88,7 +88,7 @@ def test_a_graph_of_another_inference_form_is_exported_again(run_dir, caplog):
         if prop.key == engines.ONNX_WEIGHTS_KEY:
             prop.value = prop.value.replace("/FoldedPiecewiseMLP", "/TabularMLP")
     onnx.save(graph, str(run_dir / engines.ONNX_FILE))
-    with caplog.at_level(logging.INFO, logger="modelsphere.engines"):
+    with caplog.at_level(logging.INFO, logger="modelsphere.inference.engines"):
         scores(run_dir)
     assert "loaded the ONNX graph cached in" not in caplog.text
     graph = onnx.load(str(run_dir / engines.ONNX_FILE))
@@ -99,7 +99,7 @@ def test_a_graph_of_another_inference_form_is_exported_again(run_dir, caplog):
 def test_a_graph_from_other_weights_is_exported_again(run_dir, two_runs, caplog):
     scores(two_runs[1])  # caches the second run's graph
     shutil.copy(two_runs[1] / engines.ONNX_FILE, run_dir / engines.ONNX_FILE)
-    with caplog.at_level(logging.INFO, logger="modelsphere.engines"):
+    with caplog.at_level(logging.INFO, logger="modelsphere.inference.engines"):
         onnx_scores = scores(run_dir)
     assert "was exported from other weights: exporting again" in caplog.text
     assert_matches_torch(onnx_scores, run_dir)
@@ -118,7 +118,7 @@ def test_a_graph_stamped_right_but_computing_wrong_is_exported_again(
         if prop.key == engines.ONNX_WEIGHTS_KEY:
             prop.value = stamp
     onnx.save(graph, str(run_dir / engines.ONNX_FILE))
-    with caplog.at_level(logging.INFO, logger="modelsphere.engines"):
+    with caplog.at_level(logging.INFO, logger="modelsphere.inference.engines"):
         onnx_scores = scores(run_dir)
     assert "does not reproduce the PyTorch model's outputs" in caplog.text
     assert_matches_torch(onnx_scores, run_dir)
@@ -126,7 +126,7 @@ def test_a_graph_stamped_right_but_computing_wrong_is_exported_again(
 
 def test_a_damaged_cache_is_exported_again(run_dir, caplog):
     (run_dir / engines.ONNX_FILE).write_bytes(b"not an onnx graph")
-    with caplog.at_level(logging.INFO, logger="modelsphere.engines"):
+    with caplog.at_level(logging.INFO, logger="modelsphere.inference.engines"):
         scores(run_dir)
     assert "is not a usable ONNX graph" in caplog.text
     assert onnx.load(str(run_dir / engines.ONNX_FILE)).graph.node
@@ -136,7 +136,7 @@ def test_a_damaged_cache_is_exported_again(run_dir, caplog):
 def test_a_read_only_run_dir_still_scores(run_dir, caplog):
     run_dir.chmod(0o555)
     try:
-        with caplog.at_level(logging.INFO, logger="modelsphere.engines"):
+        with caplog.at_level(logging.INFO, logger="modelsphere.inference.engines"):
             scores(run_dir)
     finally:
         run_dir.chmod(0o755)
@@ -149,7 +149,7 @@ def test_an_unwritable_cache_still_scores(run_dir, monkeypatch, caplog):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(engines, "atomic_write_bytes", disk_full)
-    with caplog.at_level(logging.INFO, logger="modelsphere.engines"):
+    with caplog.at_level(logging.INFO, logger="modelsphere.inference.engines"):
         out = scores(run_dir)
     assert "could not cache the ONNX graph" in caplog.text
     assert len(out) == 40

@@ -12,24 +12,24 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO, compose_config, csv_overrides, make_table
 from omegaconf import OmegaConf
 
-from modelsphere.cleaning import parse_numbers
-from modelsphere.config import FeatureConfig
-from modelsphere.features import (
-    ColumnSketch,
-    fit_feature_state,
-    fit_feature_state_chunks,
-    fit_feature_state_from_split,
-)
-from modelsphere.preprocessing import (
+from conftest import REPO, compose_config, csv_overrides, make_table
+from modelsphere.core.config import FeatureConfig
+from modelsphere.data.numbers import parse_numbers
+from modelsphere.data.preprocessing import (
     SPLITS,
     iter_split_frames,
     load_split,
     prepare_data,
 )
-from modelsphere.schema import Schema
+from modelsphere.data.schema import Schema
+from modelsphere.features.transform import (
+    ColumnSketch,
+    fit_feature_state,
+    fit_feature_state_chunks,
+    fit_feature_state_from_split,
+)
 
 # ----------------------------------------------------------------------------
 # parse_numbers: pandas' to_numeric(errors="coerce"), faster

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Iterator, List, Tuple
 
 import pytest
-from conftest import REPO, compose_config, free_port, wait_server_ready
 
+from conftest import REPO, compose_config, free_port, wait_server_ready
 from modelsphere.serving.app import ServeSettings, create_app
 
 POSTMAN = REPO / "docs" / "postman"
@@ -47,7 +47,7 @@ def collection() -> dict:
 @pytest.fixture(scope="module")
 def telco_run(tmp_path_factory) -> Path:
     """The bundled Telco churn data, 1 epoch on the CPU, everything under tmp."""
-    from modelsphere.training import run_training
+    from modelsphere.training.run import run_training
 
     base = tmp_path_factory.mktemp("postman")
     cfg = compose_config(

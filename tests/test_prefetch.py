@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from modelsphere.prefetch import prefetched
+from modelsphere.inference.prefetch import prefetched
 
 
 def test_items_arrive_complete_and_in_order():

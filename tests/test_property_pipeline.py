@@ -28,14 +28,14 @@ from typing import List, Optional
 
 import numpy as np
 import pandas as pd
-from conftest import compose_config, csv_overrides
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from modelsphere.batch_predict import run_batch_prediction
-from modelsphere.errors import ModelSphereError
-from modelsphere.preprocessing import run_preprocessing
-from modelsphere.training import run_training
+from conftest import compose_config, csv_overrides
+from modelsphere.core.errors import ModelSphereError
+from modelsphere.data.preprocessing import run_preprocessing
+from modelsphere.inference.batch_predict import run_batch_prediction
+from modelsphere.training.run import run_training
 
 FEATURE_KINDS = (
     "float_with_nan",

@@ -7,14 +7,13 @@ import shlex
 
 import pytest
 
-from modelsphere.config import (
+from conftest import REPO, compose_config
+from modelsphere.core.config import (
     validate_evaluate_app,
     validate_predict_app,
     validate_serve_app,
     validate_train_app,
 )
-
-from conftest import REPO, compose_config
 
 CONFIG_OF = {
     "data_preprocessing.py": ("config", validate_train_app),
@@ -92,7 +91,9 @@ def test_readme_output_tree_names_real_files():
         "config.yaml",
     ]:
         assert name in readme
-    from modelsphere import artifacts, checkpoint, training
+    from modelsphere.models import artifact as artifacts
+    from modelsphere.training import checkpoint
+    from modelsphere.training import run as training
 
     assert artifacts.WEIGHTS_FILE == "model.safetensors"
     assert artifacts.META_FILE == "model.json"

@@ -9,6 +9,7 @@ import shutil
 import sys
 
 import pytest
+
 from conftest import REPO, train_tiny
 
 

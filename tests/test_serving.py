@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from fastapi.testclient import TestClient
+
 from conftest import (
     REPO,
     free_port,
@@ -21,11 +23,9 @@ from conftest import (
     wait_client_ready,
     wait_server_ready,
 )
-from fastapi.testclient import TestClient
-
-from modelsphere.batch_predict import predict_file
-from modelsphere.devices import select_device
-from modelsphere.inference import Predictor
+from modelsphere.core.devices import select_device
+from modelsphere.inference.batch_predict import predict_file
+from modelsphere.inference.predictor import Predictor
 from modelsphere.serving.app import ServeSettings, create_app
 
 NAME = "tiny_binary"  # the data set name: train_tiny writes tiny_binary.csv

@@ -17,12 +17,12 @@ from typing import List
 
 import pytest
 import yaml
-from conftest import CONFIG_DIR, csv_overrides, run_cli
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from conftest import CONFIG_DIR, csv_overrides, run_cli
 from modelsphere import cli, sweeps
-from modelsphere.interrupts import TrainingInterrupted
+from modelsphere.training.interrupts import TrainingInterrupted
 
 ONE_EPOCH = "train.max_epochs=1"
 

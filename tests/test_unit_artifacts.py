@@ -9,7 +9,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from modelsphere.artifacts import (
+from modelsphere.core.errors import ModelSphereError
+from modelsphere.core.fileio import sha256_file
+from modelsphere.data.schema import Schema
+from modelsphere.models.artifact import (
     ARTIFACT_FORMAT,
     ARTIFACT_VERSION,
     META_FILE,
@@ -17,10 +20,8 @@ from modelsphere.artifacts import (
     load_artifact,
     save_artifact,
 )
-from modelsphere.errors import ModelSphereError
-from modelsphere.fileio import sha256_file
-from modelsphere.model import ModelSpec, build_model
-from modelsphere.schema import Schema
+from modelsphere.models.registry import build_model
+from modelsphere.models.spec import ModelSpec
 
 CPU = torch.device("cpu")
 

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from modelsphere.cleaning import clean_frame, to_categories, to_labels, to_numbers
-from modelsphere.errors import ModelSphereError
-from modelsphere.schema import Schema
+from modelsphere.core.errors import ModelSphereError
+from modelsphere.data.cleaning import clean_frame, to_categories, to_labels, to_numbers
+from modelsphere.data.schema import Schema
 
 
 def make_schema(target_kind: str = "string", **kwargs) -> Schema:

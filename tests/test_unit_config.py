@@ -5,18 +5,18 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import CONFIG_DIR, compose_config
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from modelsphere.config import (
+from conftest import CONFIG_DIR, compose_config
+from modelsphere.core.config import (
     _new_run_id,
     to_plain,
     validate_evaluate_app,
     validate_predict_app,
     validate_train_app,
 )
-from modelsphere.errors import ModelSphereError
+from modelsphere.core.errors import ModelSphereError
 
 CSV_REQUIRED = ["data.path=/tmp/somewhere/my_table.csv", "data.target=label"]
 RUN_ID = re.compile(r"^\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}-\d{3}_[0-9a-f]{4}$")

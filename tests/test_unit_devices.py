@@ -3,24 +3,25 @@
 from __future__ import annotations
 
 import copy
-
 import math
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from modelsphere.devices import (
+from modelsphere.core.devices import (
     DeviceChoice,
     autocast,
     configure_threads,
     make_grad_scaler,
     select_device,
 )
-from modelsphere.errors import ModelSphereError
-from modelsphere.model import ModelSpec, build_model
-from modelsphere.epochs import NO_BAD_BATCH, SplitTensors, train_one_epoch
-from modelsphere.optimization import make_loss, make_optimizer, make_scheduler
+from modelsphere.core.errors import ModelSphereError
+from modelsphere.features.tensors import SplitTensors
+from modelsphere.models.registry import build_model
+from modelsphere.models.spec import ModelSpec
+from modelsphere.training.epochs import NO_BAD_BATCH, train_one_epoch
+from modelsphere.training.optimization import make_loss, make_optimizer, make_scheduler
 
 CPU = torch.device("cpu")
 

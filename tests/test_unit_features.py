@@ -10,13 +10,14 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from modelsphere.config import FeatureConfig
-from modelsphere.errors import ModelSphereError
-from modelsphere.features import (
+from modelsphere.core.config import FeatureConfig
+from modelsphere.core.errors import ModelSphereError
+from modelsphere.data.schema import Schema
+from modelsphere.features.transform import (
     FIRST_LEVEL_CODE,
-    FeatureTransform,
     MISSING_CODE,
     UNSEEN_CODE,
+    FeatureTransform,
     cardinalities,
     decode_regression,
     encode_target,
@@ -24,7 +25,6 @@ from modelsphere.features import (
     numeric_width,
     transform_features,
 )
-from modelsphere.schema import Schema
 
 
 def options(**overrides):
@@ -403,7 +403,7 @@ def test_a_discrete_numeric_column_also_gets_a_code_per_value():
 def test_numeric_levels_are_counted_across_chunks():
     """A column whose distinct values only exceed the limit over several chunks
     gets no levels; one that stays within it gets the union."""
-    from modelsphere.features import fit_feature_state_chunks
+    from modelsphere.features.transform import fit_feature_state_chunks
 
     schema = make_schema(numeric=("x", "z"), categorical=())
     chunks = [

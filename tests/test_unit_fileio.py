@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from modelsphere import fileio
-from modelsphere.errors import ModelSphereError
-from modelsphere.fileio import (
+from modelsphere.core import fileio
+from modelsphere.core.errors import ModelSphereError
+from modelsphere.core.fileio import (
     atomic_path,
     atomic_write,
     atomic_write_bytes,

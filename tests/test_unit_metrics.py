@@ -7,8 +7,12 @@ import math
 import pytest
 import torch
 
-from modelsphere.errors import ModelSphereError
-from modelsphere.metrics import compute_metrics, is_improvement, resolve_monitor
+from modelsphere.core.errors import ModelSphereError
+from modelsphere.training.metrics import (
+    compute_metrics,
+    is_improvement,
+    resolve_monitor,
+)
 
 
 def test_binary_perfect_predictions():

@@ -7,16 +7,11 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from modelsphere.config import ModelConfig
-from modelsphere.model import (
-    Dropout,
-    ModelSpec,
-    TabularMLP,
-    build_model,
-    embedding_dim,
-    n_outputs_for,
-    spec_from_config,
-)
+from modelsphere.core.config import ModelConfig
+from modelsphere.models.layers import Dropout
+from modelsphere.models.mlp import TabularMLP
+from modelsphere.models.registry import build_model, spec_from_config
+from modelsphere.models.spec import ModelSpec, embedding_dim, n_outputs_for
 
 ROWS = 7
 

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from conftest import compose_config, csv_overrides, make_table
 
-from modelsphere.errors import ModelSphereError
-from modelsphere.preprocessing import (
+from conftest import compose_config, csv_overrides, make_table
+from modelsphere.core.errors import ModelSphereError
+from modelsphere.data.preprocessing import (
     DROPPED,
     SPLITS,
     TEST,
@@ -218,7 +218,7 @@ def test_changing_the_raw_file_rebuilds(prepared, tmp_path, caplog):
 
 
 def test_changed_preprocessing_code_rebuilds(prepared, tmp_path, caplog, monkeypatch):
-    from modelsphere import preprocessing
+    from modelsphere.data import preprocessing
 
     processed, _, _, path = prepared
     assert processed.manifest["code_sha256"] == preprocessing.code_fingerprint()

@@ -8,12 +8,12 @@ from typing import Dict
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_table
 from omegaconf import OmegaConf
 
-from modelsphere.config import DataConfig
-from modelsphere.errors import ModelSphereError
-from modelsphere.schema import ColumnStats, Schema, infer_schema
+from conftest import make_table
+from modelsphere.core.config import DataConfig
+from modelsphere.core.errors import ModelSphereError
+from modelsphere.data.schema import ColumnStats, Schema, infer_schema
 
 
 def data_cfg(**overrides):

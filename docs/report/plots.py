@@ -12,7 +12,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-
 from svgtext import inline_svg  # noqa: E402
 
 COLOURS = {"parquet": "#3b7d4f", "csv": "#c0762b", "other": "#5b6b82"}

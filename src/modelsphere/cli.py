@@ -21,11 +21,11 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig
 
-from . import config  # noqa: F401  (registers the config schemas with Hydra)
-from .errors import ModelSphereError
-from .interrupts import TrainingInterrupted
-from .runs import hydra_output_dir
-from .sweeps import write_job_status
+import modelsphere.core.config  # noqa: F401  (registers the config schemas with Hydra)
+from modelsphere.core.errors import ModelSphereError
+from modelsphere.core.runs import hydra_output_dir
+from modelsphere.sweeps import write_job_status
+from modelsphere.training.interrupts import TrainingInterrupted
 
 log = logging.getLogger("modelsphere")
 

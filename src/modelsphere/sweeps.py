@@ -34,8 +34,8 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from .errors import ModelSphereError
-from .fileio import atomic_write_json, atomic_write_text
+from modelsphere.core.errors import ModelSphereError
+from modelsphere.core.fileio import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 

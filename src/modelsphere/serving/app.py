@@ -20,28 +20,32 @@ from typing import Any, Dict, List, Optional
 
 import torch
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.routing import APIRoute
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import __version__
-from ..artifacts import META_FILE
-from ..devices import select_device
-from ..errors import ModelSphereError
-from ..fileio import read_json
-from ..inference import PREDICTION_COLUMN, PROBABILITY_SUFFIX, Predictor
-from ..schema import Schema
-from . import oip
-from .guards import BodyLimitMiddleware, api_key_guard, require_json
-from .schemas import (
+from modelsphere import __version__
+from modelsphere.core.devices import select_device
+from modelsphere.core.errors import ModelSphereError
+from modelsphere.core.fileio import read_json
+from modelsphere.data.schema import Schema
+from modelsphere.inference.predictor import (
+    PREDICTION_COLUMN,
+    PROBABILITY_SUFFIX,
+    Predictor,
+)
+from modelsphere.models.artifact import META_FILE
+from modelsphere.serving import oip
+from modelsphere.serving.guards import BodyLimitMiddleware, api_key_guard, require_json
+from modelsphere.serving.schemas import (
     ErrorResponse,
     PredictResponse,
     predict_request_model,
     record_model,
 )
-from .telemetry import MetricsMiddleware, Telemetry
+from modelsphere.serving.telemetry import MetricsMiddleware, Telemetry
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,18 @@ tensor [n, k] in the order of the model's classes (listed in `parameters`).
 import math
 from typing import Any, Dict, List, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
-from pydantic import StrictStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+)
 
-from ..schema import Schema
-from .schemas import UnicodeText
+from modelsphere.data.schema import Schema
+from modelsphere.serving.schemas import UnicodeText
 
 NUMERIC_DATATYPES = {
     "FP16",

@@ -13,11 +13,11 @@ from typing import Any
 
 import uvicorn
 
-from ..artifacts import load_artifact
-from ..config import validate_serve_app
-from ..devices import select_device
-from ..runs import resolve_run_dir
-from .app import SETTINGS_ENV, ServeSettings
+from modelsphere.core.config import validate_serve_app
+from modelsphere.core.devices import select_device
+from modelsphere.core.runs import resolve_run_dir
+from modelsphere.models.artifact import load_artifact
+from modelsphere.serving.app import SETTINGS_ENV, ServeSettings
 
 log = logging.getLogger(__name__)
 

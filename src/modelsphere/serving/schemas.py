@@ -9,14 +9,14 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
     StrictFloat,
     StrictInt,
-    Strict,
     StrictStr,
     create_model,
 )
 
-from ..schema import Schema
+from modelsphere.data.schema import Schema
 
 LEVELS_SHOWN = 12
 CategoryValue = Optional[Union[StrictStr, StrictInt]]

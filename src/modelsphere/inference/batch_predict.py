@@ -1,0 +1,147 @@
+"""predict.py: score a file chunk by chunk, so memory stays bounded by `chunk_rows`.
+
+Three stages overlap, each in its own thread, handing chunks on through bounded
+queues (`prefetch_chunks` deep; 0: one stage after the other): reading, typing and
+the feature transform; the forward pass; labels, probabilities and the writer.
+
+The output is written to a temporary file beside the destination and renamed into
+place at the end: a bad row in the last chunk leaves no half-written output.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import closing
+from pathlib import Path
+from typing import Any, Dict, Iterator, List
+
+import torch
+
+from modelsphere.core.config import validate_predict_app
+from modelsphere.core.devices import select_device
+from modelsphere.core.errors import ModelSphereError
+from modelsphere.core.fileio import atomic_write_json
+from modelsphere.core.runs import resolve_run_dir
+from modelsphere.data.table_io import (
+    CsvOptions,
+    TableWriter,
+    iter_table_chunks,
+    table_columns,
+    table_format,
+)
+from modelsphere.inference.engines import resolve_engine
+from modelsphere.inference.predictor import Predictor, PreparedRows, ScoredRows
+from modelsphere.inference.prefetch import prefetched
+
+log = logging.getLogger(__name__)
+
+SUMMARY_FILE = "prediction.json"
+SEPARATORS = (",", ";", "\t", "|")
+
+
+def predict_file(
+    predictor: Predictor,
+    input_path: str | Path,
+    output_path: str | Path,
+    chunk_rows: int,
+    csv: CsvOptions = CsvOptions(),
+    prefetch_chunks: int = 2,
+) -> Dict[str, Any]:
+    input_path, output_path = Path(input_path), Path(output_path)
+    table_format(input_path, "input")
+    writer = TableWriter(output_path)
+    if output_path.resolve() == input_path.resolve():
+        raise ModelSphereError(
+            "output must differ from input (the input would be overwritten)"
+        )
+    columns = table_columns(input_path, csv)
+    try:
+        predictor.check_columns(columns, str(input_path))
+    except ModelSphereError as exc:
+        raise ModelSphereError(f"{exc}{_delimiter_hint(columns, csv)}") from exc
+    started = time.perf_counter()
+    rows = 0
+    prepared = _prepared_chunks(predictor, input_path, chunk_rows, csv)
+    if prefetch_chunks:
+        prepared = prefetched(prepared, prefetch_chunks)
+    scored = _forward_chunks(predictor, prepared)
+    if prefetch_chunks:
+        scored = prefetched(scored, prefetch_chunks)
+    # closing(): a failed write stops the stage threads now, not at garbage collection
+    with writer.open(), closing(scored):
+        for chunk in scored:
+            writer.write(predictor.finish(chunk))
+            rows += chunk.rows
+            log.info("scored %d rows", rows)
+        if rows == 0:
+            raise ModelSphereError(f"{input_path} has no data rows to score")
+    seconds = time.perf_counter() - started
+    return {
+        "rows": rows,
+        "seconds": seconds,
+        "rows_per_second": rows / seconds if seconds else None,
+    }
+
+
+def forward_threads(prefetch_chunks: int) -> int:
+    """Intra-op threads for the forward pass: every core, less the one the
+    other stages keep busy (reading, transforming, writing)."""
+    cores = torch.get_num_threads()
+    return max(1, cores - 1) if prefetch_chunks else cores
+
+
+def _prepared_chunks(
+    predictor: Predictor, input_path: Path, chunk_rows: int, csv: CsvOptions
+) -> Iterator[PreparedRows]:
+    rows = 0
+    for chunk in iter_table_chunks(input_path, chunk_rows, csv=csv):
+        yield predictor.prepare_rows(chunk, where=str(input_path), row_offset=rows)
+        rows += len(chunk)
+
+
+def _forward_chunks(
+    predictor: Predictor, prepared: Iterator[PreparedRows]
+) -> Iterator[ScoredRows]:
+    try:
+        for chunk in prepared:
+            yield predictor.forward(chunk)
+    finally:  # stop the stage before this one as soon as this one stops
+        close = getattr(prepared, "close", None)
+        if close is not None:
+            close()
+
+
+def _delimiter_hint(columns: List[str], csv: CsvOptions) -> str:
+    """A one-column header holding another common separator: say which option."""
+    if len(columns) != 1:
+        return ""
+    found = [sep for sep in SEPARATORS if sep != csv.delimiter and sep in columns[0]]
+    if not found:
+        return ""
+    return f" (the header is one column containing {found[0]!r}: is delimiter right?)"
+
+
+def run_batch_prediction(cfg: Any, output_dir: str | Path) -> Dict[str, Any]:
+    validate_predict_app(cfg)
+    run_dir = resolve_run_dir(cfg.run_dir, cfg.paths.outputs_dir)
+    device = select_device(cfg.device.name, cfg.device.amp, cfg.device.amp_dtype)
+    log.info("device: %s (%s)", device.device, device.reason)
+    engine = resolve_engine(cfg.engine, device)
+    threads = cfg.threads or forward_threads(cfg.prefetch_chunks)
+    predictor = Predictor.from_run_dir(run_dir, device, cfg.batch_size, engine, threads)
+    csv = CsvOptions(delimiter=cfg.delimiter, encoding=cfg.encoding)
+    summary = predict_file(
+        predictor, cfg.input, cfg.output, cfg.chunk_rows, csv, cfg.prefetch_chunks
+    )
+    summary.update(run_dir=str(run_dir), input=str(cfg.input), output=str(cfg.output))
+    atomic_write_json(Path(output_dir) / SUMMARY_FILE, summary)
+    log.info(
+        "wrote %s: %d rows in %.2fs (%.0f rows/s) with the model of %s",
+        cfg.output,
+        summary["rows"],
+        summary["seconds"],
+        summary["rows_per_second"] or 0,
+        run_dir,
+    )
+    return summary

@@ -1,0 +1,148 @@
+"""evaluate.py: metrics and plots for a finished training run.
+
+Everything is rebuilt from the run dir (its artifact and saved config), not from
+today's defaults: the test split is the one the run was trained beside, checked by
+the SHA-256 recorded at training time, and rebuilt from the run's own data config
+if the processed folder has been removed or replaced.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Dict, Tuple
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import OmegaConf
+from torchmetrics.functional import classification as C
+
+from modelsphere.core.config import validate_evaluate_app
+from modelsphere.core.devices import select_device
+from modelsphere.core.errors import ModelSphereError
+from modelsphere.core.fileio import atomic_write_json, sha256_file
+from modelsphere.core.runs import resolve_run_dir
+from modelsphere.data.cleaning import clean_frame
+from modelsphere.data.preprocessing import load_split, prepare_data
+from modelsphere.data.table_io import read_table
+from modelsphere.features.transform import encode_target
+from modelsphere.inference.predictor import Predictor
+from modelsphere.training import plots
+from modelsphere.training.metrics import DECISION_THRESHOLD, compute_metrics
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+
+
+def run_evaluation(cfg: Any, output_dir: str | Path) -> Dict[str, Any]:
+    validate_evaluate_app(cfg)
+    output_dir = Path(output_dir)
+    run_dir = resolve_run_dir(cfg.run_dir, cfg.paths.outputs_dir)
+    device = select_device(cfg.device.name, cfg.device.amp, cfg.device.amp_dtype)
+    log.info("device: %s (%s)", device.device, device.reason)
+    predictor = Predictor.from_run_dir(run_dir, device, cfg.batch_size)
+    if cfg.input:
+        frame, source = read_table(cfg.input), {
+            "input": str(cfg.input),
+            "sha256": sha256_file(cfg.input),
+        }
+    else:
+        frame, source = _run_split(predictor, cfg.split), {"split": cfg.split}
+    where = source.get("input", f"{cfg.split} split")
+    scores, target = score_labelled(predictor, frame, where)
+    metrics = compute_metrics(predictor.task, scores, target)
+    report: Dict[str, Any] = {
+        "run_dir": str(run_dir),
+        **source,
+        "task": predictor.task,
+        "metrics": metrics,
+    }
+    if predictor.task != "regression":
+        report["confusion_matrix"] = {
+            "labels": [str(label) for label in predictor.classes],
+            "matrix": _confusion(predictor.task, scores, target).tolist(),
+        }
+    atomic_write_json(output_dir / METRICS_FILE, report)
+    if cfg.plot:
+        _plots(predictor, scores, target, report, output_dir)
+    log.info("%s", format_table(metrics, title=f"{where} of {run_dir}"))
+    return report
+
+
+def _run_split(predictor: Predictor, split: str) -> pd.DataFrame:
+    """The split this run was trained beside (rebuilt from its config if needed)."""
+    artifact = predictor.artifact
+    record = artifact.meta.get("data", {})
+    data_cfg = OmegaConf.create(artifact.config["data"])
+    processed = prepare_data(data_cfg, artifact.config["paths"]["data_dir"])
+    expected = record.get("split_sha256", {}).get(split)
+    if expected != processed.split_sha256(split):
+        raise ModelSphereError(
+            f"the {split} split at {processed.split_path(split)} is not the one "
+            f"{artifact.run_dir} was trained with (its SHA-256 differs): the raw data, "
+            "the preprocessing code or library versions changed. Evaluate on a file "
+            "with input=..., or retrain."
+        )
+    return load_split(processed, split)
+
+
+def score_labelled(
+    predictor: Predictor, frame: pd.DataFrame, where: str
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Scores and targets (class indices, or values) for rows that carry a label."""
+    schema = predictor.schema
+    if schema.target not in frame:
+        raise ModelSphereError(
+            f"{where} has no target column {schema.target!r} to evaluate against"
+        )
+    predictor.check_columns(list(frame.columns), where, labelled=True)
+    cleaned = clean_frame(frame, schema, where, strict=True, with_target=True)
+    labelled = cleaned[cleaned[schema.target].notna()]
+    if len(labelled) < len(cleaned):
+        log.warning(
+            "%s: %d row(s) without a label are left out",
+            where,
+            len(cleaned) - len(labelled),
+        )
+    if labelled.empty:
+        raise ModelSphereError(f"{where} has no labelled rows")
+    scores = predictor.scores(labelled)
+    values = labelled[schema.target]
+    if predictor.task == "regression":
+        target = torch.tensor(values.to_numpy(dtype=np.float64), dtype=torch.float32)
+    else:
+        target = torch.from_numpy(encode_target(values, predictor.feature_state, where))
+    return scores, target
+
+
+def _confusion(task: str, scores: torch.Tensor, target: torch.Tensor) -> np.ndarray:
+    if task == "binary":
+        return C.binary_confusion_matrix(
+            scores, target.long(), threshold=DECISION_THRESHOLD
+        ).numpy()
+    return C.multiclass_confusion_matrix(
+        scores, target.long(), num_classes=scores.shape[1]
+    ).numpy()
+
+
+def _plots(predictor, scores, target, report, output_dir: Path) -> None:
+    if predictor.task == "regression":
+        plots.residuals(scores.numpy(), target.numpy(), output_dir / "residuals.png")
+        return
+    if predictor.task == "binary" and target.min() != target.max():
+        plots.roc_pr_curves(scores, target, output_dir)
+    matrix = np.asarray(report["confusion_matrix"]["matrix"])
+    plots.confusion_matrix(
+        matrix, predictor.classes, output_dir / "confusion_matrix.png"
+    )
+
+
+def format_table(metrics: Dict[str, float], title: str) -> str:
+    width = max(len(name) for name in metrics)
+    lines = [title, f"{'metric'.ljust(width)}  value", f"{'-' * width}  ------"]
+    for name, value in metrics.items():
+        shown = str(value) if isinstance(value, int) else f"{value:.4f}"
+        lines.append(f"{name.ljust(width)}  {shown}")
+    return "\n".join(lines)

@@ -1,0 +1,268 @@
+"""The one predictor: used by training, evaluate.py, predict.py and the API.
+
+A `Predictor` is built from a run dir's artifact. It types its input exactly as
+preprocessing did, applies the fitted feature transform and runs the model through
+an engine (eager PyTorch, or ONNX Runtime for low per-call overhead). Two entry
+points share every step after typing:
+
+- `predict_frame` (predict.py, evaluate.py): a DataFrame in, a DataFrame out with
+  the id column (if the input has it), `prediction` (the label, or the value for
+  regression) and one `<class>_probability` column per class;
+- `predict_records` (the API): already type-checked records in, one dict per
+  record out, without pandas' per-call overhead (a single row costs microseconds,
+  not milliseconds).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from modelsphere.core.devices import DeviceChoice
+from modelsphere.core.errors import ModelSphereError
+from modelsphere.data.cleaning import clean_frame, clean_records
+from modelsphere.features.transform import FeatureArrays, FeatureTransform
+from modelsphere.inference.engines import make_engine
+from modelsphere.models.artifact import Artifact, load_artifact
+from modelsphere.models.outputs import outputs_to_scores
+
+log = logging.getLogger(__name__)
+
+PREDICTION_COLUMN = "prediction"
+PROBABILITY_SUFFIX = "_probability"
+
+
+@dataclass
+class PreparedRows:
+    """Rows checked, typed and transformed, ready for the forward pass."""
+
+    rows: int
+    ids: Optional[np.ndarray]  # the id column's values, if the input has it
+    arrays: FeatureArrays
+
+
+@dataclass
+class ScoredRows:
+    """Rows after the forward pass: probabilities (or values), ids kept."""
+
+    rows: int
+    ids: Optional[np.ndarray]
+    scores: np.ndarray
+
+
+def graph_stamp(weights_sha256: Optional[str], model: torch.nn.Module) -> Optional[str]:
+    """What a cached ONNX graph must have been exported from: these weights in
+    this inference form (a graph of the unfolded MLP computes the same function
+    more slowly, so it is exported again rather than reused)."""
+    if weights_sha256 is None:
+        return None
+    return f"{weights_sha256}/{type(model).__name__}"
+
+
+class Predictor:
+    """A trained model with its schema and feature state, ready to score rows."""
+
+    def __init__(
+        self,
+        artifact: Artifact,
+        device: DeviceChoice,
+        batch_size: int,
+        engine: str = "torch",
+        threads: int = 1,
+    ):
+        self.artifact = artifact
+        self.device = device
+        self.batch_size = batch_size
+        self.schema = artifact.schema
+        self.feature_state = artifact.feature_state
+        self.transform = FeatureTransform(artifact.feature_state)
+        self.model = artifact.build(device.device)
+        self.engine = make_engine(
+            engine,
+            self.model,
+            artifact.spec,
+            device,
+            batch_size,
+            threads,
+            artifact.run_dir,
+            graph_stamp(artifact.meta.get("weights_sha256"), self.model),
+        )
+        self._announced: set = set()
+
+    @classmethod
+    def from_run_dir(
+        cls,
+        run_dir: str | Path,
+        device: DeviceChoice,
+        batch_size: int,
+        engine: str = "torch",
+        threads: int = 1,
+    ) -> "Predictor":
+        return cls(load_artifact(run_dir), device, batch_size, engine, threads)
+
+    @property
+    def task(self) -> str:
+        return self.schema.task
+
+    @property
+    def classes(self) -> Optional[List[Any]]:
+        return self.schema.classes
+
+    @property
+    def required_columns(self) -> List[str]:
+        return self.schema.features
+
+    def output_columns(self) -> List[str]:
+        if self.task == "regression":
+            return [PREDICTION_COLUMN]
+        return [PREDICTION_COLUMN] + [
+            f"{label}{PROBABILITY_SUFFIX}" for label in self.classes
+        ]
+
+    def check_columns(
+        self, columns: List[str], where: str, labelled: bool = False
+    ) -> None:
+        """Missing feature columns are an error; extra columns are logged once."""
+        missing = [name for name in self.required_columns if name not in columns]
+        if missing:
+            raise ModelSphereError(
+                f"{where} lacks {len(missing)} column(s) the model needs: {missing}"
+            )
+        known = set(self.required_columns) | {self.schema.id_column}
+        extra = [
+            name for name in columns if name not in known and name != self.schema.target
+        ]
+        self._announce(
+            "extra",
+            extra,
+            f"{where}: ignoring {len(extra)} column(s) the model does not use: "
+            f"{extra[:20]}",
+        )
+        if self.schema.target in columns and not labelled:
+            self._announce(
+                "target",
+                [1],
+                f"{where}: the target column {self.schema.target!r} is ignored",
+            )
+
+    def _announce(
+        self, key: str, items: List[Any], message: str, level: int = logging.INFO
+    ) -> None:
+        if items and key not in self._announced:
+            self._announced.add(key)
+            log.log(level, message)
+
+    def prepare(
+        self, frame: pd.DataFrame, where: str, row_offset: int = 0
+    ) -> pd.DataFrame:
+        """Check and type the feature columns (strict: text in a numeric column is an
+        error; infinities become missing values, as in training, with a warning)."""
+        self.check_columns(list(frame.columns), where)
+        problems: Counter = Counter()
+        cleaned = clean_frame(
+            frame,
+            self.schema,
+            where,
+            row_offset,
+            strict=True,
+            with_target=False,
+            counts=problems,
+        )
+        for problem, count in sorted(problems.items()):
+            log.warning(
+                "%s: %s (%d value(s) treated as missing)", where, problem, count
+            )
+        empty = [name for name in self.schema.features if cleaned[name].isna().all()]
+        self._announce(
+            f"all-missing {where}",
+            empty if len(cleaned) > 1 else [],
+            f"{where}: every value of {empty} is missing (in rows {row_offset + 1}-"
+            f"{row_offset + len(cleaned)}); scored as missing values, as in training",
+            level=logging.WARNING,
+        )
+        return cleaned
+
+    def _scores(self, arrays: FeatureArrays) -> np.ndarray:
+        outputs = self.engine(arrays.numeric, arrays.categorical)
+        return outputs_to_scores(outputs, self.task, self.feature_state).numpy()
+
+    def scores(self, cleaned: pd.DataFrame) -> torch.Tensor:
+        """Probabilities or values for already-prepared rows, on the CPU."""
+        arrays = self.transform.transform(cleaned, len(cleaned))
+        return torch.from_numpy(self._scores(arrays))
+
+    def _outputs(self, scores: np.ndarray, typed: bool = True) -> Dict[str, Any]:
+        """`prediction` (+ one probability array per class), one entry per row;
+        `typed`: labels as a pandas string or int64 column (else a plain array)."""
+        if self.task == "regression":
+            return {PREDICTION_COLUMN: scores.astype(np.float64)}
+        if self.task == "binary":
+            probabilities = np.column_stack([1.0 - scores, scores])
+        else:
+            probabilities = scores
+        labels = np.asarray(self.classes, dtype=object)[probabilities.argmax(axis=1)]
+        if typed:
+            labels = _typed_labels(labels, self.schema.target_kind)
+        out = {PREDICTION_COLUMN: labels}
+        for position, label in enumerate(self.classes):
+            out[f"{label}{PROBABILITY_SUFFIX}"] = probabilities[:, position].astype(
+                np.float64
+            )
+        return out
+
+    def prepare_rows(
+        self, frame: pd.DataFrame, where: str = "input", row_offset: int = 0
+    ) -> PreparedRows:
+        """Everything before the forward pass (predict.py runs it a chunk ahead)."""
+        cleaned = self.prepare(frame, where, row_offset)
+        ids = None
+        if self.schema.id_column is not None and self.schema.id_column in frame:
+            ids = frame[self.schema.id_column].to_numpy()
+        arrays = self.transform.transform(cleaned, len(cleaned))
+        return PreparedRows(len(frame), ids, arrays)
+
+    def forward(self, prepared: PreparedRows) -> ScoredRows:
+        """The forward pass (predict.py runs it in its own thread)."""
+        return ScoredRows(prepared.rows, prepared.ids, self._scores(prepared.arrays))
+
+    def finish(self, scored: ScoredRows) -> pd.DataFrame:
+        """The id column (if given), `prediction` and the class probabilities."""
+        out: Dict[str, Any] = {}
+        if scored.ids is not None:
+            out[self.schema.id_column] = scored.ids
+        out.update(self._outputs(scored.scores))
+        return pd.DataFrame(out)
+
+    def score_prepared(self, prepared: PreparedRows) -> pd.DataFrame:
+        return self.finish(self.forward(prepared))
+
+    def predict_frame(
+        self, frame: pd.DataFrame, where: str = "input", row_offset: int = 0
+    ) -> pd.DataFrame:
+        return self.score_prepared(self.prepare_rows(frame, where, row_offset))
+
+    def predict_records(
+        self, records: Sequence[Mapping[str, Any]]
+    ) -> Dict[str, np.ndarray]:
+        """Column arrays (`prediction`, `<class>_probability`...) for records whose
+        fields were type-checked by the API's request models."""
+        columns = clean_records(records, self.schema)
+        arrays = self.transform.transform(columns, len(records))
+        return self._outputs(self._scores(arrays), typed=False)
+
+    def warm_up(self) -> None:
+        """One forward pass, so the first request does not pay for lazy set-up."""
+        self.predict_records([{}])
+
+
+def _typed_labels(labels: np.ndarray, kind: str):
+    if kind == "int":
+        return labels.astype(np.int64)
+    return pd.array(labels.astype(str), dtype="string")

@@ -1,0 +1,139 @@
+"""The model artifact: `model.safetensors` (weights) + `model.json` (everything else).
+
+Loading executes nothing: safetensors holds raw tensors only, the JSON holds the
+model spec, feature state, schema, resolved config, metrics and provenance, and the
+weights file is checked against the SHA-256 recorded in the JSON.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from modelsphere.core.errors import ModelSphereError
+from modelsphere.core.fileio import (
+    atomic_path,
+    atomic_write_json,
+    read_json,
+    sha256_file,
+)
+from modelsphere.data.schema import Schema
+from modelsphere.models.registry import ModelSpec, build_model, inference_form
+
+log = logging.getLogger(__name__)
+
+ARTIFACT_FORMAT = "modelsphere-artifact"
+ARTIFACT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "model.json"
+
+
+@dataclass
+class Artifact:
+    run_dir: Path
+    spec: ModelSpec
+    feature_state: Dict[str, Any]
+    schema: Schema
+    config: Dict[str, Any]
+    meta: Dict[str, Any]
+    state_dict: Dict[str, torch.Tensor]
+
+    @property
+    def task(self) -> str:
+        return self.schema.task
+
+    def build(self, device: torch.device) -> torch.nn.Module:
+        """The model with its trained weights in its inference form
+        (`model.inference_form`), on `device`, in eval mode."""
+        model = build_model(self.spec)
+        try:
+            model.load_state_dict(self.state_dict, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0]
+            raise ModelSphereError(
+                f"{self.run_dir / WEIGHTS_FILE} does not match the model described in "
+                f"{META_FILE}: {first}"
+            ) from exc
+        return inference_form(model.eval()).to(device).eval()
+
+
+def save_artifact(
+    run_dir: str | Path,
+    model: torch.nn.Module,
+    spec: ModelSpec,
+    feature_state: Dict[str, Any],
+    schema: Schema,
+    config: Dict[str, Any],
+    extra: Dict[str, Any],
+) -> Path:
+    run_dir = Path(run_dir)
+    weights = {
+        name: tensor.detach().cpu().contiguous()
+        for name, tensor in model.state_dict().items()
+    }
+    with atomic_path(run_dir / WEIGHTS_FILE) as tmp:
+        save_file(
+            weights,
+            str(tmp),
+            metadata={
+                "format": ARTIFACT_FORMAT,
+                "format_version": str(ARTIFACT_VERSION),
+            },
+        )
+    meta = {
+        "format": ARTIFACT_FORMAT,
+        "format_version": ARTIFACT_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "weights_file": WEIGHTS_FILE,
+        "weights_sha256": sha256_file(run_dir / WEIGHTS_FILE),
+        "model_spec": spec.to_dict(),
+        "feature_state": feature_state,
+        "schema": schema.to_dict(),
+        "config": config,
+        **extra,
+    }
+    atomic_write_json(run_dir / META_FILE, meta)
+    return run_dir / META_FILE
+
+
+def load_artifact(run_dir: str | Path) -> Artifact:
+    """Read and verify an artifact; every defect is a message, nothing is executed."""
+    run_dir = Path(run_dir)
+    meta = read_json(run_dir / META_FILE, "model metadata")
+    if not isinstance(meta, dict) or meta.get("format") != ARTIFACT_FORMAT:
+        raise ModelSphereError(
+            f"{run_dir / META_FILE} is not a modelsphere model artifact"
+        )
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > ARTIFACT_VERSION:
+        raise ModelSphereError(
+            f"{run_dir / META_FILE} has artifact format version {version!r}; this "
+            f"modelsphere reads versions up to {ARTIFACT_VERSION}: upgrade modelsphere"
+        )
+    weights_path = run_dir / meta.get("weights_file", WEIGHTS_FILE)
+    if not weights_path.is_file():
+        raise ModelSphereError(f"model weights not found: {weights_path}")
+    if sha256_file(weights_path) != meta.get("weights_sha256"):
+        raise ModelSphereError(
+            f"{weights_path} does not match the SHA-256 recorded in {META_FILE}: the "
+            "file is corrupted or from another run"
+        )
+    try:
+        state_dict = load_file(str(weights_path))
+        spec = ModelSpec(**meta["model_spec"])
+        schema = Schema.from_dict(meta["schema"])
+        feature_state = meta["feature_state"]
+        config = meta["config"]
+    except (SafetensorError, KeyError, TypeError, ModelSphereError) as exc:
+        raise ModelSphereError(
+            f"{run_dir / META_FILE} (with {weights_path.name}) is a damaged model "
+            f"artifact: {exc}"
+        ) from exc
+    return Artifact(run_dir, spec, feature_state, schema, config, meta, state_dict)

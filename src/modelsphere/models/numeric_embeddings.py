@@ -1,0 +1,252 @@
+"""Embeddings of numeric features, from the maintained `rtdl_num_embeddings`
+package (Gorishniy et al., "On Embeddings for Numerical Features in Tabular Deep
+Learning", 2022). `model.numeric_embedding` picks one for any architecture:
+
+- `piecewise_linear` (the default `mlp`): each column is cut into bins at edges
+  fitted on the training split (its quantiles, or the thresholds of a small
+  decision tree fitted to the target). A value x becomes
+  [1, ..., 1, (x - left edge) / width, 0, ..., 0], one component per bin, and a
+  trained linear map per column turns that into an embedding, on top of a plain
+  linear one (the package's version "B", as TabM recommends). The network sees a
+  function of each feature that is linear inside a bin and may bend at its edges:
+  the thresholds trees find easily and a plain MLP does not.
+- `periodic` (`mlp_plr`): x becomes ReLU(Linear([cos(2*pi*c*x), sin(2*pi*c*x)]))
+  with trained frequencies c per column.
+- `none`: the numeric values go in as they are.
+
+What a module needs is plain data in the model spec (`spec.extra["piecewise"]`
+holds the bin edges), so a saved model is rebuilt without the training data.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import warnings
+from types import ModuleType
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from modelsphere.core.errors import ModelSphereError
+from modelsphere.models.layers import embed_categorical
+from modelsphere.models.spec import ModelSpec
+
+
+@functools.cache
+def import_rtdl() -> ModuleType:
+    """rtdl_num_embeddings, without the scikit-learn import it makes at import
+    time when scikit-learn is installed (~1 s here, paid by every predict.py and
+    server start). Only tree bins need it; `_tree_options` hands it over then.
+    Runs once, when a model with numeric embeddings is first built or trained."""
+    if "rtdl_num_embeddings" in sys.modules or "sklearn.tree" in sys.modules:
+        import rtdl_num_embeddings
+
+        return rtdl_num_embeddings
+    sys.modules["sklearn.tree"] = None  # type: ignore[assignment]  # ImportError
+    try:
+        import rtdl_num_embeddings
+    finally:
+        del sys.modules["sklearn.tree"]
+    return rtdl_num_embeddings
+
+
+# A column that is constant on the training split gets one bin around its value.
+CONSTANT_COLUMN_HALF_WIDTH = 0.5
+# The package warns for every column with a single bin; here that is expected
+# (0/1 missing indicators, columns where the bin tree finds no split) and
+# harmless: the column is then min-max scaled, which its linear part covers.
+SINGLE_BIN_WARNING = r"The \d+-th feature has just two bin edges"
+
+
+def periodic_embeddings(n_numeric: int, settings: Dict[str, Any]) -> nn.Module:
+    """The periodic module for `n_numeric` (>= 1) columns."""
+    return import_rtdl().PeriodicEmbeddings(
+        n_numeric,
+        int(settings["d_embedding"]),
+        n_frequencies=int(settings["n_frequencies"]),
+        frequency_init_scale=float(settings["frequency_init_scale"]),
+        lite=bool(settings["lite"]),
+    )
+
+
+def piecewise_embeddings(edges: List[List[float]], d_embedding: int) -> nn.Module:
+    """The piecewise-linear module for these bin edges (one list per column)."""
+    bins = [torch.tensor(column, dtype=torch.float32) for column in edges]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=SINGLE_BIN_WARNING)
+        return import_rtdl().PiecewiseLinearEmbeddings(
+            bins, d_embedding, activation=False, version="B"
+        )
+
+
+def numeric_embedding(spec: ModelSpec) -> Tuple[nn.Module, int]:
+    """The numeric embedding module of a spec with numeric columns and
+    "piecewise" or "periodic" settings, and the width of its flattened output."""
+    if "piecewise" in spec.extra:
+        settings = spec.extra["piecewise"]
+        d_embedding = int(settings["d_embedding"])
+        module = piecewise_embeddings(settings["edges"], d_embedding)
+    else:
+        settings = spec.extra["periodic"]
+        d_embedding = int(settings["d_embedding"])
+        module = periodic_embeddings(spec.n_numeric, settings)
+    return module, spec.n_numeric * d_embedding
+
+
+def numeric_modules(spec: ModelSpec) -> Tuple[Optional[nn.Module], int]:
+    """The spec's numeric embedding (None if the numerics go in as they are) and
+    the width it hands on. rtdl_num_embeddings is imported only when a spec asks
+    for an embedding (`import_rtdl` keeps it from importing scikit-learn)."""
+    embedded = "piecewise" in spec.extra or "periodic" in spec.extra
+    if not (spec.n_numeric and embedded):
+        return None, spec.n_numeric
+    return numeric_embedding(spec)
+
+
+def fit_bin_edges(
+    numeric: torch.Tensor,
+    target: torch.Tensor,
+    task: str,
+    settings: Dict[str, Any],
+    seed: int,
+) -> List[List[float]]:
+    """Bin edges per numeric column, fitted on the training split (at most
+    `settings["subsample"]` rows of it, drawn with `seed`): `n_bins` quantiles,
+    or with `bins: tree` the split points of a decision tree per column."""
+    numeric, target = numeric.detach().cpu().float(), target.detach().cpu()
+    if len(numeric) > settings["subsample"]:
+        generator = torch.Generator().manual_seed(seed)
+        rows = torch.randperm(len(numeric), generator=generator)
+        rows = rows[: settings["subsample"]]
+        numeric, target = numeric[rows], target[rows]
+    if len(numeric) < 3:
+        raise ModelSphereError(
+            "model.numeric_embedding=piecewise_linear places bin edges on the "
+            f"training split, which needs at least 3 rows; it has {len(numeric)}"
+        )
+    edges = [
+        [value - CONSTANT_COLUMN_HALF_WIDTH, value + CONSTANT_COLUMN_HALF_WIDTH]
+        for value in numeric[0].tolist()
+    ]
+    varying = (numeric != numeric[0]).any(dim=0).nonzero().flatten().tolist()
+    if varying:
+        n_bins = min(int(settings["n_bins"]), len(numeric) - 1)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=SINGLE_BIN_WARNING)
+            fitted = import_rtdl().compute_bins(
+                numeric[:, varying],
+                n_bins,
+                **_tree_options(target, task, settings, seed),
+            )
+        for column, column_edges in zip(varying, fitted):
+            edges[column] = [float(v) for v in column_edges.tolist()]
+    return edges
+
+
+def _tree_options(
+    target: torch.Tensor, task: str, settings: Dict[str, Any], seed: int
+) -> Dict[str, Any]:
+    if settings["bins"] != "tree":
+        return {}
+    try:
+        import sklearn.tree
+    except ImportError:
+        raise ModelSphereError(
+            "model.piecewise.bins=tree fits a decision tree per numeric column and "
+            "needs scikit-learn, which is not installed: pip install -r "
+            "requirements.txt, or use model.piecewise.bins=quantile"
+        ) from None
+    import_rtdl().sklearn_tree = (
+        sklearn.tree
+    )  # what the package finds when it imports it
+    regression = task == "regression"
+    return {
+        "tree_kwargs": {
+            "min_samples_leaf": int(settings["tree_min_samples_leaf"]),
+            "min_impurity_decrease": float(settings["tree_min_impurity_decrease"]),
+            "random_state": seed,
+        },
+        "y": (target.float() if regression else target.long()).reshape(-1),
+        "regression": regression,
+    }
+
+
+class FoldedPiecewiseMLP(nn.Module):
+    """The inference form of a TabularMLP with piecewise-linear embeddings: the
+    same function, computed with a third of the work.
+
+    Version "B" embeddings have no activation, so embedding -> flatten -> the
+    first Linear is linear in each column's encoding and is folded into one
+    matrix (as batch norm is folded into a convolution). The padding of the
+    package's [columns, max bins] layout is dropped too: the encoding keeps only
+    each column's real bins, so the first layer reads sum(bins) + columns +
+    categorical inputs instead of columns x d_embedding (Telco: 138 against 360).
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.spec = model.spec
+        self.embeddings = model.embeddings
+        self.rest = model.backbone[1:]
+        self.head = model.head
+        embedding, first = model.numeric_embeddings, model.backbone[0]
+        impl = embedding.impl
+        n_features, max_bins = impl.weight.shape
+        d = embedding.linear.weight.shape[2]
+        with torch.no_grad():
+            hidden = first.weight.shape[0]
+            w_numeric = first.weight[:, : n_features * d].reshape(hidden, n_features, d)
+            w_categorical = first.weight[:, n_features * d :]
+            # [features, bins, hidden], [features, hidden], [hidden]
+            through_bins = torch.einsum(
+                "fnd,hfd->fnh", embedding.linear.weight, w_numeric
+            )
+            through_linear = torch.einsum(
+                "fd,hfd->fh", embedding.linear0.weight, w_numeric
+            )
+            bias = first.bias + torch.einsum(
+                "fd,hfd->h", embedding.linear0.bias, w_numeric
+            )
+            lower, upper = _encoding_bounds(impl, n_features, max_bins)
+            kept = (
+                impl.mask
+                if impl.mask is not None
+                else torch.ones(n_features, max_bins, dtype=torch.bool)
+            )
+            self.register_buffer("feature", kept.nonzero()[:, 0].clone())
+            self.register_buffer("scale", impl.weight[kept].clone())
+            self.register_buffer("shift", impl.bias[kept].clone())
+            self.register_buffer("lower", lower[kept].clone())
+            self.register_buffer("upper", upper[kept].clone())
+            weight = torch.cat(
+                [through_bins[kept], through_linear, w_categorical.T], dim=0
+            )
+            self.first = nn.Linear(weight.shape[0], hidden)
+            self.first.weight.copy_(weight.T)
+            self.first.bias.copy_(bias)
+
+    def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+        encoded = numeric[:, self.feature] * self.scale + self.shift
+        encoded = torch.minimum(torch.maximum(encoded, self.lower), self.upper)
+        parts = [encoded, numeric] + embed_categorical(self.embeddings, categorical)
+        return self.head(self.rest(self.first(torch.cat(parts, dim=1))))
+
+
+def _encoding_bounds(
+    impl: nn.Module, n_features: int, max_bins: int
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The clamp of each component of the package's encoding, as [lower, upper]:
+    the first bin (-inf, 1], the middle ones [0, 1], the last [0, inf), and no
+    clamp at all for a column with a single bin (or when every column has one)."""
+    inf = float("inf")
+    lower = torch.full((n_features, max_bins), 0.0)
+    upper = torch.full((n_features, max_bins), 1.0)
+    if max_bins == 1:
+        return lower - inf, upper + inf
+    lower[:, 0] = -inf
+    upper[:, -1] = inf
+    if impl.single_bin_mask is not None:
+        lower[impl.single_bin_mask, -1] = -inf
+    return lower, upper

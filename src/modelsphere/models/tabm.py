@@ -1,0 +1,88 @@
+"""TabM (Gorishniy et al., "TabM: Advancing Tabular Deep Learning with
+Parameter-Efficient Ensembling", ICLR 2025) from the maintained `tabm` package.
+
+One TabM holds k MLPs that share most weights (BatchEnsemble-style adapters) and
+see the same batch. In training mode the model returns every member's output,
+[rows, k, n_outputs], and the loss is the mean of the members' losses
+(`epochs.batch_loss`), as in the paper. In eval mode it returns one output per
+row whose sigmoid/softmax is the mean of the members' probabilities (the mean of
+their values for regression), so evaluation, prediction, serving and the ONNX
+export treat it like any other model.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from modelsphere.models.numeric_embeddings import import_rtdl, numeric_modules
+from modelsphere.models.spec import ModelSpec
+
+
+def _tabm_package():
+    """The `tabm` package, imported when a TabM is first built: it imports
+    rtdl_num_embeddings, so that is imported first without scikit-learn."""
+    import_rtdl()
+    import tabm
+
+    return tabm
+
+
+TORCH_ACTIVATIONS = {"relu": "ReLU", "gelu": "GELU", "silu": "SiLU"}
+
+
+def mean_of_members(outputs: torch.Tensor, task: str) -> torch.Tensor:
+    """[rows, k, n_outputs] -> [rows, n_outputs]: logits of the mean probability
+    (binary, multiclass) or the mean value (regression)."""
+    if task == "regression":
+        return outputs.mean(dim=1)
+    log_k = math.log(outputs.shape[1])
+    if task == "binary":  # logit(mean p) = log(mean p) - log(mean (1 - p))
+        log_p = torch.logsumexp(F.logsigmoid(outputs), dim=1) - log_k
+        log_q = torch.logsumexp(F.logsigmoid(-outputs), dim=1) - log_k
+        return log_p - log_q
+    # multiclass: softmax(log(mean p)) == mean p, since mean p sums to one
+    return torch.logsumexp(F.log_softmax(outputs, dim=2), dim=1) - log_k
+
+
+class TabMEnsemble(nn.Module):
+    """TabM over [numeric features (embedded if the spec says so), one-hot
+    categoricals]; `hidden_sizes` gives depth and width (all layers equal)."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.spec = spec
+        ensemble = spec.extra["ensemble"]
+        self.task = ensemble["task"]
+        embeddings, _ = numeric_modules(spec)
+        self.tabm = _tabm_package().TabM.make(
+            n_num_features=spec.n_numeric,
+            cat_cardinalities=list(spec.cardinalities),
+            d_out=spec.n_outputs,
+            num_embeddings=embeddings,
+            n_blocks=len(spec.hidden_sizes),
+            d_block=spec.hidden_sizes[0],
+            dropout=spec.dropout,
+            activation=TORCH_ACTIVATIONS[spec.activation],
+            k=int(ensemble["k"]),
+            arch_type=ensemble["arch_type"],
+        )
+
+    def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+        """`TabM.forward` for 2-D inputs, step by step: the package's version reads
+        the batch size with `len()`, which fixes it to a constant in an ONNX export,
+        and joins int64 one-hot codes to float features, which ONNX cannot."""
+        tabm, parts = self.tabm, []
+        if self.spec.n_numeric:
+            embedded = numeric if tabm.num_module is None else tabm.num_module(numeric)
+            parts.append(embedded.flatten(1))
+        if self.spec.cardinalities:
+            parts.append(tabm.cat_module(categorical).to(numeric.dtype))
+        x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        outputs = tabm.output(tabm.backbone(tabm.ensemble_view(x)))
+        if self.training:
+            return outputs
+        return mean_of_members(outputs, self.task)

@@ -1,0 +1,134 @@
+"""DistributedDataParallel under torchrun: who this process is, and the few
+collective operations the training loop needs.
+
+`torchrun --nproc_per_node=N train.py ...` starts N processes with RANK,
+WORLD_SIZE and LOCAL_RANK set. Every process trains on its share of each global
+batch (the batch of the single-process run, split row-wise across ranks), DDP
+averages the gradients, losses are summed across ranks, and only rank 0 writes
+the run dir. Backend: nccl on CUDA, gloo on the CPU. Without torchrun, nothing
+here does anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import List
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from modelsphere.core.errors import ModelSphereError
+
+log = logging.getLogger(__name__)
+
+# Replicas apply the same averaged gradient with the same optimizer, so their
+# weights agree bitwise on one kind of device; this bound only leaves room for a
+# collective whose reduction order differs between ranks.
+REPLICA_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launched_rank() -> int:
+    """This process's rank as torchrun set it (0 when not under torchrun)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def init_distributed(device_type: str) -> DistContext:
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistContext()
+    context = DistContext(
+        rank=int(os.environ["RANK"]),
+        world_size=world_size,
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+    )
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    if device_type == "cuda":
+        torch.cuda.set_device(context.local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    log.info(
+        "distributed: rank %d of %d (%s backend)", context.rank, world_size, backend
+    )
+    if not context.is_main:  # rank 0 speaks for the run; others only warn
+        logging.getLogger("modelsphere").setLevel(logging.WARNING)
+    return context
+
+
+def check_batch_size(batch_size: int, context: DistContext) -> None:
+    if context.enabled and batch_size < context.world_size:
+        raise ModelSphereError(
+            f"train.batch_size={batch_size} is smaller than the {context.world_size} "
+            "processes sharing each batch"
+        )
+
+
+def all_reduce(tensor: torch.Tensor, op: str, context: DistContext) -> torch.Tensor:
+    """Sum, max or min across ranks (in place); a no-op in a single process."""
+    if context.enabled:
+        ops = {
+            "sum": dist.ReduceOp.SUM,
+            "max": dist.ReduceOp.MAX,
+            "min": dist.ReduceOp.MIN,
+        }
+        dist.all_reduce(tensor, op=ops[op])
+    return tensor
+
+
+def gather_counts(count: int, context: DistContext, device) -> List[int]:
+    """Every rank's `count`, in rank order (`[count]` in a single process)."""
+    if not context.enabled:
+        return [count]
+    mine = torch.tensor([count], dtype=torch.int64, device=device)
+    every = [torch.zeros_like(mine) for _ in range(context.world_size)]
+    dist.all_gather(every, mine)
+    return [int(value) for value in every]
+
+
+def check_replicas_agree(model: nn.Module, context: DistContext) -> None:
+    """Stop if this rank's weights differ from rank 0's.
+
+    DDP keeps the replicas identical by averaging gradients before every
+    optimizer step; a rank whose weights drifted trained on its own, and its
+    share of the data never reached the saved model.
+    """
+    if not context.enabled:
+        return
+    mine = torch.cat([p.detach().float().flatten() for p in model.parameters()])
+    reference = mine.clone()
+    dist.broadcast(reference, src=0)
+    drift = (mine - reference).abs().max().reshape(1)
+    all_reduce(drift, "max", context)
+    if float(drift) > REPLICA_TOLERANCE:
+        raise ModelSphereError(
+            f"the {context.world_size} processes ended training with different "
+            f"weights (largest difference {float(drift):.3g}): gradients were not "
+            "averaged across ranks, so the run dir would hold one rank's model only"
+        )
+
+
+def barrier(context: DistContext) -> None:
+    if context.enabled:
+        dist.barrier()
+
+
+def shutdown(context: DistContext) -> None:
+    if context.enabled and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,520 @@
+"""The training run: data -> features -> model -> epochs -> artifact.
+
+`run_training` reads top to bottom as the story of a run; `_fit` is the epoch loop
+(`training/epochs.py` holds one epoch). Training tensors live on the device and every epoch
+walks a seeded random permutation in index slices (no per-row DataLoader); AdamW
+with a cosine schedule, gradient clipping, early stopping on a validation metric
+with the best weights restored; AMP on CUDA only. A checkpoint is written after
+every epoch, and mid-epoch on SIGINT/SIGTERM, so `train.resume` continues exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Dict, Tuple
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from modelsphere.core.config import to_plain, validate_train_app
+from modelsphere.core.devices import (
+    DeviceChoice,
+    configure_threads,
+    make_grad_scaler,
+    select_device,
+)
+from modelsphere.core.errors import ModelSphereError
+from modelsphere.core.fileio import (
+    atomic_write_json,
+    atomic_write_text,
+    remove_stale_temp_files,
+)
+from modelsphere.core.provenance import provenance
+from modelsphere.core.runs import update_latest
+from modelsphere.data.preprocessing import (
+    SPLITS,
+    ProcessedData,
+    iter_split_frames,
+    prepare_data,
+)
+from modelsphere.features.tensors import SplitTensors
+from modelsphere.features.transform import (
+    encode_target,
+    fit_feature_state_from_split,
+    transform_features,
+)
+from modelsphere.models.artifact import save_artifact
+from modelsphere.models.registry import (
+    ModelSpec,
+    TabularMLP,
+    build_model,
+    spec_from_config,
+)
+from modelsphere.training import plots
+from modelsphere.training.checkpoint import LoopState, load_checkpoint, save_checkpoint
+from modelsphere.training.distributed import (
+    DistContext,
+    barrier,
+    check_batch_size,
+    check_replicas_agree,
+    gather_counts,
+    init_distributed,
+    shutdown,
+)
+from modelsphere.training.epochs import (
+    NO_BAD_BATCH,
+    EpochProgress,
+    evaluate_split,
+    run_epoch,
+    stop_agreed,
+)
+from modelsphere.training.interrupts import (
+    StopRequest,
+    TrainingInterrupted,
+    stop_requests,
+)
+from modelsphere.training.metrics import is_improvement, resolve_monitor
+from modelsphere.training.optimization import (
+    choose_batch_size,
+    make_loss,
+    make_optimizer,
+    make_scheduler,
+)
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.json"
+CURVE_FILE = "training_curve.png"
+
+
+@dataclass
+class Trainer:
+    """Everything the epoch loop works with."""
+
+    model: TabularMLP  # the plain module: evaluation, checkpoints, the artifact
+    train_model: nn.Module  # what trains: the model, or DDP around it
+    context: DistContext
+    spec: ModelSpec
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    loss_fn: nn.Module
+    scaler: Any
+    device: DeviceChoice
+    batch_size: int
+    task: str
+    monitor: str
+    mode: str
+
+
+def run_training(cfg: DictConfig, run_dir: str | Path) -> float:
+    """Train a model as `cfg` says, write the run dir, return the best val metric."""
+    run_dir = Path(run_dir)
+    resume = load_checkpoint(cfg.train.resume) if cfg.train.resume else None
+    if resume is not None:
+        cfg, run_dir = _resume_config(cfg, Path(cfg.train.resume))
+    validate_train_app(cfg)
+    device, context = _setup(cfg)
+    try:
+        return _train(cfg, run_dir, resume, device, context)
+    finally:
+        shutdown(context)
+
+
+def _train(cfg, run_dir: Path, resume, device: DeviceChoice, context) -> float:
+    main = context.is_main  # only rank 0 writes (a single process is rank 0)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if resume is not None:
+            for stale in remove_stale_temp_files(run_dir):
+                log.info("resume: removed %s, left by a write that was killed", stale)
+        atomic_write_text(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
+
+    data = prepare_data(cfg.data, cfg.paths.data_dir)
+    # Both passes stream the split files a row group at a time: the only
+    # full-size copies in memory are the model-ready tensors.
+    feature_state = fit_feature_state_from_split(data, cfg.model.features, cfg.seed)
+    tensors = {
+        split: _split_tensors(data, split, feature_state, device) for split in SPLITS
+    }
+    trainer = _build_trainer(
+        cfg, feature_state, data.schema.task, tensors, device, context
+    )
+    loop = LoopState.fresh(cfg.seed)
+    if resume is not None:
+        loop = LoopState.restore(
+            resume, trainer.model, trainer.optimizer, trainer.scheduler, trainer.scaler
+        )
+        if loop.partial is not None:
+            loop.partial.count_resumed_rows(trainer.batch_size, context)
+            if not main:
+                loop.partial.total.zero_()  # rank 0 holds the summed loss so far
+
+    started = time.perf_counter()
+    with stop_requests() as stop:
+        _fit(cfg, run_dir, trainer, tensors, feature_state, loop, stop)
+    check_replicas_agree(trainer.model, context)
+
+    model = trainer.model
+    if loop.best_state is not None:
+        model.load_state_dict(loop.best_state)
+    final = {
+        split: evaluate_split(
+            model,
+            tensors[split],
+            feature_state,
+            data.schema.task,
+            device,
+            cfg.train.eval_batch_size,
+            trainer.loss_fn,
+        )
+        for split in ("val", "test")
+    }
+    if main:
+        summary = _metrics_summary(
+            loop,
+            final,
+            trainer.monitor,
+            trainer.mode,
+            time.perf_counter() - started,
+            trainer.batch_size,
+            device,
+        )
+        summary["training"]["processes"] = context.world_size
+        atomic_write_json(run_dir / METRICS_FILE, summary)
+        extra = {
+            "metrics": summary["final"],
+            "training": summary["training"],
+            "data": _data_record(data),
+            "provenance": provenance(),
+        }
+        save_artifact(
+            run_dir,
+            model,
+            trainer.spec,
+            feature_state,
+            data.schema,
+            to_plain(cfg),
+            extra,
+        )
+        if cfg.train.plot and loop.history:
+            plots.training_curve(
+                loop.history, trainer.monitor, loop.best_epoch, run_dir / CURVE_FILE
+            )
+        update_latest(cfg.paths.outputs_dir, run_dir)
+        log.info(
+            "best val_%s %.4f at epoch %d; test %s; run dir %s",
+            trainer.monitor,
+            loop.best_value,
+            loop.best_epoch,
+            _short(final["test"]),
+            run_dir,
+        )
+    barrier(context)
+    return float(loop.best_value)
+
+
+def _fit(cfg, run_dir: Path, trainer: Trainer, tensors, feature_state, loop, stop):
+    """The epoch loop: train, validate, keep the best weights, checkpoint, log."""
+    train, val_split = tensors["train"], tensors["val"]
+    monitor = trainer.monitor
+    for epoch in range(loop.epoch + 1, cfg.train.max_epochs + 1):
+        if loop.stopped_early:
+            break
+        progress = loop.partial or EpochProgress.start(
+            epoch, len(train), loop.generator, train.target.device
+        )
+        loop.partial = None
+        epoch_start = time.perf_counter()
+        finished = run_epoch(
+            trainer.train_model,
+            train,
+            trainer.batch_size,
+            trainer.optimizer,
+            trainer.scheduler,
+            trainer.loss_fn,
+            trainer.device,
+            cfg.train.grad_clip_norm,
+            trainer.scaler,
+            progress,
+            stop,
+            trainer.context,
+        )
+        if not finished:
+            loop.partial = progress
+            _interrupt(cfg, run_dir, trainer, loop, stop, progress)
+        seconds = time.perf_counter() - epoch_start
+        if progress.bad_batch() != NO_BAD_BATCH:
+            _stop_on_nonfinite(run_dir, epoch, progress.bad_batch(), loop.epoch)
+        val = evaluate_split(
+            trainer.model,
+            val_split,
+            feature_state,
+            trainer.task,
+            trainer.device,
+            cfg.train.eval_batch_size,
+            trainer.loss_fn,
+        )
+        if math.isnan(val[monitor]):
+            raise ModelSphereError(
+                f"val_{monitor} is undefined in epoch {epoch} (NaN): the validation "
+                f"split ({len(val_split)} rows) may hold a single class; use a "
+                "larger data.split.val_fraction or train.monitor=loss"
+            )
+        loop.record(
+            epoch,
+            progress.mean_loss(),
+            val,
+            trainer.optimizer,
+            seconds,
+            gather_counts(progress.rows, trainer.context, train.target.device),
+        )
+        improved = is_improvement(
+            val[monitor], loop.best_value, trainer.mode, cfg.train.min_delta
+        )
+        if improved:
+            loop.best_value, loop.best_epoch, loop.bad_epochs = val[monitor], epoch, 0
+            loop.best_state = {
+                k: v.detach().cpu().clone()
+                for k, v in trainer.model.state_dict().items()
+            }
+        else:
+            loop.bad_epochs += 1
+        patience = cfg.train.early_stopping_patience
+        loop.stopped_early = patience is not None and loop.bad_epochs >= patience
+        loop.epoch = epoch
+        _save(run_dir, trainer, loop)
+        log.info(
+            "epoch %d/%d  loss %.4f  val_loss %.4f  val_%s %.4f%s  lr %.2e  "
+            "%.0f rows/s",
+            epoch,
+            cfg.train.max_epochs,
+            progress.mean_loss(),
+            val["loss"],
+            monitor,
+            val[monitor],
+            " *" if improved else "",
+            loop.history[-1]["lr"],
+            loop.history[-1]["rows_per_second"],
+        )
+        stopping = stop_agreed(stop, trainer.context, train.target.device)
+        if stopping and epoch < cfg.train.max_epochs and not loop.stopped_early:
+            _interrupt(cfg, run_dir, trainer, loop, stop, None)
+    if loop.stopped_early:
+        log.info(
+            "early stopping: no val_%s improvement for %d epochs",
+            monitor,
+            loop.bad_epochs,
+        )
+
+
+def _save(run_dir: Path, trainer: Trainer, loop: LoopState) -> None:
+    if not trainer.context.is_main:
+        return
+    save_checkpoint(
+        run_dir,
+        loop.payload(
+            trainer.model, trainer.optimizer, trainer.scheduler, trainer.scaler
+        ),
+    )
+
+
+def _interrupt(cfg, run_dir, trainer, loop, stop: StopRequest, progress) -> None:
+    """Save where we are, mark the run interrupted, stop with how to resume."""
+    _save(run_dir, trainer, loop)
+    where = (
+        f"epoch {progress.epoch}, batch {progress.next_step + 1}"
+        if progress is not None
+        else f"the end of epoch {loop.epoch}"
+    )
+    summary = _metrics_summary(
+        loop,
+        {},
+        trainer.monitor,
+        trainer.mode,
+        None,
+        trainer.batch_size,
+        trainer.device,
+        status="interrupted",
+    )
+    summary["interrupted"] = {"signal": stop.name or "a peer rank's", "at": where}
+    if trainer.context.is_main:
+        atomic_write_json(run_dir / METRICS_FILE, summary)
+    raise TrainingInterrupted(
+        f"training interrupted by {stop.name or 'a signal'} at {where}; the "
+        f"checkpoint is saved in {run_dir}. Resume with: python train.py "
+        f"train.resume={run_dir}",
+        stop.signum or signal.SIGTERM,
+    )
+
+
+def _build_trainer(cfg, feature_state, task, tensors, device, context) -> Trainer:
+    torch.manual_seed(cfg.seed)
+    spec = spec_from_config(
+        cfg.model, feature_state, task, train=tensors["train"], seed=cfg.seed
+    )
+    model = build_model(spec).to(device.device)
+    train_model = model
+    if context.enabled:
+        ids = [device.device.index] if device.device.type == "cuda" else None
+        train_model = DistributedDataParallel(model, device_ids=ids)
+    batch_size = choose_batch_size(len(tensors["train"]), cfg.train)
+    check_batch_size(batch_size, context)
+    steps_per_epoch = math.ceil(len(tensors["train"]) / batch_size)
+    optimizer = make_optimizer(model, cfg.train.lr, cfg.train.weight_decay)
+    monitor, mode = resolve_monitor(task, cfg.train.monitor)
+    trainer = Trainer(
+        model=model,
+        train_model=train_model,
+        context=context,
+        spec=spec,
+        optimizer=optimizer,
+        scheduler=make_scheduler(optimizer, cfg.train, steps_per_epoch),
+        loss_fn=make_loss(task, tensors["train"].target, cfg.train.class_weights),
+        scaler=make_grad_scaler(device),
+        device=device,
+        batch_size=batch_size,
+        task=task,
+        monitor=monitor,
+        mode=mode,
+    )
+    log.info(
+        "training %s on %d rows (%d val, %d test), %d parameters, "
+        "batch %d, %d steps/epoch",
+        spec.name,
+        len(tensors["train"]),
+        len(tensors["val"]),
+        len(tensors["test"]),
+        sum(p.numel() for p in model.parameters()),
+        batch_size,
+        steps_per_epoch,
+    )
+    return trainer
+
+
+# ----------------------------------------------------------------------------
+# Setup
+
+
+def _setup(cfg: DictConfig) -> Tuple[DeviceChoice, DistContext]:
+    device = select_device(cfg.device.name, cfg.device.amp, cfg.device.amp_dtype)
+    context = init_distributed(device.device.type)
+    if context.enabled and device.device.type == "cuda":
+        device = replace(device, device=torch.device("cuda", context.local_rank))
+    log.info("device: %s (%s)", device.device, device.reason)
+    configure_threads(cfg.device.num_threads)
+    if cfg.device.deterministic:
+        if device.device.type == "cuda":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    return device, context
+
+
+def _resume_config(cfg: DictConfig, run_dir: Path) -> Tuple[DictConfig, Path]:
+    """The resumed run's own config; only device and a longer max_epochs may change."""
+    saved_path = run_dir / CONFIG_FILE
+    if not saved_path.is_file():
+        raise ModelSphereError(
+            f"train.resume={run_dir}: {CONFIG_FILE} is missing there"
+        )
+    saved = OmegaConf.load(saved_path)
+    saved.device = cfg.device
+    if cfg.train.max_epochs != saved.train.max_epochs:
+        log.info(
+            "resume: max_epochs %d -> %d", saved.train.max_epochs, cfg.train.max_epochs
+        )
+        saved.train.max_epochs = cfg.train.max_epochs
+    saved.train.resume = str(run_dir)
+    log.info("resuming %s from its last checkpoint", run_dir)
+    return saved, run_dir
+
+
+def _split_tensors(
+    data: ProcessedData, split: str, feature_state, device: DeviceChoice
+) -> SplitTensors:
+    """A split's model inputs and targets, transformed chunk by chunk."""
+    numeric, categorical, target = [], [], []
+    target_name = feature_state["target"]["name"]
+    for frame in iter_split_frames(data, split):
+        arrays = transform_features(frame, feature_state)
+        numeric.append(arrays.numeric)
+        categorical.append(arrays.categorical)
+        target.append(
+            encode_target(frame[target_name], feature_state, f"{split} split")
+        )
+    return SplitTensors(
+        *(
+            torch.from_numpy(_concatenate(parts)).to(device.device)
+            for parts in (numeric, categorical, target)
+        )
+    )
+
+
+def _concatenate(parts):
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _stop_on_nonfinite(run_dir, epoch, bad_batch, last_good_epoch) -> None:
+    """Keep the last good checkpoint and stop with a message naming epoch and batch."""
+    raise ModelSphereError(
+        f"training loss became NaN/inf in epoch {epoch}, batch {bad_batch + 1}; the "
+        f"checkpoint of epoch {last_good_epoch} is kept in {run_dir}. "
+        "Lower train.lr, keep train.grad_clip_norm on, or check the data for extreme "
+        "values."
+    )
+
+
+def _metrics_summary(
+    loop, final, monitor, mode, seconds, batch_size, device, status="completed"
+) -> Dict[str, Any]:
+    return {
+        "status": status,
+        "monitor": {"metric": f"val_{monitor}", "mode": mode},
+        "best": {"epoch": loop.best_epoch, f"val_{monitor}": loop.best_value},
+        "final": final,
+        "training": {
+            "epochs_run": loop.epoch,
+            "stopped_early": loop.stopped_early,
+            "best_epoch": loop.best_epoch,
+            "batch_size": batch_size,
+            "device": str(device.device),
+            "amp_dtype": (
+                str(device.amp_dtype).replace("torch.", "")
+                if device.amp_enabled
+                else None
+            ),
+            "seconds": seconds,
+        },
+        "history": loop.history,
+    }
+
+
+def _data_record(data: ProcessedData) -> Dict[str, Any]:
+    """Which data trained this model: enough to check evaluation uses the same."""
+    return {
+        "processed_dir": str(data.directory.resolve()),
+        "format": data.format,
+        "raw_sha256": data.manifest["raw"]["sha256"],
+        "config_sha256": data.manifest["config_sha256"],
+        "split_sha256": {split: data.split_sha256(split) for split in SPLITS},
+        "rows": data.manifest["rows"],
+    }
+
+
+def _short(metrics: Dict[str, float]) -> str:
+    return ", ".join(
+        f"{k} {v:.4f}" for k, v in metrics.items() if k not in ("rows", "loss")
+    )
