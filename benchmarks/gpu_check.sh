@@ -22,6 +22,6 @@ python3 evaluate.py device=cpu paths.outputs_dir="$OUT/runs" 2>&1 | tee "$OUT/ev
 python3 train.py $common device=cpu paths.outputs_dir="$OUT/runs_cpu" 2>&1 | tee "$OUT/train_cpu.log"
 
 # 2. Throughput, side by side on this machine: CUDA with and without AMP, and its CPU.
-python3 benchmarks/train_throughput.py --device cuda --repeats 5 --out "$OUT" --name throughput_cuda_bf16
-python3 benchmarks/train_throughput.py --device cuda --no-amp --repeats 5 --out "$OUT" --name throughput_cuda_fp32
-python3 benchmarks/train_throughput.py --device cpu --repeats 3 --skip-dataloader --out "$OUT" --name throughput_gpu_host_cpu
+python3 -m benchmarks.train_throughput --device cuda --repeats 5 --out "$OUT" --name throughput_cuda_bf16
+python3 -m benchmarks.train_throughput --device cuda --no-amp --repeats 5 --out "$OUT" --name throughput_cuda_fp32
+python3 -m benchmarks.train_throughput --device cpu --repeats 3 --skip-dataloader --out "$OUT" --name throughput_gpu_host_cpu

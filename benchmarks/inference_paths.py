@@ -1,7 +1,7 @@
 """Batch vs real-time inference: predict.py on a large file against the API.
 
-    python benchmarks/inference_paths.py                     # 1M rows, 3 runs each
-    python benchmarks/inference_paths.py --rows 20000 --repeats 1   # smoke size
+    python -m benchmarks.inference_paths                     # 1M rows, 3 runs each
+    python -m benchmarks.inference_paths --rows 20000 --repeats 1   # smoke size
 
 Both paths score the same Telco churn model with the same `Predictor`:
 
@@ -43,12 +43,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from environment import machine, versions  # noqa: E402
-from processes import measured, predict_command, raw_csv_command  # noqa: E402
+from benchmarks.common import (
+    REPO,
+    RESULTS,
+    add_output_arguments,
+    machine,
+    versions,
+    write_results,
+)
+from benchmarks.processes import measured, predict_command, raw_csv_command
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
 TARGET_ROWS_PER_SECOND = 500_000  # issue 7: predict.py Parquet -> Parquet, 1M rows
 SINGLE_RECORD_CALLS = 2000
 EARLIER_PATH = "parquet -> parquet, engine=torch, no prefetch"
@@ -85,8 +89,7 @@ def parse_args() -> argparse.Namespace:
         "--peak-results", type=Path, default=RESULTS / "train_throughput.json"
     )
     parser.add_argument("--work-dir", type=Path, default=None)
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--name", default="inference_paths")
+    add_output_arguments(parser, "inference_paths")
     return parser.parse_args()
 
 
@@ -373,8 +376,7 @@ def main() -> None:
         },
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (args.out / f"{args.name}.md").write_text(render_markdown(payload))
+    write_results(args.out, args.name, payload, render_markdown)
     print(json.dumps(payload["target"], indent=2))
 
 

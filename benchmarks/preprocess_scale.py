@@ -1,7 +1,7 @@
 """Out-of-core scaling: generation, preprocessing and predict.py at 1M and 10M rows.
 
-    python benchmarks/preprocess_scale.py                    # 1M (3 runs), 10M (2 runs)
-    python benchmarks/preprocess_scale.py --rows 20000 --repeats 1   # smoke size
+    python -m benchmarks.preprocess_scale                    # 1M (3 runs), 10M (2 runs)
+    python -m benchmarks.preprocess_scale --rows 20000 --repeats 1   # smoke size
 
 Each step runs as its own process, as a user runs it, under `/usr/bin/time -v`
 (peak RSS = "Maximum resident set size"; without GNU time, a wrapper process reads
@@ -38,13 +38,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, List
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from environment import machine  # noqa: E402
-from processes import GNU_TIME, predict_command, raw_csv_command  # noqa: E402
-from processes import measured as run_measured  # noqa: E402
+from benchmarks.common import REPO, add_output_arguments, machine, write_results
+from benchmarks.processes import GNU_TIME
+from benchmarks.processes import measured as run_measured
+from benchmarks.processes import predict_command, raw_csv_command
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
 TARGET_PEAK_RSS_MIB = 2048  # the issue's target at 10 million rows
 TARGET_ROWS = 10_000_000
 LARGE_ROWS = 5_000_000  # sizes from here on run --large-repeats times
@@ -63,8 +61,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--work-dir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the generated data")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--name", default="preprocess_scale")
+    add_output_arguments(parser, "preprocess_scale")
     parser.add_argument("--label", default="", help="what code this measures")
     parser.add_argument(
         "--baseline",
@@ -224,8 +221,7 @@ def main() -> None:
         keep = ("date", "label", "code", "load_average_1m", "results", "target")
         payload["baseline"] = {key: before.get(key) for key in keep}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (args.out / f"{args.name}.md").write_text(render_markdown(payload))
+    write_results(args.out, args.name, payload, render_markdown)
     print(json.dumps(payload["target"], indent=2))
 
 

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.common import REPO
+
 GNU_TIME = "/usr/bin/time"
 RUSAGE_WRAPPER = (
     "import resource, subprocess, sys; "
@@ -27,7 +28,7 @@ def raw_csv_command(overrides: List[str]) -> List[str]:
     compose (the package's own sources) and prints its path."""
     code = (
         "import sys; from hydra import compose, initialize_config_dir; "
-        "import modelsphere.core.config; "
+        "import modelsphere.training.config; "
         "from modelsphere.data.sources import materialise_raw_csv; "
         "initialize_config_dir(config_dir=sys.argv[1], version_base='1.3'); "
         "print(materialise_raw_csv(compose('config', overrides=sys.argv[2:]).data))"
@@ -55,7 +56,7 @@ def compose_config(rows: int, work: Path, fmt: str = "parquet"):
     """The composed app config for `rows` rows of the synthetic table under `work`."""
     from hydra import compose, initialize_config_dir
 
-    import modelsphere.core.config  # noqa: F401  (registers the config schema)
+    import modelsphere.training.config  # noqa: F401  (registers the config schema)
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         return compose("config", overrides=data_overrides(rows, work, fmt))

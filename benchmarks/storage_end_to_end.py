@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
-from processes import compose_config, data_overrides, measured
+from benchmarks.processes import compose_config, data_overrides, measured
 
 FORMATS = ("parquet", "csv")
 

@@ -1,8 +1,8 @@
 """Parquet vs CSV for the processed splits: size, speed, memory, types, end to end.
 
-    python benchmarks/storage_formats.py       # 100k, 1M (3 runs), 10M (1 run); e2e
-    python benchmarks/storage_formats.py --repeats 5 --e2e-rows 100000 1000000
-    python benchmarks/storage_formats.py --rows 2000 --repeats 1 --e2e-rows 2000
+    python -m benchmarks.storage_formats       # 100k, 1M (3 runs), 10M (1 run); e2e
+    python -m benchmarks.storage_formats --repeats 5 --e2e-rows 100000 1000000
+    python -m benchmarks.storage_formats --rows 2000 --repeats 1 --e2e-rows 2000
 
 The table is the package's own synthetic data (`data=synthetic`: an id, 8 numeric
 columns, 3 categorical columns with 12 levels, 2% missing cells, a binary target),
@@ -50,14 +50,16 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from environment import machine, versions  # noqa: E402
-from processes import GNU_TIME, compose_config, measured  # noqa: E402
-from storage_end_to_end import end_to_end  # noqa: E402
-from storage_markdown import render_markdown  # noqa: E402
+from benchmarks.common import (
+    add_output_arguments,
+    machine,
+    versions,
+    write_results,
+)
+from benchmarks.processes import GNU_TIME, compose_config, measured
+from benchmarks.storage_end_to_end import end_to_end
+from benchmarks.storage_markdown import render_markdown
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
 CHILD = Path(__file__).resolve().parent / "storage_read_child.py"
 FORMATS = ("parquet", "csv")
 SCHEMA_ROWS = 5_000  # rows preprocessed to learn the schema (same for every size)
@@ -94,8 +96,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--work-dir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the generated data")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--name", default="storage_formats")
+    add_output_arguments(parser, "storage_formats")
     return parser.parse_args(argv)
 
 
@@ -323,7 +324,7 @@ def main(argv=None) -> Dict[str, Any]:
         "load_average": {"start": list(load_start), "end": list(os.getloadavg())},
         "wall_seconds": time.perf_counter() - started,
         "setup": {
-            "command": " ".join(["python benchmarks/storage_formats.py", *argv_used]),
+            "command": " ".join(["python -m benchmarks.storage_formats", *argv_used]),
             "data": "data=synthetic: id, 8 numeric, 3 categorical (12 levels), "
             "2% missing, binary target",
             "rows": sorted(args.rows),
@@ -342,8 +343,7 @@ def main(argv=None) -> Dict[str, Any]:
         "end_to_end": e2e,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (args.out / f"{args.name}.md").write_text(render_markdown(payload))
+    write_results(args.out, args.name, payload, render_markdown)
     print(f"wrote {args.out / args.name}.json and .md", flush=True)
     return payload
 

@@ -1,6 +1,6 @@
 """One timed read of a stored table, run as its own process by storage_formats.py.
 
-    python benchmarks/storage_read_child.py READER FORMAT PATH SCHEMA_JSON [COLUMN...]
+    python -m benchmarks.storage_read_child READER FORMAT PATH SCHEMA_JSON [COLUMN...]
 
 READER is `pipeline` (the package's own typed reader, `read_split_columns`, with
 the schema's column types, into pandas), `arrow` (the same typed read into an

@@ -1,10 +1,10 @@
 """CPU vs GPU compute: training-loop throughput against the machine's matmul peak,
 and the per-row cost of inference at several batch sizes.
 
-    python benchmarks/train_throughput.py                  # 1M rows x 64 numeric
-    python benchmarks/train_throughput.py --device cuda    # on a GPU (bf16 AMP)
-    python benchmarks/train_throughput.py --device cuda --no-amp   # ... float32
-    python benchmarks/train_throughput.py --rows 20000 --repeats 1   # smoke size
+    python -m benchmarks.train_throughput                  # 1M rows x 64 numeric
+    python -m benchmarks.train_throughput --device cuda    # on a GPU (bf16 AMP)
+    python -m benchmarks.train_throughput --device cuda --no-amp   # ... float32
+    python -m benchmarks.train_throughput --rows 20000 --repeats 1   # smoke size
 
 In one process, side by side:
 
@@ -30,14 +30,13 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from benchmarks.common import add_output_arguments, cpu_model, write_results
 from modelsphere.core.devices import autocast, make_grad_scaler, select_device
 from modelsphere.core.provenance import package_versions
 from modelsphere.features.tensors import SplitTensors
@@ -45,11 +44,6 @@ from modelsphere.models.registry import build_model
 from modelsphere.models.spec import ModelSpec
 from modelsphere.training.epochs import train_one_epoch
 from modelsphere.training.optimization import make_loss, make_optimizer, make_scheduler
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from environment import cpu_model  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def parse_args() -> argparse.Namespace:
@@ -76,8 +70,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-amp", action="store_true", help="float32 on CUDA too")
     parser.add_argument("--skip-dataloader", action="store_true")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--name", default="train_throughput")
+    add_output_arguments(parser, "train_throughput")
     return parser.parse_args()
 
 
@@ -370,8 +363,7 @@ def main() -> None:
         "targets": targets(results, args.batch_sizes),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (args.out / f"{args.name}.md").write_text(render_markdown(payload))
+    write_results(args.out, args.name, payload, render_markdown)
     print(json.dumps({"ratios": ratios, "targets": payload["targets"]}, indent=2))
 
 

@@ -8,8 +8,6 @@ import sys
 
 import pytest
 
-from conftest import REPO
-
 
 def test_train_throughput_smoke(tmp_path, monkeypatch):
     argv = ["train_throughput.py", "--rows", "3000", "--repeats", "1"]
@@ -18,9 +16,7 @@ def test_train_throughput_smoke(tmp_path, monkeypatch):
     argv += ["--timed-work", "0.01"]
     argv += ["--device", "cpu", "--out", str(tmp_path), "--name", "smoke"]
     monkeypatch.setattr(sys, "argv", argv)
-    runpy.run_path(
-        str(REPO / "benchmarks" / "train_throughput.py"), run_name="__main__"
-    )
+    runpy.run_module("benchmarks.train_throughput", run_name="__main__", alter_sys=True)
     payload = json.loads((tmp_path / "smoke.json").read_text())
     loops = {
         "ours",
@@ -61,7 +57,7 @@ def test_inference_paths_smoke(tmp_path, monkeypatch):
     argv += ["--name", "smoke", "--serve-results", str(tmp_path / "absent.json")]
     argv += ["--train-override", "train=quick"]
     monkeypatch.setattr(sys, "argv", argv)
-    runpy.run_path(str(REPO / "benchmarks" / "inference_paths.py"), run_name="__main__")
+    runpy.run_module("benchmarks.inference_paths", run_name="__main__", alter_sys=True)
     payload = json.loads((tmp_path / "smoke.json").read_text())
     assert set(payload["batch"]) == {
         "parquet -> parquet",

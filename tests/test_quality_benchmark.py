@@ -1,4 +1,4 @@
-"""benchmarks/quality.py at smoke size: every model option and reference runs on a
+"""benchmarks.quality at smoke size: every model option and reference runs on a
 binary, a multiclass and a regression data set and the results are well formed."""
 
 from __future__ import annotations
@@ -7,8 +7,6 @@ import json
 import math
 import runpy
 import sys
-
-from conftest import REPO
 
 DATASETS = ["credit_data", "hpc_data", "ames"]
 MODELS = ["mlp", "mlp_plr", "tabm", "lightgbm", "linear"]
@@ -19,7 +17,7 @@ def test_quality_benchmark_smoke(tmp_path, monkeypatch):
     argv += ["--work-dir", str(tmp_path / "work"), "--out", str(tmp_path)]
     argv += ["--name", "smoke", "--threads", "1"]
     monkeypatch.setattr(sys, "argv", argv)
-    runpy.run_path(str(REPO / "benchmarks" / "quality.py"), run_name="__main__")
+    runpy.run_module("benchmarks.quality", run_name="__main__", alter_sys=True)
 
     payload = json.loads((tmp_path / "smoke.json").read_text())
     assert list(payload["results"]) == DATASETS

@@ -103,7 +103,7 @@ def test_report_from_fixture_results(tmp_path):
     assert "2,491 req/s" in flat and "0.54 ms" in flat
     assert "not measured yet" in flat
     assert "storage_formats.json" in flat
-    assert "not measured yet (python benchmarks/quality.py)" in flat
+    assert "not measured yet (python -m benchmarks.quality)" in flat
     assert not list(tmp_path.glob("*.tmp"))
 
 

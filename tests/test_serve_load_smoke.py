@@ -1,4 +1,4 @@
-"""benchmarks/serve_load.py at a tiny size: serve.py under wrk writes well-formed
+"""benchmarks.serve_load at a tiny size: serve.py under wrk writes well-formed
 results (no timing assertions). Needs wrk (`apt-get install -y wrk`; .ci/run does)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, train_tiny
+from conftest import train_tiny
 
 
 def test_serve_load_smoke(tmp_path, monkeypatch):
@@ -25,7 +25,7 @@ def test_serve_load_smoke(tmp_path, monkeypatch):
     argv += ["--duration", "1", "--warmup", "0", "--repeats", "1"]
     argv += ["--inprocess-calls", "20", "--out", str(tmp_path), "--name", "smoke"]
     monkeypatch.setattr(sys, "argv", argv)
-    runpy.run_path(str(REPO / "benchmarks" / "serve_load.py"), run_name="__main__")
+    runpy.run_module("benchmarks.serve_load", run_name="__main__", alter_sys=True)
 
     payload = json.loads((tmp_path / "smoke.json").read_text())
     assert payload["setup"]["engines"] == ["torch"]

@@ -1,12 +1,10 @@
-"""benchmarks/storage_formats.py runs at a tiny size and writes sane results."""
+"""benchmarks.storage_formats runs at a tiny size and writes sane results."""
 
 from __future__ import annotations
 
 import json
 import runpy
 import sys
-
-from conftest import REPO
 
 
 def test_storage_formats_smoke(tmp_path, monkeypatch):
@@ -15,7 +13,7 @@ def test_storage_formats_smoke(tmp_path, monkeypatch):
     argv += ["--work-dir", str(tmp_path / "work"), "--out", str(tmp_path)]
     argv += ["--name", "smoke"]
     monkeypatch.setattr(sys, "argv", argv)
-    runpy.run_path(str(REPO / "benchmarks" / "storage_formats.py"), run_name="__main__")
+    runpy.run_module("benchmarks.storage_formats", run_name="__main__", alter_sys=True)
 
     payload = json.loads((tmp_path / "smoke.json").read_text())
     assert payload["benchmark"] == "storage_formats"

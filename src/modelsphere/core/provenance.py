@@ -24,9 +24,10 @@ PACKAGES = (
 GIT_TIMEOUT_SECONDS = 5
 
 
-def package_versions() -> Dict[str, Optional[str]]:
+def package_versions(*extra: str) -> Dict[str, Optional[str]]:
+    """The installed versions of PACKAGES and of `extra` (None: not installed)."""
     versions: Dict[str, Optional[str]] = {}
-    for name in PACKAGES:
+    for name in (*PACKAGES, *extra):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

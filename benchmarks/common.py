@@ -1,0 +1,65 @@
+"""What every benchmark shares: where results go, the machine and package
+versions it ran with (the package's own provenance, plus what only a benchmark
+records), and the writer of its JSON + Markdown result pair."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+from modelsphere.core.fileio import atomic_write_text
+from modelsphere.core.provenance import package_versions
+
+RESULTS = Path(__file__).resolve().parent / "results"
+REPO = RESULTS.parents[1]
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    """`--out` (the results folder) and `--name` (the result files' stem)."""
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--name", default=name)
+
+
+def machine() -> Dict[str, Any]:
+    """The machine a benchmark ran on, with its load when the figures were taken
+    (other work on these shared CPUs slows every timing)."""
+    return {
+        "platform": platform.platform(),
+        "processor": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)),
+        "memory_gib": round(
+            os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1
+        ),
+        "python": platform.python_version(),
+        "load_average_1m": os.getloadavg()[0],
+    }
+
+
+def versions(*extra_packages: str) -> Dict[str, Optional[str]]:
+    """The package's provenance versions plus `extra_packages` (None: absent)."""
+    return package_versions(*extra_packages)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def write_results(
+    out: Path, name: str, payload: Dict[str, Any], render: Callable[[Dict], str]
+) -> None:
+    """`out/name.json` and `out/name.md`, each written atomically."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / f"{name}.json", json.dumps(payload, indent=2) + "\n")
+    atomic_write_text(out / f"{name}.md", render(payload))
