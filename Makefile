@@ -49,16 +49,17 @@ test: lint $(TEST_STAMP)
 # quality.py needs requirements-quality.txt; serve_load.py needs wrk.
 benchmarks: venv
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements-quality.txt
-	$(PY) benchmarks/train_throughput.py
-	$(PY) benchmarks/storage_formats.py
-	$(PY) benchmarks/preprocess_scale.py
-	$(PY) benchmarks/serve_load.py
-	$(PY) benchmarks/inference_paths.py
-	$(PY) benchmarks/quality.py --override "tabm:model.hidden_sizes=[128,128]" \
+	$(PY) -m benchmarks.train_throughput
+	$(PY) -m benchmarks.storage_formats
+	$(PY) -m benchmarks.preprocess_scale
+	$(PY) -m benchmarks.serve_load
+	$(PY) -m benchmarks.inference_paths
+	$(PY) -m benchmarks.quality --override "tabm:model.hidden_sizes=[128,128]" \
 	    --override tabm:model.ensemble.k=8
-	$(PY) benchmarks/quality.py --holdout --models mlp mlp_plr lightgbm linear
-	$(PY) benchmarks/quality.py --fresh --models mlp mlp_plr lightgbm linear
+	$(PY) -m benchmarks.quality --holdout --models mlp mlp_plr lightgbm linear
+	$(PY) -m benchmarks.quality --fresh --models mlp mlp_plr lightgbm linear
 	$(MAKE) report
 
 report: venv
 	$(PY) docs/report/build.py
+	$(PY) docs/report/readme_table.py

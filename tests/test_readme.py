@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import re
 import shlex
+import sys
 
 import pytest
 
 from conftest import REPO, compose_config
-from modelsphere.core.config import (
-    validate_evaluate_app,
-    validate_predict_app,
-    validate_serve_app,
-    validate_train_app,
-)
+from modelsphere.inference.config import validate_evaluate_app, validate_predict_app
+from modelsphere.serving.config import validate_serve_app
+from modelsphere.training.config import validate_train_app
 
 CONFIG_OF = {
     "data_preprocessing.py": ("config", validate_train_app),
@@ -78,6 +76,21 @@ def test_setup_commands_match_makefile_and_ci():
         if line.strip() and not line.strip().startswith("#")
     ]
     assert ci_lines[-1] == "make test"
+
+
+def test_readme_decisions_table_is_generated_from_the_results():
+    """No figure in the README's decisions table is typed by hand: it is exactly
+    what docs/report/readme_table.py renders from benchmarks/results/."""
+    sys.path.insert(0, str(REPO / "docs" / "report"))
+    from facts import load_results
+    from readme_table import render, with_table
+
+    readme = (REPO / "README.md").read_text()
+    table = render(load_results(REPO / "benchmarks" / "results"))
+    assert "rows/s" in table
+    assert readme == with_table(
+        readme, table
+    ), "README's decisions table is stale: run python docs/report/readme_table.py"
 
 
 def test_readme_output_tree_names_real_files():
