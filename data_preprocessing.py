@@ -7,7 +7,7 @@ python data_preprocessing.py data=csv data.path=my.csv data.target=label
 import hydra
 
 from modelsphere.cli import entry_point
-from modelsphere.data.preprocessing import run_preprocessing
+from modelsphere.training.run import run_preprocessing
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")

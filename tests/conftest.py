@@ -16,7 +16,9 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-import modelsphere.core.config  # noqa: F401  (registers the config schemas)
+import modelsphere.inference.config  # noqa: F401  (registers the config schemas)
+import modelsphere.serving.config  # noqa: F401
+import modelsphere.training.config  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "conf"

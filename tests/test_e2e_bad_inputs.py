@@ -17,10 +17,9 @@ import torch
 
 from conftest import compose_config, csv_overrides, make_table, train_tiny
 from modelsphere.core.errors import ModelSphereError
-from modelsphere.data.preprocessing import run_preprocessing
 from modelsphere.inference.batch_predict import run_batch_prediction
 from modelsphere.inference.evaluation import run_evaluation
-from modelsphere.training.run import run_training
+from modelsphere.training.run import run_preprocessing, run_training
 
 PROBABILITIES = ["no_probability", "yes_probability"]
 

@@ -15,17 +15,17 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import compose_config, csv_overrides, make_table, train_tiny
-from modelsphere.core import config as config_module
-from modelsphere.core.config import ModelConfig, validate_model
 from modelsphere.core.devices import select_device
 from modelsphere.core.errors import ModelSphereError
 from modelsphere.features.tensors import SplitTensors
 from modelsphere.inference import engines
 from modelsphere.inference.predictor import Predictor
+from modelsphere.models import config as config_module
+from modelsphere.models.architectures.tabm import mean_of_members
 from modelsphere.models.artifact import load_artifact
+from modelsphere.models.config import ModelConfig, validate_model
 from modelsphere.models.registry import ARCHITECTURES, build_model, spec_from_config
 from modelsphere.models.spec import ModelSpec
-from modelsphere.models.tabm import mean_of_members
 from modelsphere.training.epochs import batch_loss
 from modelsphere.training.optimization import make_loss
 

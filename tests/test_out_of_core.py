@@ -15,7 +15,6 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import REPO, compose_config, csv_overrides, make_table
-from modelsphere.core.config import FeatureConfig
 from modelsphere.data.numbers import parse_numbers
 from modelsphere.data.preprocessing import (
     SPLITS,
@@ -24,6 +23,7 @@ from modelsphere.data.preprocessing import (
     prepare_data,
 )
 from modelsphere.data.schema import Schema
+from modelsphere.features.config import FeatureConfig
 from modelsphere.features.transform import (
     ColumnSketch,
     fit_feature_state,

@@ -33,9 +33,8 @@ from hypothesis import strategies as st
 
 from conftest import compose_config, csv_overrides
 from modelsphere.core.errors import ModelSphereError
-from modelsphere.data.preprocessing import run_preprocessing
 from modelsphere.inference.batch_predict import run_batch_prediction
-from modelsphere.training.run import run_training
+from modelsphere.training.run import run_preprocessing, run_training
 
 FEATURE_KINDS = (
     "float_with_nan",

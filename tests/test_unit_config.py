@@ -9,14 +9,10 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from conftest import CONFIG_DIR, compose_config
-from modelsphere.core.config import (
-    _new_run_id,
-    to_plain,
-    validate_evaluate_app,
-    validate_predict_app,
-    validate_train_app,
-)
+from modelsphere.core.config import _new_run_id, to_plain
 from modelsphere.core.errors import ModelSphereError
+from modelsphere.inference.config import validate_evaluate_app, validate_predict_app
+from modelsphere.training.config import validate_train_app
 
 CSV_REQUIRED = ["data.path=/tmp/somewhere/my_table.csv", "data.target=label"]
 RUN_ID = re.compile(r"^\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}-\d{3}_[0-9a-f]{4}$")

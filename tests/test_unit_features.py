@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from modelsphere.core.config import FeatureConfig
 from modelsphere.core.errors import ModelSphereError
 from modelsphere.data.schema import Schema
+from modelsphere.features.config import FeatureConfig
 from modelsphere.features.transform import (
     FIRST_LEVEL_CODE,
     MISSING_CODE,

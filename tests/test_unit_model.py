@@ -7,9 +7,9 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from modelsphere.core.config import ModelConfig
+from modelsphere.models.architectures.mlp import TabularMLP
+from modelsphere.models.config import ModelConfig
 from modelsphere.models.layers import Dropout
-from modelsphere.models.mlp import TabularMLP
 from modelsphere.models.registry import build_model, spec_from_config
 from modelsphere.models.spec import ModelSpec, embedding_dim, n_outputs_for
 

@@ -23,8 +23,8 @@ from modelsphere.data.preprocessing import (
     load_processed,
     load_split,
     prepare_data,
-    run_preprocessing,
 )
+from modelsphere.training.run import run_preprocessing
 
 ROWS = 240
 MISSING_TARGET_ROWS = [3, 50, 51, 199]

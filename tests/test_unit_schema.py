@@ -11,8 +11,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import make_table
-from modelsphere.core.config import DataConfig
 from modelsphere.core.errors import ModelSphereError
+from modelsphere.data.config import DataConfig
 from modelsphere.data.schema import ColumnStats, Schema, infer_schema
 
 

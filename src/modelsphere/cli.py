@@ -21,7 +21,6 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig
 
-import modelsphere.core.config  # noqa: F401  (registers the config schemas with Hydra)
 from modelsphere.core.errors import ModelSphereError
 from modelsphere.core.runs import hydra_output_dir
 from modelsphere.sweeps import write_job_status

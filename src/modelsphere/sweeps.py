@@ -36,11 +36,10 @@ from omegaconf import DictConfig
 
 from modelsphere.core.errors import ModelSphereError
 from modelsphere.core.fileio import atomic_write_json, atomic_write_text
+from modelsphere.core.runs import JOB_STATUS_FILE, METRICS_FILE
 
 log = logging.getLogger(__name__)
 
-JOB_STATUS_FILE = "job_status.json"
-METRICS_FILE = "metrics.json"
 OVERRIDES_FILE = ".hydra/overrides.yaml"
 SUMMARY_CSV = "summary.csv"
 SUMMARY_MD = "summary.md"

@@ -13,7 +13,22 @@ from modelsphere.core.fileio import replace_symlink
 log = logging.getLogger(__name__)
 
 LATEST = "latest"
-ARTIFACT_FILE = "model.json"
+
+# The files of a run dir, named here only: every module that writes or reads one
+# imports its name from this module.
+CONFIG_FILE = "config.yaml"  # the composed config, resolved
+METRICS_FILE = "metrics.json"  # training, evaluation and a sweep job's metrics
+CURVE_FILE = "training_curve.png"
+CHECKPOINT_FILE = "checkpoint.pt"  # resume state, rewritten every epoch
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "model.json"  # spec, feature state, schema, config, provenance
+ONNX_FILE = "model.onnx"  # the cached ONNX export, stamped with the weights' hash
+PREDICTION_SUMMARY_FILE = "prediction.json"
+JOB_STATUS_FILE = "job_status.json"  # a sweep job's outcome
+ROC_CURVE_FILE = "roc_curve.png"
+PR_CURVE_FILE = "pr_curve.png"
+RESIDUALS_FILE = "residuals.png"
+CONFUSION_MATRIX_FILE = "confusion_matrix.png"
 
 
 def hydra_output_dir() -> Path:
@@ -46,9 +61,9 @@ def resolve_run_dir(run_dir: Optional[str], outputs_dir: str | Path) -> Path:
             )
         path = link.resolve()
         log.info("using the latest training run: %s", path)
-    if not (path / ARTIFACT_FILE).is_file():
+    if not (path / META_FILE).is_file():
         raise ModelSphereError(
-            f"{path} holds no model artifact ({ARTIFACT_FILE} is missing): is it a "
+            f"{path} holds no model artifact ({META_FILE} is missing): is it a "
             "finished training run?"
         )
     return path

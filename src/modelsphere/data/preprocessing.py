@@ -599,11 +599,3 @@ def iter_split_frames(
 def load_split(processed: ProcessedData, split: str) -> pd.DataFrame:
     path = _checked_split_path(processed, split)
     return read_split_columns(path, processed.schema, processed.format)
-
-
-def run_preprocessing(cfg: Any, force: bool = True) -> ProcessedData:
-    """data_preprocessing.py: validate the config, then (re)build the splits."""
-    from modelsphere.core.config import validate_train_app
-
-    validate_train_app(cfg)
-    return prepare_data(cfg.data, cfg.paths.data_dir, force=force)

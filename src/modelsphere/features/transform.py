@@ -31,6 +31,7 @@ from modelsphere.data.preprocessing import (
 from modelsphere.data.schema import Schema
 
 STATE_VERSION = 1
+NUMERIC_SCALINGS = ("quantile_normal", "standard", "none")  # model.features
 MISSING_CODE, UNSEEN_CODE, FIRST_LEVEL_CODE = 0, 1, 2
 QUANTILE_CLIP = 1e-7  # keeps the normal quantile function finite at the extremes
 

@@ -18,11 +18,10 @@ from typing import Any, Dict, Iterator, List
 
 import torch
 
-from modelsphere.core.config import validate_predict_app
 from modelsphere.core.devices import select_device
 from modelsphere.core.errors import ModelSphereError
 from modelsphere.core.fileio import atomic_write_json
-from modelsphere.core.runs import resolve_run_dir
+from modelsphere.core.runs import PREDICTION_SUMMARY_FILE, resolve_run_dir
 from modelsphere.data.table_io import (
     CsvOptions,
     TableWriter,
@@ -30,13 +29,13 @@ from modelsphere.data.table_io import (
     table_columns,
     table_format,
 )
+from modelsphere.inference.config import validate_predict_app
 from modelsphere.inference.engines import resolve_engine
 from modelsphere.inference.predictor import Predictor, PreparedRows, ScoredRows
 from modelsphere.inference.prefetch import prefetched
 
 log = logging.getLogger(__name__)
 
-SUMMARY_FILE = "prediction.json"
 SEPARATORS = (",", ";", "\t", "|")
 
 
@@ -135,7 +134,7 @@ def run_batch_prediction(cfg: Any, output_dir: str | Path) -> Dict[str, Any]:
         predictor, cfg.input, cfg.output, cfg.chunk_rows, csv, cfg.prefetch_chunks
     )
     summary.update(run_dir=str(run_dir), input=str(cfg.input), output=str(cfg.output))
-    atomic_write_json(Path(output_dir) / SUMMARY_FILE, summary)
+    atomic_write_json(Path(output_dir) / PREDICTION_SUMMARY_FILE, summary)
     log.info(
         "wrote %s: %d rows in %.2fs (%.0f rows/s) with the model of %s",
         cfg.output,

@@ -29,13 +29,13 @@ from torch import nn
 from modelsphere.core.devices import DeviceChoice
 from modelsphere.core.errors import ModelSphereError
 from modelsphere.core.fileio import atomic_write_bytes
+from modelsphere.core.runs import ONNX_FILE
 from modelsphere.models.outputs import predict_outputs
 
 log = logging.getLogger(__name__)
 
 ENGINES = ("torch", "onnx")
 EXPORT_EXAMPLE_ROWS = 2  # dynamic batch dimensions need an example of >= 2 rows
-ONNX_FILE = "model.onnx"
 ONNX_WEIGHTS_KEY = "modelsphere.weights_sha256"
 PROBE_ROWS = 64  # rows of the seeded batch a cached graph must reproduce
 PROBE_SEED = 0

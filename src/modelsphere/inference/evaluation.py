@@ -18,22 +18,25 @@ import torch
 from omegaconf import OmegaConf
 from torchmetrics.functional import classification as C
 
-from modelsphere.core.config import validate_evaluate_app
 from modelsphere.core.devices import select_device
 from modelsphere.core.errors import ModelSphereError
 from modelsphere.core.fileio import atomic_write_json, sha256_file
-from modelsphere.core.runs import resolve_run_dir
+from modelsphere.core.runs import (
+    CONFUSION_MATRIX_FILE,
+    METRICS_FILE,
+    RESIDUALS_FILE,
+    resolve_run_dir,
+)
 from modelsphere.data.cleaning import clean_frame
 from modelsphere.data.preprocessing import load_split, prepare_data
 from modelsphere.data.table_io import read_table
 from modelsphere.features.transform import encode_target
+from modelsphere.inference.config import validate_evaluate_app
 from modelsphere.inference.predictor import Predictor
 from modelsphere.training import plots
 from modelsphere.training.metrics import DECISION_THRESHOLD, compute_metrics
 
 log = logging.getLogger(__name__)
-
-METRICS_FILE = "metrics.json"
 
 
 def run_evaluation(cfg: Any, output_dir: str | Path) -> Dict[str, Any]:
@@ -129,13 +132,13 @@ def _confusion(task: str, scores: torch.Tensor, target: torch.Tensor) -> np.ndar
 
 def _plots(predictor, scores, target, report, output_dir: Path) -> None:
     if predictor.task == "regression":
-        plots.residuals(scores.numpy(), target.numpy(), output_dir / "residuals.png")
+        plots.residuals(scores.numpy(), target.numpy(), output_dir / RESIDUALS_FILE)
         return
     if predictor.task == "binary" and target.min() != target.max():
         plots.roc_pr_curves(scores, target, output_dir)
     matrix = np.asarray(report["confusion_matrix"]["matrix"])
     plots.confusion_matrix(
-        matrix, predictor.classes, output_dir / "confusion_matrix.png"
+        matrix, predictor.classes, output_dir / CONFUSION_MATRIX_FILE
     )
 
 

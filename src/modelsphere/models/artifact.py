@@ -24,15 +24,15 @@ from modelsphere.core.fileio import (
     read_json,
     sha256_file,
 )
+from modelsphere.core.runs import META_FILE, WEIGHTS_FILE
 from modelsphere.data.schema import Schema
-from modelsphere.models.registry import ModelSpec, build_model, inference_form
+from modelsphere.models.registry import build_model, inference_form
+from modelsphere.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
 ARTIFACT_FORMAT = "modelsphere-artifact"
 ARTIFACT_VERSION = 1
-WEIGHTS_FILE = "model.safetensors"
-META_FILE = "model.json"
 
 
 @dataclass

@@ -11,6 +11,7 @@ from torch import nn
 from modelsphere.features.transform import FIRST_LEVEL_CODE
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
+NORMALIZATIONS = ("none", "batchnorm", "layernorm")
 
 
 class Dropout(nn.Dropout):

@@ -23,15 +23,51 @@ from __future__ import annotations
 import functools
 import sys
 import warnings
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
+from modelsphere.core.config import setting
 from modelsphere.core.errors import ModelSphereError
+from modelsphere.features.tensors import SplitTensors
 from modelsphere.models.layers import embed_categorical
-from modelsphere.models.spec import ModelSpec
+from modelsphere.models.spec import ModelSpec, piecewise_width
+
+KINDS = ("none", "piecewise_linear", "periodic")  # model.numeric_embedding
+BIN_RULES = ("quantile", "tree")  # model.piecewise.bins
+
+
+@dataclass
+class PeriodicConfig:
+    """`model.periodic`: periodic embeddings (mlp_plr). Gorishniy et al. 2022;
+    the defaults are the package's and the paper's."""
+
+    d_embedding: int = setting(24, ge=1)  # width of each numeric column's embedding
+    n_frequencies: int = setting(48, ge=1)  # cos/sin pairs per column
+    # sigma of the initial frequencies; the key setting
+    frequency_init_scale: float = setting(0.01, gt=0)
+    lite: bool = False  # true: one output layer shared by all columns
+
+
+@dataclass
+class PiecewiseConfig:
+    """`model.piecewise`: piecewise-linear embeddings (the default mlp), with
+    target-aware bins (Gorishniy et al. 2022, "T" bins)."""
+
+    # at most this many bins per column (fewer distinct values or fewer training
+    # rows: fewer bins)
+    n_bins: int = setting(48, ge=2)
+    # tree: a decision tree's splits on the target per column; quantile: the
+    # column's quantiles
+    bins: str = setting("tree", choices=BIN_RULES)
+    d_embedding: int = setting(32, ge=1)  # width of each numeric column's embedding,
+    max_numeric_width: int = setting(2048, ge=1)  # shrunk so all stay within this
+    tree_min_samples_leaf: int = setting(64, ge=1)  # bins=tree only
+    tree_min_impurity_decrease: float = setting(1e-4, ge=0)  # bins=tree only
+    subsample: int = setting(200_000, ge=3)  # training rows used to place the edges
 
 
 @functools.cache
@@ -170,6 +206,36 @@ def _tree_options(
         },
         "y": (target.float() if regression else target.long()).reshape(-1),
         "regression": regression,
+    }
+
+
+def numeric_embedding_settings(
+    model_cfg: Any, task: str, train: Optional[SplitTensors], seed: int
+) -> Dict[str, Any]:
+    """{"periodic": settings}, {"piecewise": settings with the bin edges fitted
+    on `train`}, or {} for numerics that go in as they are."""
+    kind = model_cfg.numeric_embedding
+    if kind == "periodic":
+        periodic = model_cfg.periodic
+        keys = ("d_embedding", "n_frequencies", "frequency_init_scale", "lite")
+        return {"periodic": {key: periodic[key] for key in keys}}
+    if kind != "piecewise_linear":
+        return {}
+    if train is None:
+        raise ModelSphereError(
+            "model.numeric_embedding=piecewise_linear fits its bin edges on the "
+            "training split: spec_from_config needs train="
+        )
+    piecewise = dict(model_cfg.piecewise)
+    n_numeric = train.numeric.shape[1]
+    if not n_numeric:
+        return {"piecewise": {"d_embedding": piecewise["d_embedding"], "edges": []}}
+    edges = fit_bin_edges(train.numeric, train.target, task, piecewise, seed)
+    return {
+        "piecewise": {
+            "d_embedding": piecewise_width(piecewise, n_numeric),
+            "edges": edges,
+        }
     }
 
 

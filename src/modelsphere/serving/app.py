@@ -38,6 +38,7 @@ from modelsphere.inference.predictor import (
 )
 from modelsphere.models.artifact import META_FILE
 from modelsphere.serving import oip
+from modelsphere.serving.config import ServeConfig
 from modelsphere.serving.guards import BodyLimitMiddleware, api_key_guard, require_json
 from modelsphere.serving.schemas import (
     ErrorResponse,
@@ -54,19 +55,13 @@ ERRORS_SHOWN = 3
 
 
 @dataclass
-class ServeSettings:
-    """What a worker needs to serve one run (passed to workers as JSON)."""
+class ServeSettings(ServeConfig):
+    """What a worker needs to serve one run: the `serve` settings (their types
+    and defaults are ServeConfig's), the run dir and the device type. Passed to
+    workers as JSON."""
 
-    run_dir: str
-    engine: str = "onnx"
+    run_dir: str = ""
     device: str = "cpu"
-    threads_per_worker: int = 1
-    max_batch_rows: int = 1024
-    max_body_bytes: int = 1 << 20
-    inline_max_rows: int = 64
-    batch_size: int = 8192
-    api_key: Optional[str] = None
-    model_name: Optional[str] = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -100,7 +95,7 @@ def _load(settings: ServeSettings, service: _Service) -> None:
         predictor = Predictor.from_run_dir(
             settings.run_dir,
             device,
-            settings.batch_size,
+            settings.forward_batch_rows,
             settings.engine,
             settings.threads_per_worker,
         )

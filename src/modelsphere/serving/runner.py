@@ -12,12 +12,13 @@ import os
 from typing import Any
 
 import uvicorn
+from omegaconf import OmegaConf
 
-from modelsphere.core.config import validate_serve_app
 from modelsphere.core.devices import select_device
 from modelsphere.core.runs import resolve_run_dir
 from modelsphere.models.artifact import load_artifact
 from modelsphere.serving.app import SETTINGS_ENV, ServeSettings
+from modelsphere.serving.config import validate_serve_app
 
 log = logging.getLogger(__name__)
 
@@ -30,17 +31,9 @@ def settings_from_config(cfg: Any) -> ServeSettings:
     load_artifact(run_dir)  # refuse a damaged artifact before listening
     device = select_device(cfg.device.name, amp=False)
     log.info("serving %s on %s (%s engine)", run_dir, device.device, cfg.serve.engine)
-    serve = cfg.serve
+    serve = OmegaConf.to_container(cfg.serve, resolve=True)
     return ServeSettings(
-        run_dir=str(run_dir.resolve()),
-        engine=serve.engine,
-        device=device.device.type,
-        threads_per_worker=serve.threads_per_worker,
-        max_batch_rows=serve.max_batch_rows,
-        max_body_bytes=serve.max_body_bytes,
-        inline_max_rows=serve.inline_max_rows,
-        api_key=serve.api_key,
-        model_name=serve.model_name,
+        run_dir=str(run_dir.resolve()), device=device.device.type, **serve
     )
 
 

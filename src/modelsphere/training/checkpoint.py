@@ -22,11 +22,11 @@ import torch
 
 from modelsphere.core.errors import ModelSphereError
 from modelsphere.core.fileio import atomic_path
+from modelsphere.core.runs import CHECKPOINT_FILE
 from modelsphere.training.epochs import EpochProgress
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_VERSION = 1
 
 

@@ -22,6 +22,8 @@ def choose_batch_size(n_train: int, train_cfg: Any) -> int:
 
 
 FUSED_DEVICE_TYPES = ("cpu", "cuda")  # where torch has a fused AdamW kernel
+SCHEDULERS = ("cosine", "constant")  # train.scheduler
+CLASS_WEIGHTS = ("none", "balanced")  # train.class_weights
 
 
 def make_optimizer(

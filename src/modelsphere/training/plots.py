@@ -19,6 +19,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from torchmetrics.functional import classification as C  # noqa: E402
 
 from modelsphere.core.fileio import atomic_path  # noqa: E402
+from modelsphere.core.runs import PR_CURVE_FILE, ROC_CURVE_FILE  # noqa: E402
 
 FIGURE_DPI = 110
 
@@ -63,14 +64,14 @@ def roc_pr_curves(
     axis.set_xlabel("false positive rate")
     axis.set_ylabel("true positive rate")
     axis.set_title("ROC curve")
-    paths.append(_save(figure, out_dir / "roc_curve.png"))
+    paths.append(_save(figure, out_dir / ROC_CURVE_FILE))
     figure, axis = plt.subplots(figsize=(4.5, 4.5))
     axis.plot(recall.numpy(), precision.numpy())
     axis.axhline(float(target.float().mean()), linestyle="--", color="grey")
     axis.set_xlabel("recall")
     axis.set_ylabel("precision")
     axis.set_title("Precision-recall curve")
-    paths.append(_save(figure, out_dir / "pr_curve.png"))
+    paths.append(_save(figure, out_dir / PR_CURVE_FILE))
     return paths
 
 

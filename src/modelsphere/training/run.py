@@ -1,8 +1,9 @@
 """The training run: data -> features -> model -> epochs -> artifact.
 
-`run_training` reads top to bottom as the story of a run; `_fit` is the epoch loop
-(`training/epochs.py` holds one epoch). Training tensors live on the device and every epoch
-walks a seeded random permutation in index slices (no per-row DataLoader); AdamW
+`run_training` reads top to bottom as the story of a run; `_fit` is the epoch
+loop (`training/epochs.py` holds one epoch). Training tensors live on the device
+and every epoch walks a seeded random permutation in index slices (no per-row
+DataLoader); AdamW
 with a cosine schedule, gradient clipping, early stopping on a validation metric
 with the best weights restored; AMP on CUDA only. A checkpoint is written after
 every epoch, and mid-epoch on SIGINT/SIGTERM, so `train.resume` continues exactly.
@@ -26,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from modelsphere.core.config import to_plain, validate_train_app
+from modelsphere.core.config import to_plain
 from modelsphere.core.devices import (
     DeviceChoice,
     configure_threads,
@@ -40,7 +41,7 @@ from modelsphere.core.fileio import (
     remove_stale_temp_files,
 )
 from modelsphere.core.provenance import provenance
-from modelsphere.core.runs import update_latest
+from modelsphere.core.runs import CONFIG_FILE, CURVE_FILE, METRICS_FILE, update_latest
 from modelsphere.data.preprocessing import (
     SPLITS,
     ProcessedData,
@@ -54,14 +55,11 @@ from modelsphere.features.transform import (
     transform_features,
 )
 from modelsphere.models.artifact import save_artifact
-from modelsphere.models.registry import (
-    ModelSpec,
-    TabularMLP,
-    build_model,
-    spec_from_config,
-)
+from modelsphere.models.registry import build_model, spec_from_config
+from modelsphere.models.spec import ModelSpec
 from modelsphere.training import plots
 from modelsphere.training.checkpoint import LoopState, load_checkpoint, save_checkpoint
+from modelsphere.training.config import validate_train_app
 from modelsphere.training.distributed import (
     DistContext,
     barrier,
@@ -93,16 +91,12 @@ from modelsphere.training.optimization import (
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.yaml"
-METRICS_FILE = "metrics.json"
-CURVE_FILE = "training_curve.png"
-
 
 @dataclass
 class Trainer:
     """Everything the epoch loop works with."""
 
-    model: TabularMLP  # the plain module: evaluation, checkpoints, the artifact
+    model: nn.Module  # the plain module: evaluation, checkpoints, the artifact
     train_model: nn.Module  # what trains: the model, or DDP around it
     context: DistContext
     spec: ModelSpec
@@ -115,6 +109,12 @@ class Trainer:
     task: str
     monitor: str
     mode: str
+
+
+def run_preprocessing(cfg: Any, force: bool = True) -> ProcessedData:
+    """data_preprocessing.py: validate the config, then (re)build the splits."""
+    validate_train_app(cfg)
+    return prepare_data(cfg.data, cfg.paths.data_dir, force=force)
 
 
 def run_training(cfg: DictConfig, run_dir: str | Path) -> float:

@@ -13,13 +13,16 @@ export treat it like any other model.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any, Dict
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from modelsphere.core.config import require, setting
 from modelsphere.models.numeric_embeddings import import_rtdl, numeric_modules
-from modelsphere.models.spec import ModelSpec
+from modelsphere.models.spec import Architecture, ModelSpec
 
 
 def _tabm_package():
@@ -32,6 +35,15 @@ def _tabm_package():
 
 
 TORCH_ACTIVATIONS = {"relu": "ReLU", "gelu": "GELU", "silu": "SiLU"}
+ARCH_TYPES = ("tabm", "tabm-mini", "tabm-packed")
+
+
+@dataclass
+class EnsembleConfig:
+    """`model.ensemble`: TabM's ensemble of k MLPs (model=tabm)."""
+
+    k: int = setting(32, ge=1)  # ensemble members
+    arch_type: str = setting("tabm", choices=ARCH_TYPES)
 
 
 def mean_of_members(outputs: torch.Tensor, task: str) -> torch.Tensor:
@@ -86,3 +98,30 @@ class TabMEnsemble(nn.Module):
         if self.training:
             return outputs
         return mean_of_members(outputs, self.task)
+
+
+def ensemble_settings(model_cfg: Any, task: str) -> Dict[str, Any]:
+    ensemble = model_cfg.ensemble
+    return {
+        "ensemble": {"k": ensemble.k, "arch_type": ensemble.arch_type, "task": task}
+    }
+
+
+def check_tabm(model_cfg: Any, key: str) -> None:
+    require(
+        len(set(model_cfg.hidden_sizes)) == 1,
+        f"{key}.architecture=tabm needs equal {key}.hidden_sizes (TabM's blocks "
+        f"share one width), got {list(model_cfg.hidden_sizes)}",
+    )
+    require(
+        model_cfg.normalization == "none",
+        f"{key}.architecture=tabm has no normalization layers: use "
+        f"{key}.normalization=none",
+    )
+
+
+ARCHITECTURES = {
+    "tabm": Architecture(
+        build=TabMEnsemble, settings=ensemble_settings, check=check_tabm
+    )
+}

@@ -1,0 +1,31 @@
+"""The `model.features` settings: how columns become model inputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from omegaconf import DictConfig
+
+from modelsphere.core.config import require, setting
+from modelsphere.features.transform import NUMERIC_SCALINGS
+
+
+@dataclass
+class FeatureConfig:
+    numeric_scaling: str = setting("quantile_normal", choices=NUMERIC_SCALINGS)
+    n_quantiles: int = setting(1000, ge=2)  # capped at the number of training rows
+    quantile_subsample: int = 1_000_000  # rows used to estimate the quantiles
+    missing_indicator: bool = True  # a 0/1 column for numerics with missing values
+    # the most frequent levels are kept; the rest become "unseen"
+    max_category_levels: int = setting(1000, ge=1)
+    min_category_count: int = setting(1, ge=1)  # rarer levels become "unseen"
+    # numeric columns with at most this many distinct train values also get an
+    # embedding per value (0: off)
+    numeric_level_max: int = setting(0, ge=0)
+
+    @staticmethod
+    def check(node: DictConfig, key: str) -> None:
+        require(
+            node.quantile_subsample >= node.n_quantiles,
+            f"{key}.quantile_subsample must be >= n_quantiles",
+        )

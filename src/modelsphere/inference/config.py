@@ -1,0 +1,81 @@
+"""The settings of evaluate.py (`conf/evaluate.yaml`) and predict.py
+(`conf/predict.yaml`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from omegaconf import MISSING, DictConfig
+
+from modelsphere.core.config import (
+    DeviceConfig,
+    PathsConfig,
+    check_no_missing,
+    register_schema,
+    require,
+    setting,
+    validate,
+)
+from modelsphere.data.preprocessing import SPLITS
+from modelsphere.inference.engines import ENGINES
+
+PREDICT_ENGINES = ("auto", *ENGINES)  # auto: onnx on the CPU, torch on CUDA
+PREDICT_HINT = "Example: python predict.py input=new.csv output=scored.parquet"
+
+
+@dataclass
+class EvaluateAppConfig:
+    """`conf/evaluate.yaml`: evaluate a finished training run."""
+
+    run_dir: Optional[str] = None  # null: the latest training run
+    # a split of the run's own processed data
+    split: str = setting("test", choices=SPLITS)
+    input: Optional[str] = None  # or a labelled CSV/Parquet file instead
+    batch_size: int = setting(8192, ge=1)  # rows per forward pass
+    plot: bool = True
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+
+
+@dataclass
+class PredictAppConfig:
+    """`conf/predict.yaml`: score a CSV or Parquet file with a training run."""
+
+    run_dir: Optional[str] = None  # null: the latest training run
+    input: str = MISSING  # CSV or Parquet file with the model's feature columns
+    output: str = MISSING  # .parquet or .csv; written atomically
+    # rows read, scored and written at a time (bounds memory)
+    chunk_rows: int = setting(65_536, ge=1)
+    batch_size: int = setting(8192, ge=1)  # rows per forward pass
+    # chunks queued between the three stages (read + transform, forward, write),
+    # each in its own thread; 0: one after the other. Memory holds up to
+    # chunk_rows x (2 x this + 3) rows
+    prefetch_chunks: int = setting(2, ge=0)
+    engine: str = setting("auto", choices=PREDICT_ENGINES)
+    # forward-pass threads; null: all cores, less one when prefetching
+    threads: Optional[int] = setting(None, ge=1)
+    delimiter: str = setting(",", length=1)  # CSV input only
+    encoding: str = "utf8"  # CSV input only: e.g. latin-1, cp1252
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+
+    @staticmethod
+    def check(node: DictConfig, key: str) -> None:
+        require(
+            not (node.engine == "onnx" and node.device.name == "cuda"),
+            "engine=onnx runs on the CPU: use device=cpu, or engine=auto or torch",
+        )
+
+
+def validate_evaluate_app(cfg: DictConfig) -> None:
+    validate(cfg, EvaluateAppConfig)
+
+
+def validate_predict_app(cfg: DictConfig) -> None:
+    check_no_missing(cfg, PREDICT_HINT)
+    validate(cfg, PredictAppConfig)
+
+
+register_schema("evaluate_schema", EvaluateAppConfig)
+register_schema("predict_schema", PredictAppConfig)

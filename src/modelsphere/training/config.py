@@ -1,0 +1,78 @@
+"""The settings of data_preprocessing.py and train.py (`conf/config.yaml`): the
+`train` section, and the whole app config composed from every layer's section."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from omegaconf import DictConfig
+
+from modelsphere.core.config import (
+    DeviceConfig,
+    PathsConfig,
+    check_no_missing,
+    register_schema,
+    require,
+    setting,
+    validate,
+)
+from modelsphere.data.config import DataConfig
+from modelsphere.models.config import ModelConfig
+from modelsphere.training.optimization import CLASS_WEIGHTS, SCHEDULERS
+
+DATA_HINT = "For your own CSV: data=csv data.path=my.csv data.target=label"
+
+
+@dataclass
+class TrainConfig:
+    max_epochs: int = setting(100, ge=1)
+    # null: a power of two giving ~batches_per_epoch_target steps per epoch,
+    # within [batch_size_min, batch_size_max]; under DDP, the global batch
+    batch_size: Optional[int] = setting(None, ge=1)
+    batch_size_min: int = setting(64, ge=1)
+    batch_size_max: int = setting(1024, ge=1)
+    batches_per_epoch_target: int = setting(16, ge=1)
+    eval_batch_size: int = setting(8192, ge=1)  # rows per forward in validation
+    lr: float = setting(1e-3, gt=0)  # AdamW
+    # not applied to biases, norms and embeddings
+    weight_decay: float = setting(1e-4, ge=0)
+    scheduler: str = setting("cosine", choices=SCHEDULERS)
+    warmup_epochs: int = setting(0, ge=0)
+    grad_clip_norm: Optional[float] = setting(1.0, gt=0)  # null: no clipping
+    # epochs without improvement before stopping; null: off
+    early_stopping_patience: Optional[int] = setting(16, ge=1)
+    min_delta: float = setting(0.0, ge=0)
+    # auto: roc_auc (binary), log_loss (multiclass), rmse (regression)
+    monitor: str = "auto"
+    class_weights: str = setting("none", choices=CLASS_WEIGHTS)
+    resume: Optional[str] = None  # a run dir to continue from its last checkpoint
+    plot: bool = True  # training_curve.png in the run dir
+
+    @staticmethod
+    def check(node: DictConfig, key: str) -> None:
+        require(
+            node.batch_size_min <= node.batch_size_max,
+            f"need 1 <= {key}.batch_size_min <= {key}.batch_size_max",
+        )
+
+
+@dataclass
+class TrainAppConfig:
+    """`conf/config.yaml`: used by data_preprocessing.py and train.py."""
+
+    seed: int = setting(0, ge=0)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def validate_train_app(cfg: DictConfig) -> None:
+    """Everything data_preprocessing.py and train.py read, checked up front."""
+    check_no_missing(cfg.data, DATA_HINT)
+    validate(cfg, TrainAppConfig)
+
+
+register_schema("train_schema", TrainAppConfig)
