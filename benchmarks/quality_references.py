@@ -14,11 +14,12 @@ import pandas as pd
 import torch
 
 from benchmarks.quality_report import PRIMARY
-from modelsphere.data.preprocessing import load_split, prepare_data
+from modelsphere.data.preprocessing import prepare_data
+from modelsphere.data.splits import load_split
+from modelsphere.features.fit import fit_feature_state_from_split
 from modelsphere.features.transform import (
     cardinalities,
     encode_target,
-    fit_feature_state_from_split,
     transform_features,
 )
 from modelsphere.training.metrics import compute_metrics

@@ -112,10 +112,10 @@ def learn_schema(work: Path) -> Path:
 def typed_table(rows: int, work: Path, schema_path: Path):
     """The generated raw CSV, typed as a processed split; and the pipeline's
     Parquet settings (compression, row-group rows) from the same config."""
-    from modelsphere.data.preprocessing import arrow_schema
     from modelsphere.data.raw_csv import NULL_STRINGS
     from modelsphere.data.schema import Schema
     from modelsphere.data.sources import materialise_raw_csv
+    from modelsphere.data.splits import arrow_schema
 
     cfg = compose_config(rows, work / "raw")
     raw = materialise_raw_csv(cfg.data)
@@ -183,8 +183,8 @@ def reference_frame(table: pa.Table) -> pd.DataFrame:
 
 def values_round_trip(paths, schema_path: Path, reference: pd.DataFrame):
     """Whether each format gives back exactly the written values (pipeline reader)."""
-    from modelsphere.data.preprocessing import read_split_columns
     from modelsphere.data.schema import Schema
+    from modelsphere.data.splits import read_split_columns
 
     schema = Schema.from_dict(json.loads(schema_path.read_text()))
     equal = {}

@@ -21,8 +21,8 @@ import pandas as pd
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from modelsphere.data.preprocessing import arrow_schema, read_split_columns
 from modelsphere.data.schema import Schema
+from modelsphere.data.splits import arrow_schema, read_split_columns
 
 
 def read(reader: str, fmt: str, path: Path, schema: Schema, columns):

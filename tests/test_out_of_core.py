@@ -16,15 +16,11 @@ from omegaconf import OmegaConf
 
 from conftest import REPO, compose_config, csv_overrides, make_table
 from modelsphere.data.numbers import parse_numbers
-from modelsphere.data.preprocessing import (
-    SPLITS,
-    iter_split_frames,
-    load_split,
-    prepare_data,
-)
+from modelsphere.data.preprocessing import prepare_data
 from modelsphere.data.schema import Schema
+from modelsphere.data.splits import SPLITS, iter_split_frames, load_split
 from modelsphere.features.config import FeatureConfig
-from modelsphere.features.transform import (
+from modelsphere.features.fit import (
     ColumnSketch,
     fit_feature_state,
     fit_feature_state_chunks,

@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from modelsphere.core.errors import ModelSphereError
 from modelsphere.data.schema import Schema
 from modelsphere.features.config import FeatureConfig
+from modelsphere.features.fit import fit_feature_state
 from modelsphere.features.transform import (
     FIRST_LEVEL_CODE,
     MISSING_CODE,
@@ -21,7 +22,6 @@ from modelsphere.features.transform import (
     cardinalities,
     decode_regression,
     encode_target,
-    fit_feature_state,
     numeric_width,
     transform_features,
 )
@@ -403,7 +403,7 @@ def test_a_discrete_numeric_column_also_gets_a_code_per_value():
 def test_numeric_levels_are_counted_across_chunks():
     """A column whose distinct values only exceed the limit over several chunks
     gets no levels; one that stays within it gets the union."""
-    from modelsphere.features.transform import fit_feature_state_chunks
+    from modelsphere.features.fit import fit_feature_state_chunks
 
     schema = make_schema(numeric=("x", "z"), categorical=())
     chunks = [

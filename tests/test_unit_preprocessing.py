@@ -15,15 +15,14 @@ from conftest import compose_config, csv_overrides, make_table
 from modelsphere.core.errors import ModelSphereError
 from modelsphere.data.preprocessing import (
     DROPPED,
-    SPLITS,
     TEST,
     TRAIN,
     VAL,
     assign_splits,
     load_processed,
-    load_split,
     prepare_data,
 )
+from modelsphere.data.splits import SPLITS, load_split
 from modelsphere.training.run import run_preprocessing
 
 ROWS = 240

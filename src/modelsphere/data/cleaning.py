@@ -13,8 +13,6 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
 from pandas.api import types as ptypes
 
 from modelsphere.core.errors import ModelSphereError

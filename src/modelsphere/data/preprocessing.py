@@ -21,16 +21,13 @@ import shutil
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 from omegaconf import OmegaConf
 
 from modelsphere.core.errors import ModelSphereError
@@ -43,33 +40,16 @@ from modelsphere.core.fileio import (
     sha256_text,
 )
 from modelsphere.data.cleaning import clean_frame
+from modelsphere.data.profile import profile_markdown, profile_of
 from modelsphere.data.raw_csv import iter_string_frames, read_header
 from modelsphere.data.schema import ColumnStats, Schema, infer_schema
 from modelsphere.data.sources import materialise_raw_csv
-from modelsphere.data.table_io import iter_parquet_tables
+from modelsphere.data.splits import SPLITS, ProcessedData, SplitWriters, arrow_schema
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 TRAIN, VAL, TEST, DROPPED = 0, 1, 2, 255
 MANIFEST_VERSION = 1
-SPLIT_CHUNK_ROWS = 131_072  # rows per chunk when a split is streamed back
-
-
-@dataclass
-class ProcessedData:
-    """A processed dataset on disk: the split files, their schema and manifest."""
-
-    directory: Path
-    schema: Schema
-    format: str
-    manifest: Dict[str, Any]
-
-    def split_path(self, split: str) -> Path:
-        return self.directory / f"{split}.{self.format}"
-
-    def split_sha256(self, split: str) -> str:
-        return self.manifest["splits"][split]["sha256"]
 
 
 def processed_dir(data_cfg: Any, data_dir: str | Path) -> Path:
@@ -89,10 +69,11 @@ def config_fingerprint(data_cfg: Any) -> str:
 def code_fingerprint() -> str:
     """The source of the modules that decide what preprocessing writes: a change
     to any of them (a new inference rule, say) makes older processed data stale."""
-    from modelsphere.data import cleaning, numbers, raw_csv, schema
+    from modelsphere.data import cleaning, numbers, profile, raw_csv, schema, splits
 
     digest = hashlib.sha256()
-    modules = (cleaning, numbers, raw_csv, schema, sys.modules[__name__])
+    modules = (cleaning, numbers, profile, raw_csv, schema, splits)
+    modules += (sys.modules[__name__],)
     for module in modules:
         digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()
@@ -239,69 +220,6 @@ def assign_splits(
     return assignment
 
 
-def arrow_schema(schema: Schema) -> pa.Schema:
-    """The typed layout of a processed split."""
-    fields = []
-    if schema.id_column is not None:
-        fields.append(pa.field(schema.id_column, pa.string()))
-    fields += [pa.field(name, pa.float64()) for name in schema.numeric]
-    fields += [pa.field(name, pa.string()) for name in schema.categorical]
-    target_type = {"float": pa.float64(), "int": pa.int64(), "string": pa.string()}
-    fields.append(pa.field(schema.target, target_type[schema.target_kind]))
-    return pa.schema(fields)
-
-
-class _SplitWriters:
-    """One writer per split; Parquet (zstd) or CSV. Parquet rows are buffered
-    until they fill a row group of `data.write_row_group_rows`, so row groups
-    have that size whatever the frame size and split fractions."""
-
-    def __init__(self, directory: Path, fmt: str, schema: pa.Schema, data_cfg: Any):
-        self.fmt, self.schema = fmt, schema
-        self.row_group_rows = data_cfg.write_row_group_rows
-        self.paths = {split: directory / f"{split}.{fmt}" for split in SPLITS}
-        if fmt == "parquet":
-            self.writers = {
-                split: pq.ParquetWriter(path, schema, compression=data_cfg.compression)
-                for split, path in self.paths.items()
-            }
-        else:
-            self.writers = {
-                split: pacsv.CSVWriter(str(path), schema)
-                for split, path in self.paths.items()
-            }
-        self.rows = Counter()
-        self.pending: Dict[str, List[pa.Table]] = {split: [] for split in SPLITS}
-
-    def write(self, split: str, frame: pd.DataFrame) -> None:
-        table = pa.Table.from_pandas(frame, schema=self.schema, preserve_index=False)
-        self.rows[split] += len(frame)
-        if self.fmt != "parquet":
-            self.writers[split].write_table(table)
-            return
-        self.pending[split].append(table)
-        buffered = sum(part.num_rows for part in self.pending[split])
-        if buffered >= self.row_group_rows:
-            self._flush(split, buffered - buffered % self.row_group_rows)
-
-    def _flush(self, split: str, rows: int) -> None:
-        buffered = pa.concat_tables(self.pending[split])
-        self.writers[split].write_table(
-            buffered.slice(0, rows), row_group_size=self.row_group_rows
-        )
-        self.pending[split] = [buffered.slice(rows)] if rows < len(buffered) else []
-
-    def finish(self) -> None:
-        """Write the rows still buffered (the last, shorter row group)."""
-        for split in SPLITS:
-            if self.pending[split]:
-                self._flush(split, sum(part.num_rows for part in self.pending[split]))
-
-    def close(self) -> None:
-        for writer in self.writers.values():
-            writer.close()
-
-
 def _preprocess(data_cfg: Any, raw_path: Path, target_dir: Path) -> ProcessedData:
     started = time.perf_counter()
     columns = read_header(raw_path, data_cfg.delimiter, data_cfg.encoding)
@@ -357,7 +275,7 @@ def _write_splits(
     raw_path, columns, schema, assignment, staging, data_cfg
 ) -> Dict[str, Any]:
     """Pass 2: type each block by the schema and route its rows to the splits."""
-    writers = _SplitWriters(staging, data_cfg.format, arrow_schema(schema), data_cfg)
+    writers = SplitWriters(staging, data_cfg.format, arrow_schema(schema), data_cfg)
     problems: Counter = Counter()
     dropped = 0
     n_rows = 0
@@ -403,9 +321,9 @@ def _finish(
 ) -> Dict[str, Any]:
     """schema.json, profile.json/.md and manifest.json in the staging folder."""
     atomic_write_json(staging / "schema.json", schema.to_dict())
-    profile = _profile(schema, stats, counts, staging, data_cfg.format, n_rows)
+    profile = profile_of(schema, stats, counts, staging, data_cfg.format, n_rows)
     atomic_write_json(staging / "profile.json", profile)
-    atomic_write_text(staging / "profile.md", _profile_markdown(profile))
+    atomic_write_text(staging / "profile.md", profile_markdown(profile))
     manifest = {
         "version": MANIFEST_VERSION,
         "format": data_cfg.format,
@@ -426,85 +344,6 @@ def _finish(
     return manifest
 
 
-def _class_counts(path: Path, schema: Schema, fmt: str) -> Dict[str, int]:
-    counts: Counter = Counter()
-    for frame in iter_split_columns(path, schema, fmt, [schema.target]):
-        counts.update(frame[schema.target].value_counts().to_dict())
-    return {str(label): int(counts[label]) for label in sorted(counts)}
-
-
-def _profile(schema, stats, counts, staging, fmt, n_rows) -> Dict[str, Any]:
-    roles = {name: "numeric" for name in schema.numeric}
-    roles.update({name: "categorical" for name in schema.categorical})
-    roles.update({name: f"ignored ({why})" for name, why in schema.ignored.items()})
-    roles[schema.target] = f"target ({schema.task})"
-    if schema.id_column:
-        roles[schema.id_column] = "id"
-    profile: Dict[str, Any] = {
-        "rows": n_rows,
-        "dropped_missing_target": counts["dropped_missing_target"],
-        "split_rows": counts["rows"],
-        "values_made_missing": counts["problems"],
-        "columns": {
-            name: _column_profile(name, roles, stats) for name in schema.columns
-        },
-    }
-    if schema.is_classification:
-        profile["class_counts"] = {
-            split: _class_counts(staging / f"{split}.{fmt}", schema, fmt)
-            for split in SPLITS
-        }
-    return profile
-
-
-def _column_profile(name, roles, stats) -> Dict[str, Any]:
-    role = roles.get(name, "unused")
-    column = {"role": role, **stats[name].profile()}
-    if not (role == "categorical" or role.startswith("target")):
-        column.pop("top_levels", None)
-    if role == "categorical" or role.startswith("target ("):
-        for key in ("min", "max", "mean", "std"):
-            column.pop(key, None)
-    return column
-
-
-def _profile_markdown(profile: Dict[str, Any]) -> str:
-    lines = [
-        "# Data profile",
-        "",
-        f"Rows: {profile['rows']} (dropped for a missing target: "
-        f"{profile['dropped_missing_target']}); "
-        + ", ".join(
-            f"{split}: {rows}" for split, rows in profile["split_rows"].items()
-        ),
-        "",
-    ]
-    if "class_counts" in profile:
-        lines += ["Class counts per split: " + json.dumps(profile["class_counts"]), ""]
-    lines += [
-        "| column | role | missing | distinct | min | mean | max | top levels |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-
-    def fmt(value):
-        return (
-            ""
-            if value is None
-            else f"{value:.4g}" if isinstance(value, float) else str(value)
-        )
-
-    for name, col in profile["columns"].items():
-        top = ", ".join(
-            f"{level} ({count})" for level, count in col.get("top_levels", {}).items()
-        )
-        lines.append(
-            f"| {name} | {col['role']} | {col['missing_fraction']:.1%} "
-            f"| {fmt(col['distinct'])} | {fmt(col.get('min'))} "
-            f"| {fmt(col.get('mean'))} | {fmt(col.get('max'))} | {top} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
 def _swap_into_place(staging: Path, target_dir: Path) -> None:
     """Replace the old processed folder by the new one with two renames."""
     old = target_dir.with_name(f".{target_dir.name}.old")
@@ -513,89 +352,3 @@ def _swap_into_place(staging: Path, target_dir: Path) -> None:
         target_dir.rename(old)
     staging.rename(target_dir)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def _split_convert_options(layout: pa.Schema, names: List[str]):
-    return pacsv.ConvertOptions(
-        column_types={name: layout.field(name).type for name in names},
-        include_columns=names,
-        null_values=[""],
-        strings_can_be_null=True,
-    )
-
-
-def _split_frame(table: pa.Table) -> pd.DataFrame:
-    return table.to_pandas(types_mapper={pa.string(): pd.StringDtype()}.get)
-
-
-def read_split_columns(
-    path: Path, schema: Schema, fmt: str, columns: Optional[List[str]] = None
-) -> pd.DataFrame:
-    """Read a processed split (or some of its columns) with the schema's types."""
-    layout = arrow_schema(schema)
-    names = columns or layout.names
-    if fmt == "parquet":
-        table = pq.read_table(path, columns=names)
-    else:
-        table = pacsv.read_csv(
-            path, convert_options=_split_convert_options(layout, names)
-        )
-    return _split_frame(table)
-
-
-def iter_split_columns(
-    path: Path,
-    schema: Schema,
-    fmt: str,
-    columns: Optional[List[str]] = None,
-    chunk_rows: int = SPLIT_CHUNK_ROWS,
-) -> Iterator[pd.DataFrame]:
-    """A processed split (or some of its columns) as frames typed like
-    `read_split_columns`, `chunk_rows` rows each (Parquet, read a row group at a
-    time) or one 1 MiB block each (CSV); an empty split gives one empty frame."""
-    layout = arrow_schema(schema)
-    names = columns or layout.names
-    if fmt == "parquet":
-        tables = iter_parquet_tables(pq.ParquetFile(path), chunk_rows, names)
-    else:
-        batches = pacsv.open_csv(
-            path,
-            read_options=pacsv.ReadOptions(block_size=1 << 20),
-            convert_options=_split_convert_options(layout, names),
-        )
-        tables = (pa.Table.from_batches([batch]) for batch in batches)
-    empty = True
-    for table in tables:
-        empty = False
-        yield _split_frame(table)
-    if empty:
-        yield _split_frame(pa.schema([layout.field(n) for n in names]).empty_table())
-
-
-def _checked_split_path(processed: ProcessedData, split: str) -> Path:
-    if split not in SPLITS:
-        raise ModelSphereError(f"unknown split {split!r}: choose one of {SPLITS}")
-    path = processed.split_path(split)
-    if not path.is_file():
-        raise ModelSphereError(
-            f"processed split not found: {path}; run data_preprocessing.py"
-        )
-    return path
-
-
-def iter_split_frames(
-    processed: ProcessedData,
-    split: str,
-    columns: Optional[List[str]] = None,
-    chunk_rows: int = SPLIT_CHUNK_ROWS,
-) -> Iterator[pd.DataFrame]:
-    """`load_split` in chunks of at most `chunk_rows` rows, in bounded memory."""
-    path = _checked_split_path(processed, split)
-    return iter_split_columns(
-        path, processed.schema, processed.format, columns, chunk_rows
-    )
-
-
-def load_split(processed: ProcessedData, split: str) -> pd.DataFrame:
-    path = _checked_split_path(processed, split)
-    return read_split_columns(path, processed.schema, processed.format)

@@ -17,7 +17,7 @@ from modelsphere.core.config import (
     setting,
     validate,
 )
-from modelsphere.data.preprocessing import SPLITS
+from modelsphere.data.splits import SPLITS
 from modelsphere.inference.engines import ENGINES
 
 PREDICT_ENGINES = ("auto", *ENGINES)  # auto: onnx on the CPU, torch on CUDA

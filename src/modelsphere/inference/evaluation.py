@@ -28,7 +28,8 @@ from modelsphere.core.runs import (
     resolve_run_dir,
 )
 from modelsphere.data.cleaning import clean_frame
-from modelsphere.data.preprocessing import load_split, prepare_data
+from modelsphere.data.preprocessing import prepare_data
+from modelsphere.data.splits import load_split
 from modelsphere.data.table_io import read_table
 from modelsphere.features.transform import encode_target
 from modelsphere.inference.config import validate_evaluate_app

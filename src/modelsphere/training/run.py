@@ -17,23 +17,16 @@ import os
 import random
 import signal
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Tuple
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from modelsphere.core.config import to_plain
-from modelsphere.core.devices import (
-    DeviceChoice,
-    configure_threads,
-    make_grad_scaler,
-    select_device,
-)
+from modelsphere.core.devices import DeviceChoice, configure_threads, select_device
 from modelsphere.core.errors import ModelSphereError
 from modelsphere.core.fileio import (
     atomic_write_json,
@@ -42,28 +35,17 @@ from modelsphere.core.fileio import (
 )
 from modelsphere.core.provenance import provenance
 from modelsphere.core.runs import CONFIG_FILE, CURVE_FILE, METRICS_FILE, update_latest
-from modelsphere.data.preprocessing import (
-    SPLITS,
-    ProcessedData,
-    iter_split_frames,
-    prepare_data,
-)
-from modelsphere.features.tensors import SplitTensors
-from modelsphere.features.transform import (
-    encode_target,
-    fit_feature_state_from_split,
-    transform_features,
-)
+from modelsphere.data.preprocessing import prepare_data
+from modelsphere.data.splits import SPLITS, ProcessedData
+from modelsphere.features.fit import fit_feature_state_from_split
+from modelsphere.features.tensors import split_tensors
 from modelsphere.models.artifact import save_artifact
-from modelsphere.models.registry import build_model, spec_from_config
-from modelsphere.models.spec import ModelSpec
 from modelsphere.training import plots
 from modelsphere.training.checkpoint import LoopState, load_checkpoint, save_checkpoint
 from modelsphere.training.config import validate_train_app
 from modelsphere.training.distributed import (
     DistContext,
     barrier,
-    check_batch_size,
     check_replicas_agree,
     gather_counts,
     init_distributed,
@@ -81,34 +63,11 @@ from modelsphere.training.interrupts import (
     TrainingInterrupted,
     stop_requests,
 )
-from modelsphere.training.metrics import is_improvement, resolve_monitor
-from modelsphere.training.optimization import (
-    choose_batch_size,
-    make_loss,
-    make_optimizer,
-    make_scheduler,
-)
+from modelsphere.training.metrics import is_improvement
+from modelsphere.training.summary import data_record, metrics_summary, short_metrics
+from modelsphere.training.trainer import Trainer, build_trainer
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Trainer:
-    """Everything the epoch loop works with."""
-
-    model: nn.Module  # the plain module: evaluation, checkpoints, the artifact
-    train_model: nn.Module  # what trains: the model, or DDP around it
-    context: DistContext
-    spec: ModelSpec
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    loss_fn: nn.Module
-    scaler: Any
-    device: DeviceChoice
-    batch_size: int
-    task: str
-    monitor: str
-    mode: str
 
 
 def run_preprocessing(cfg: Any, force: bool = True) -> ProcessedData:
@@ -145,9 +104,10 @@ def _train(cfg, run_dir: Path, resume, device: DeviceChoice, context) -> float:
     # full-size copies in memory are the model-ready tensors.
     feature_state = fit_feature_state_from_split(data, cfg.model.features, cfg.seed)
     tensors = {
-        split: _split_tensors(data, split, feature_state, device) for split in SPLITS
+        split: split_tensors(data, split, feature_state, device.device)
+        for split in SPLITS
     }
-    trainer = _build_trainer(
+    trainer = build_trainer(
         cfg, feature_state, data.schema.task, tensors, device, context
     )
     loop = LoopState.fresh(cfg.seed)
@@ -181,7 +141,7 @@ def _train(cfg, run_dir: Path, resume, device: DeviceChoice, context) -> float:
         for split in ("val", "test")
     }
     if main:
-        summary = _metrics_summary(
+        summary = metrics_summary(
             loop,
             final,
             trainer.monitor,
@@ -195,7 +155,7 @@ def _train(cfg, run_dir: Path, resume, device: DeviceChoice, context) -> float:
         extra = {
             "metrics": summary["final"],
             "training": summary["training"],
-            "data": _data_record(data),
+            "data": data_record(data),
             "provenance": provenance(),
         }
         save_artifact(
@@ -217,7 +177,7 @@ def _train(cfg, run_dir: Path, resume, device: DeviceChoice, context) -> float:
             trainer.monitor,
             loop.best_value,
             loop.best_epoch,
-            _short(final["test"]),
+            short_metrics(final["test"]),
             run_dir,
         )
     barrier(context)
@@ -337,7 +297,7 @@ def _interrupt(cfg, run_dir, trainer, loop, stop: StopRequest, progress) -> None
         if progress is not None
         else f"the end of epoch {loop.epoch}"
     )
-    summary = _metrics_summary(
+    summary = metrics_summary(
         loop,
         {},
         trainer.monitor,
@@ -356,50 +316,6 @@ def _interrupt(cfg, run_dir, trainer, loop, stop: StopRequest, progress) -> None
         f"train.resume={run_dir}",
         stop.signum or signal.SIGTERM,
     )
-
-
-def _build_trainer(cfg, feature_state, task, tensors, device, context) -> Trainer:
-    torch.manual_seed(cfg.seed)
-    spec = spec_from_config(
-        cfg.model, feature_state, task, train=tensors["train"], seed=cfg.seed
-    )
-    model = build_model(spec).to(device.device)
-    train_model = model
-    if context.enabled:
-        ids = [device.device.index] if device.device.type == "cuda" else None
-        train_model = DistributedDataParallel(model, device_ids=ids)
-    batch_size = choose_batch_size(len(tensors["train"]), cfg.train)
-    check_batch_size(batch_size, context)
-    steps_per_epoch = math.ceil(len(tensors["train"]) / batch_size)
-    optimizer = make_optimizer(model, cfg.train.lr, cfg.train.weight_decay)
-    monitor, mode = resolve_monitor(task, cfg.train.monitor)
-    trainer = Trainer(
-        model=model,
-        train_model=train_model,
-        context=context,
-        spec=spec,
-        optimizer=optimizer,
-        scheduler=make_scheduler(optimizer, cfg.train, steps_per_epoch),
-        loss_fn=make_loss(task, tensors["train"].target, cfg.train.class_weights),
-        scaler=make_grad_scaler(device),
-        device=device,
-        batch_size=batch_size,
-        task=task,
-        monitor=monitor,
-        mode=mode,
-    )
-    log.info(
-        "training %s on %d rows (%d val, %d test), %d parameters, "
-        "batch %d, %d steps/epoch",
-        spec.name,
-        len(tensors["train"]),
-        len(tensors["val"]),
-        len(tensors["test"]),
-        sum(p.numel() for p in model.parameters()),
-        batch_size,
-        steps_per_epoch,
-    )
-    return trainer
 
 
 # ----------------------------------------------------------------------------
@@ -442,31 +358,6 @@ def _resume_config(cfg: DictConfig, run_dir: Path) -> Tuple[DictConfig, Path]:
     return saved, run_dir
 
 
-def _split_tensors(
-    data: ProcessedData, split: str, feature_state, device: DeviceChoice
-) -> SplitTensors:
-    """A split's model inputs and targets, transformed chunk by chunk."""
-    numeric, categorical, target = [], [], []
-    target_name = feature_state["target"]["name"]
-    for frame in iter_split_frames(data, split):
-        arrays = transform_features(frame, feature_state)
-        numeric.append(arrays.numeric)
-        categorical.append(arrays.categorical)
-        target.append(
-            encode_target(frame[target_name], feature_state, f"{split} split")
-        )
-    return SplitTensors(
-        *(
-            torch.from_numpy(_concatenate(parts)).to(device.device)
-            for parts in (numeric, categorical, target)
-        )
-    )
-
-
-def _concatenate(parts):
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-
 def _stop_on_nonfinite(run_dir, epoch, bad_batch, last_good_epoch) -> None:
     """Keep the last good checkpoint and stop with a message naming epoch and batch."""
     raise ModelSphereError(
@@ -474,47 +365,4 @@ def _stop_on_nonfinite(run_dir, epoch, bad_batch, last_good_epoch) -> None:
         f"checkpoint of epoch {last_good_epoch} is kept in {run_dir}. "
         "Lower train.lr, keep train.grad_clip_norm on, or check the data for extreme "
         "values."
-    )
-
-
-def _metrics_summary(
-    loop, final, monitor, mode, seconds, batch_size, device, status="completed"
-) -> Dict[str, Any]:
-    return {
-        "status": status,
-        "monitor": {"metric": f"val_{monitor}", "mode": mode},
-        "best": {"epoch": loop.best_epoch, f"val_{monitor}": loop.best_value},
-        "final": final,
-        "training": {
-            "epochs_run": loop.epoch,
-            "stopped_early": loop.stopped_early,
-            "best_epoch": loop.best_epoch,
-            "batch_size": batch_size,
-            "device": str(device.device),
-            "amp_dtype": (
-                str(device.amp_dtype).replace("torch.", "")
-                if device.amp_enabled
-                else None
-            ),
-            "seconds": seconds,
-        },
-        "history": loop.history,
-    }
-
-
-def _data_record(data: ProcessedData) -> Dict[str, Any]:
-    """Which data trained this model: enough to check evaluation uses the same."""
-    return {
-        "processed_dir": str(data.directory.resolve()),
-        "format": data.format,
-        "raw_sha256": data.manifest["raw"]["sha256"],
-        "config_sha256": data.manifest["config_sha256"],
-        "split_sha256": {split: data.split_sha256(split) for split in SPLITS},
-        "rows": data.manifest["rows"],
-    }
-
-
-def _short(metrics: Dict[str, float]) -> str:
-    return ", ".join(
-        f"{k} {v:.4f}" for k, v in metrics.items() if k not in ("rows", "loss")
     )

@@ -1,0 +1,187 @@
+"""The processed split files: their typed layout, the writers preprocessing
+fills, and the readers training, evaluation and the benchmarks stream them back
+with (Parquet row groups or CSV blocks, typed by the schema either way)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from modelsphere.core.errors import ModelSphereError
+from modelsphere.data.schema import Schema
+from modelsphere.data.table_io import iter_parquet_tables
+
+SPLITS = ("train", "val", "test")
+SPLIT_CHUNK_ROWS = 131_072  # rows per chunk when a split is streamed back
+
+
+@dataclass
+class ProcessedData:
+    """A processed dataset on disk: the split files, their schema and manifest."""
+
+    directory: Path
+    schema: Schema
+    format: str
+    manifest: Dict[str, Any]
+
+    def split_path(self, split: str) -> Path:
+        return self.directory / f"{split}.{self.format}"
+
+    def split_sha256(self, split: str) -> str:
+        return self.manifest["splits"][split]["sha256"]
+
+
+def arrow_schema(schema: Schema) -> pa.Schema:
+    """The typed layout of a processed split."""
+    fields = []
+    if schema.id_column is not None:
+        fields.append(pa.field(schema.id_column, pa.string()))
+    fields += [pa.field(name, pa.float64()) for name in schema.numeric]
+    fields += [pa.field(name, pa.string()) for name in schema.categorical]
+    target_type = {"float": pa.float64(), "int": pa.int64(), "string": pa.string()}
+    fields.append(pa.field(schema.target, target_type[schema.target_kind]))
+    return pa.schema(fields)
+
+
+class SplitWriters:
+    """One writer per split; Parquet (zstd) or CSV. Parquet rows are buffered
+    until they fill a row group of `data.write_row_group_rows`, so row groups
+    have that size whatever the frame size and split fractions."""
+
+    def __init__(self, directory: Path, fmt: str, schema: pa.Schema, data_cfg: Any):
+        self.fmt, self.schema = fmt, schema
+        self.row_group_rows = data_cfg.write_row_group_rows
+        self.paths = {split: directory / f"{split}.{fmt}" for split in SPLITS}
+        if fmt == "parquet":
+            self.writers = {
+                split: pq.ParquetWriter(path, schema, compression=data_cfg.compression)
+                for split, path in self.paths.items()
+            }
+        else:
+            self.writers = {
+                split: pacsv.CSVWriter(str(path), schema)
+                for split, path in self.paths.items()
+            }
+        self.rows = Counter()
+        self.pending: Dict[str, List[pa.Table]] = {split: [] for split in SPLITS}
+
+    def write(self, split: str, frame: pd.DataFrame) -> None:
+        table = pa.Table.from_pandas(frame, schema=self.schema, preserve_index=False)
+        self.rows[split] += len(frame)
+        if self.fmt != "parquet":
+            self.writers[split].write_table(table)
+            return
+        self.pending[split].append(table)
+        buffered = sum(part.num_rows for part in self.pending[split])
+        if buffered >= self.row_group_rows:
+            self._flush(split, buffered - buffered % self.row_group_rows)
+
+    def _flush(self, split: str, rows: int) -> None:
+        buffered = pa.concat_tables(self.pending[split])
+        self.writers[split].write_table(
+            buffered.slice(0, rows), row_group_size=self.row_group_rows
+        )
+        self.pending[split] = [buffered.slice(rows)] if rows < len(buffered) else []
+
+    def finish(self) -> None:
+        """Write the rows still buffered (the last, shorter row group)."""
+        for split in SPLITS:
+            if self.pending[split]:
+                self._flush(split, sum(part.num_rows for part in self.pending[split]))
+
+    def close(self) -> None:
+        for writer in self.writers.values():
+            writer.close()
+
+
+def _split_convert_options(layout: pa.Schema, names: List[str]):
+    return pacsv.ConvertOptions(
+        column_types={name: layout.field(name).type for name in names},
+        include_columns=names,
+        null_values=[""],
+        strings_can_be_null=True,
+    )
+
+
+def _split_frame(table: pa.Table) -> pd.DataFrame:
+    return table.to_pandas(types_mapper={pa.string(): pd.StringDtype()}.get)
+
+
+def read_split_columns(
+    path: Path, schema: Schema, fmt: str, columns: Optional[List[str]] = None
+) -> pd.DataFrame:
+    """Read a processed split (or some of its columns) with the schema's types."""
+    layout = arrow_schema(schema)
+    names = columns or layout.names
+    if fmt == "parquet":
+        table = pq.read_table(path, columns=names)
+    else:
+        table = pacsv.read_csv(
+            path, convert_options=_split_convert_options(layout, names)
+        )
+    return _split_frame(table)
+
+
+def iter_split_columns(
+    path: Path,
+    schema: Schema,
+    fmt: str,
+    columns: Optional[List[str]] = None,
+    chunk_rows: int = SPLIT_CHUNK_ROWS,
+) -> Iterator[pd.DataFrame]:
+    """A processed split (or some of its columns) as frames typed like
+    `read_split_columns`, `chunk_rows` rows each (Parquet, read a row group at a
+    time) or one 1 MiB block each (CSV); an empty split gives one empty frame."""
+    layout = arrow_schema(schema)
+    names = columns or layout.names
+    if fmt == "parquet":
+        tables = iter_parquet_tables(pq.ParquetFile(path), chunk_rows, names)
+    else:
+        batches = pacsv.open_csv(
+            path,
+            read_options=pacsv.ReadOptions(block_size=1 << 20),
+            convert_options=_split_convert_options(layout, names),
+        )
+        tables = (pa.Table.from_batches([batch]) for batch in batches)
+    empty = True
+    for table in tables:
+        empty = False
+        yield _split_frame(table)
+    if empty:
+        yield _split_frame(pa.schema([layout.field(n) for n in names]).empty_table())
+
+
+def _checked_split_path(processed: ProcessedData, split: str) -> Path:
+    if split not in SPLITS:
+        raise ModelSphereError(f"unknown split {split!r}: choose one of {SPLITS}")
+    path = processed.split_path(split)
+    if not path.is_file():
+        raise ModelSphereError(
+            f"processed split not found: {path}; run data_preprocessing.py"
+        )
+    return path
+
+
+def iter_split_frames(
+    processed: ProcessedData,
+    split: str,
+    columns: Optional[List[str]] = None,
+    chunk_rows: int = SPLIT_CHUNK_ROWS,
+) -> Iterator[pd.DataFrame]:
+    """`load_split` in chunks of at most `chunk_rows` rows, in bounded memory."""
+    path = _checked_split_path(processed, split)
+    return iter_split_columns(
+        path, processed.schema, processed.format, columns, chunk_rows
+    )
+
+
+def load_split(processed: ProcessedData, split: str) -> pd.DataFrame:
+    path = _checked_split_path(processed, split)
+    return read_split_columns(path, processed.schema, processed.format)
