@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 
 from conftest import (
     REPO,
+    compose_config,
     free_port,
     make_table,
     train_tiny,
@@ -27,6 +28,7 @@ from modelsphere.core.devices import select_device
 from modelsphere.inference.batch_predict import predict_file
 from modelsphere.inference.predictor import Predictor
 from modelsphere.serving.app import ServeSettings, create_app
+from modelsphere.serving.runner import settings_from_config
 
 NAME = "tiny_binary"  # the data set name: train_tiny writes tiny_binary.csv
 
@@ -375,6 +377,32 @@ def test_api_key_is_required_when_configured(runs):
         assert client.get("/metrics").status_code == 200
     finally:
         client.__exit__(None, None, None)
+
+
+def test_the_forward_batch_is_the_serve_config_key(runs, monkeypatch):
+    """serve.forward_batch_rows reaches the workers' predictor (it was a
+    constant in code before)."""
+    cfg = compose_config(
+        ["device=cpu", f"run_dir={runs['binary']}", "serve.forward_batch_rows=3"],
+        "serve",
+    )
+    settings = settings_from_config(cfg)
+    assert settings.forward_batch_rows == 3
+    seen = []
+    real = Predictor.from_run_dir
+
+    def recording(run_dir, device, batch_size, *args):
+        seen.append(batch_size)
+        return real(run_dir, device, batch_size, *args)
+
+    monkeypatch.setattr(Predictor, "from_run_dir", recording)
+    client = client_for(runs["binary"], forward_batch_rows=3)
+    try:
+        body = {"records": feature_records(5)}
+        assert client.post("/predict", json=body).status_code == 200
+    finally:
+        client.__exit__(None, None, None)
+    assert seen == [3]
 
 
 def test_metrics_count_requests_errors_and_rows(binary):
