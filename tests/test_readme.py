@@ -1,10 +1,11 @@
-"""The README's commands are real: every cookbook line composes and validates."""
+"""The README's and docs' commands are real: every line composes and validates."""
 
 from __future__ import annotations
 
 import re
 import shlex
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -22,8 +23,9 @@ CONFIG_OF = {
 }
 
 
-def readme_commands():
-    text = (REPO / "README.md").read_text()
+def readme_commands(*pages: Path):
+    """The script commands in the bash blocks of `pages` (default: the README)."""
+    text = "\n".join(page.read_text() for page in pages or (REPO / "README.md",))
     blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
     commands = []
     for block in blocks:
@@ -45,8 +47,12 @@ def test_readme_has_a_cookbook():
     assert len(commands) >= 15
 
 
-@pytest.mark.parametrize("command", readme_commands())
+DOC_PAGES = (REPO / "README.md", *sorted((REPO / "docs").glob("*.md")))
+
+
+@pytest.mark.parametrize("command", readme_commands(*DOC_PAGES))
 def test_readme_command_composes_and_validates(command):
+    """Every command in the README and docs/*.md composes and validates."""
     words = shlex.split(command.replace("<run>", "run"))
     script, overrides = words[1], [w for w in words[2:] if w != "-m"]
     config_name, validate = CONFIG_OF[script]
