@@ -11,7 +11,7 @@ from omegaconf import MISSING, DictConfig
 from modelsphere.core.config import require, setting
 from modelsphere.data.schema import TASKS
 from modelsphere.data.sources import SOURCES
-from modelsphere.data.table_io import COMPRESSION, FORMATS
+from modelsphere.data.formats import COMPRESSION, FORMATS
 
 MIN_TRAIN_SHARE = 0.1  # val + test leave at least this share of rows for training
 
@@ -71,7 +71,7 @@ class DataConfig:
     id_column: Optional[str] = None  # kept in predictions, never used as a feature
     # binary only: which label is "positive" (default: the last, sorted)
     positive_class: Optional[str] = None
-    format: str = setting("parquet", choices=FORMATS)  # storage of the splits
+    format: str = setting("parquet", choices=tuple(FORMATS))  # storage of the splits
     delimiter: str = setting(",", length=1)
     encoding: str = "utf8"
     # pyarrow's parse block; its read-ahead memory grows with it

@@ -11,12 +11,10 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from modelsphere.core.errors import ModelSphereError
 from modelsphere.data.schema import Schema
-from modelsphere.data.table_io import iter_parquet_tables
+from modelsphere.data.formats import format_named
 
 SPLITS = ("train", "val", "test")
 SPLIT_CHUNK_ROWS = 131_072  # rows per chunk when a split is streamed back
@@ -51,33 +49,27 @@ def arrow_schema(schema: Schema) -> pa.Schema:
 
 
 class SplitWriters:
-    """One writer per split; Parquet (zstd) or CSV. Parquet rows are buffered
-    until they fill a row group of `data.write_row_group_rows`, so row groups
-    have that size whatever the frame size and split fractions."""
+    """One writer per split, in the data's format. Rows are buffered until they
+    fill a row group of `data.write_row_group_rows`, so row groups have that size
+    whatever the frame size and split fractions (formats without row groups
+    just get their rows in those batches)."""
 
     def __init__(self, directory: Path, fmt: str, schema: pa.Schema, data_cfg: Any):
-        self.fmt, self.schema = fmt, schema
+        self.schema = schema
         self.row_group_rows = data_cfg.write_row_group_rows
         self.paths = {split: directory / f"{split}.{fmt}" for split in SPLITS}
-        if fmt == "parquet":
-            self.writers = {
-                split: pq.ParquetWriter(path, schema, compression=data_cfg.compression)
-                for split, path in self.paths.items()
-            }
-        else:
-            self.writers = {
-                split: pacsv.CSVWriter(str(path), schema)
-                for split, path in self.paths.items()
-            }
+        self.writers = {
+            split: format_named(fmt).open_writer(
+                path, schema, data_cfg.compression, self.row_group_rows
+            )
+            for split, path in self.paths.items()
+        }
         self.rows = Counter()
         self.pending: Dict[str, List[pa.Table]] = {split: [] for split in SPLITS}
 
     def write(self, split: str, frame: pd.DataFrame) -> None:
         table = pa.Table.from_pandas(frame, schema=self.schema, preserve_index=False)
         self.rows[split] += len(frame)
-        if self.fmt != "parquet":
-            self.writers[split].write_table(table)
-            return
         self.pending[split].append(table)
         buffered = sum(part.num_rows for part in self.pending[split])
         if buffered >= self.row_group_rows:
@@ -85,9 +77,7 @@ class SplitWriters:
 
     def _flush(self, split: str, rows: int) -> None:
         buffered = pa.concat_tables(self.pending[split])
-        self.writers[split].write_table(
-            buffered.slice(0, rows), row_group_size=self.row_group_rows
-        )
+        self.writers[split].write(buffered.slice(0, rows))
         self.pending[split] = [buffered.slice(rows)] if rows < len(buffered) else []
 
     def finish(self) -> None:
@@ -101,15 +91,6 @@ class SplitWriters:
             writer.close()
 
 
-def _split_convert_options(layout: pa.Schema, names: List[str]):
-    return pacsv.ConvertOptions(
-        column_types={name: layout.field(name).type for name in names},
-        include_columns=names,
-        null_values=[""],
-        strings_can_be_null=True,
-    )
-
-
 def _split_frame(table: pa.Table) -> pd.DataFrame:
     return table.to_pandas(types_mapper={pa.string(): pd.StringDtype()}.get)
 
@@ -120,13 +101,7 @@ def read_split_columns(
     """Read a processed split (or some of its columns) with the schema's types."""
     layout = arrow_schema(schema)
     names = columns or layout.names
-    if fmt == "parquet":
-        table = pq.read_table(path, columns=names)
-    else:
-        table = pacsv.read_csv(
-            path, convert_options=_split_convert_options(layout, names)
-        )
-    return _split_frame(table)
+    return _split_frame(format_named(fmt).read_typed(path, layout, names))
 
 
 def iter_split_columns(
@@ -141,17 +116,8 @@ def iter_split_columns(
     time) or one 1 MiB block each (CSV); an empty split gives one empty frame."""
     layout = arrow_schema(schema)
     names = columns or layout.names
-    if fmt == "parquet":
-        tables = iter_parquet_tables(pq.ParquetFile(path), chunk_rows, names)
-    else:
-        batches = pacsv.open_csv(
-            path,
-            read_options=pacsv.ReadOptions(block_size=1 << 20),
-            convert_options=_split_convert_options(layout, names),
-        )
-        tables = (pa.Table.from_batches([batch]) for batch in batches)
     empty = True
-    for table in tables:
+    for table in format_named(fmt).iter_typed(path, layout, names, chunk_rows):
         empty = False
         yield _split_frame(table)
     if empty:
