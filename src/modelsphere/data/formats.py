@@ -4,8 +4,9 @@ input and output tables can be stored as.
 A format says which file suffixes it owns and how to write a table, how to read
 a typed table back (a processed split, typed by its arrow layout) and how to
 stream a user's file (its column names, then frames of at most `chunk_rows`
-rows). `FORMATS` lists them; `data.format` accepts its keys and predict.py
-picks one by suffix. A new format is one class here, added to `FORMATS`.
+rows): `TableFormat` lists the calls. `FORMATS` holds one of each; `data.format`
+accepts its keys and predict.py picks one by suffix. A new format is one
+subclass here, added to `FORMATS`.
 """
 
 from __future__ import annotations
@@ -53,9 +54,12 @@ class TableWriter:
         self._writer.close()
 
 
-class ParquetFormat:
-    name = "parquet"
-    suffixes = (".parquet", ".pq")
+class TableFormat:
+    """What a format provides; each subclass fills in the format's own calls."""
+
+    name: str
+    suffixes: tuple
+    row_groups = False  # whether its writer takes a row-group size
 
     def open_writer(
         self,
@@ -64,8 +68,40 @@ class ParquetFormat:
         compression: str = COMPRESSION,
         row_group_rows: Optional[int] = None,
     ) -> TableWriter:
-        writer = pq.ParquetWriter(path, schema, compression=compression)
-        return TableWriter(writer, row_group_rows)
+        writer = self._writer(path, schema, compression)
+        return TableWriter(writer, row_group_rows if self.row_groups else None)
+
+    def _writer(self, path: Path, schema: pa.Schema, compression: str):
+        raise NotImplementedError
+
+    def read_typed(self, path: Path, layout: pa.Schema, names: List[str]) -> pa.Table:
+        """A processed split's `names` columns, typed by `layout`."""
+        raise NotImplementedError
+
+    def iter_typed(
+        self, path: Path, layout: pa.Schema, names: List[str], chunk_rows: int
+    ) -> Iterator[pa.Table]:
+        """The same, a chunk at a time, in bounded memory."""
+        raise NotImplementedError
+
+    def columns(self, path: Path, csv: CsvOptions) -> List[str]:
+        """A user's file's column names."""
+        raise NotImplementedError
+
+    def frames(
+        self, path: Path, chunk_rows: int, block_bytes: int, csv: CsvOptions
+    ) -> Iterator[pd.DataFrame]:
+        """A user's file's rows, at most `chunk_rows` per frame."""
+        raise NotImplementedError
+
+
+class ParquetFormat(TableFormat):
+    name = "parquet"
+    suffixes = (".parquet", ".pq")
+    row_groups = True
+
+    def _writer(self, path: Path, schema: pa.Schema, compression: str):
+        return pq.ParquetWriter(path, schema, compression=compression)
 
     def read_typed(self, path: Path, layout: pa.Schema, names: List[str]) -> pa.Table:
         return pq.read_table(path, columns=names)
@@ -90,18 +126,12 @@ class ParquetFormat:
             raise ModelSphereError(f"{path}: cannot read Parquet data: {exc}") from exc
 
 
-class CsvFormat:
+class CsvFormat(TableFormat):
     name = "csv"
     suffixes = (".csv",)
 
-    def open_writer(
-        self,
-        path: Path,
-        schema: pa.Schema,
-        compression: str = COMPRESSION,
-        row_group_rows: Optional[int] = None,
-    ) -> TableWriter:
-        return TableWriter(pacsv.CSVWriter(str(path), schema))
+    def _writer(self, path: Path, schema: pa.Schema, compression: str):
+        return pacsv.CSVWriter(str(path), schema)
 
     def read_typed(self, path: Path, layout: pa.Schema, names: List[str]) -> pa.Table:
         return pacsv.read_csv(path, convert_options=_typed_csv(layout, names))
@@ -135,17 +165,17 @@ class CsvFormat:
         )
 
 
-FORMATS: Dict[str, ParquetFormat | CsvFormat] = {
+FORMATS: Dict[str, TableFormat] = {
     fmt.name: fmt for fmt in (ParquetFormat(), CsvFormat())
 }
 
 
-def format_named(name: str):
+def format_named(name: str) -> TableFormat:
     """The format `data.format` names (checked by the config before any work)."""
     return FORMATS[name]
 
 
-def format_of(path: str | Path, role: str):
+def format_of(path: str | Path, role: str) -> TableFormat:
     """The format of a user's file, by its suffix; `role` names the setting."""
     suffix = Path(path).suffix.lower()
     for fmt in FORMATS.values():
