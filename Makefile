@@ -14,7 +14,7 @@ TOOLS_STAMP := $(VENV)/.installed-tools
 WITH_TOOLS := PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
 SCORED := outputs/predictions/telco_churn_test_scored.parquet
 
-.PHONY: venv pipeline lint test benchmarks report
+.PHONY: venv pipeline lint test test-quick benchmarks report
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ lint: venv
 
 test: lint $(TEST_STAMP) $(TOOLS_STAMP)
 	$(WITH_TOOLS) $(PY) -m pytest -q
+
+# The unit tier only (tests/unit/: no training run), for the edit-test loop.
+test-quick: venv
+	$(PY) -m pytest -q -m unit
 
 # Every benchmark, then the report from their results (about an hour on 2 cores).
 # quality needs requirements-quality.txt; serve_load's published figures use wrk

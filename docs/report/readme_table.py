@@ -3,7 +3,7 @@
     python docs/report/readme_table.py          # rewrite the table in README.md
 
 The table sits between two marker lines in README.md; `make report` rewrites it
-with the report, and tests/test_readme.py fails when the README's table differs
+with the report, and tests/tooling/test_readme.py fails when the README's table differs
 from what the current result files give, so no figure in it is typed by hand.
 """
 

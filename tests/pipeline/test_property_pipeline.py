@@ -31,7 +31,7 @@ import pandas as pd
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from conftest import compose_config, csv_overrides
+from helpers import compose_config, csv_overrides
 from modelsphere.core.errors import ModelSphereError
 from modelsphere.inference.batch_predict import run_batch_prediction
 from modelsphere.training.run import run_preprocessing, run_training

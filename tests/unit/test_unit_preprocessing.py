@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import compose_config, csv_overrides, make_table
+from helpers import compose_config, csv_overrides, make_table
 from modelsphere.core.errors import ModelSphereError
 from modelsphere.data.preprocessing import (
     DROPPED,

@@ -11,7 +11,7 @@ import warnings
 import pytest
 import torch
 
-from conftest import compose_config, train_tiny
+from helpers import compose_config, train_tiny
 from modelsphere.core.errors import ModelSphereError
 from modelsphere.models.artifact import load_artifact
 from modelsphere.models.numeric_embeddings import FoldedPiecewiseMLP, fit_bin_edges

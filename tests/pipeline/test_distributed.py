@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from ddp_probe import BATCH_SIZE, ROWS, train_probe
 from safetensors.torch import load_file
 
-from conftest import REPO, compose_config, make_table
+from helpers import REPO, compose_config, make_table
+from helpers.ddp_probe import BATCH_SIZE, ROWS, train_probe
 from modelsphere.training.distributed import DistContext
 from modelsphere.training.run import run_training
 
@@ -122,7 +122,7 @@ def test_a_distributed_run_resumes_like_a_single_one(tmp_path, table):
 
 
 def test_each_rank_trains_its_share_and_replicas_stay_identical(tmp_path):
-    result = torchrun(tmp_path, [str(tmp_path)], script="tests/ddp_probe.py")
+    result = torchrun(tmp_path, [str(tmp_path)], script="tests/helpers/ddp_probe.py")
     assert result.returncode == 0, result.stdout + result.stderr
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
     order = ranks[0]["order"]

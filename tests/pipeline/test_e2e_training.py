@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import compose_config, csv_overrides, make_table, train_tiny
+from helpers import compose_config, csv_overrides, make_table, train_tiny
 from modelsphere.core.errors import ModelSphereError
 from modelsphere.inference.batch_predict import run_batch_prediction
 from modelsphere.inference.evaluation import run_evaluation

@@ -2,7 +2,7 @@
 (data_preprocessing.py, predict.py, the API), one case per row of the table.
 
 CLI rows run the real entry point (its Hydra main, `sys.argv` patched) in this
-process with `conftest.run_cli_in_process`; `test_in_process_runs_match_real_cli`
+process with `helpers.run_cli_in_process`; `test_in_process_runs_match_real_cli`
 runs three of them as subprocesses too and compares. A refused input must give
 exit code 2, exactly one ERROR line naming the file (and the column and row where
 there is one), no traceback and no output left behind; an accepted one must give
@@ -27,7 +27,7 @@ import pytest
 from fastapi.testclient import TestClient
 from hydra.core.global_hydra import GlobalHydra
 
-from conftest import (
+from helpers import (
     compose_config,
     csv_overrides,
     make_table,

@@ -14,7 +14,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import compose_config, csv_overrides, make_table, train_tiny
+from helpers import compose_config, csv_overrides, make_table, train_tiny
 from modelsphere.core.devices import select_device
 from modelsphere.core.errors import ModelSphereError
 from modelsphere.features.tensors import SplitTensors

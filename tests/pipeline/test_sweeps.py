@@ -20,7 +20,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from conftest import CONFIG_DIR, csv_overrides, run_cli
+from helpers import CONFIG_DIR, csv_overrides, run_cli
 from modelsphere import cli, sweeps
 from modelsphere.training.interrupts import TrainingInterrupted
 

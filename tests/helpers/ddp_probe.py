@@ -1,11 +1,13 @@
 """One DDP epoch through `run_epoch`, recorded step by step (run under torchrun).
 
-`python -m torch.distributed.run --standalone --nproc_per_node=2 tests/ddp_probe.py
-OUT` trains a small regression net for one epoch on 2 gloo processes and writes,
-per rank, `OUT/rank<r>.pt`: the row ids each step's forward received and the
-weights after each optimizer step, then whether the replica check passes, before
-and after rank 1's weights are nudged. `tests/test_distributed.py` reads them back
-and also runs `train_probe` in one process for the reference.
+    python -m torch.distributed.run --standalone --nproc_per_node=2 \
+        tests/helpers/ddp_probe.py OUT
+
+trains a small regression net for one epoch on 2 gloo processes and writes, per
+rank, `OUT/rank<r>.pt`: the row ids each step's forward received and the weights
+after each optimizer step, then whether the replica check passes, before and
+after rank 1's weights are nudged. `tests/pipeline/test_distributed.py` reads
+them back and also runs `train_probe` in one process for the reference.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """benchmarks.serve_load at a tiny size: serve.py under the Python load client
 (benchmarks/load_client.py, nothing to install) writes well-formed results (no
 timing assertions). The published figures use wrk; the load client's own test is
-tests/test_load_client.py."""
+tests/unit/test_load_client.py."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import json
 import runpy
 import sys
 
-
-from conftest import train_tiny
+from helpers import train_tiny
 
 
 def test_serve_load_smoke(tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, compose_config, csv_overrides, make_table
+from helpers import REPO, compose_config, csv_overrides, make_table
 from modelsphere.core import fileio
 from modelsphere.core.errors import ModelSphereError
 from modelsphere.training import epochs

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import make_table
+from helpers import make_table
 from modelsphere.core.errors import ModelSphereError
 from modelsphere.data.config import DataConfig
 from modelsphere.data.schema import ColumnStats, Schema, infer_schema

@@ -84,3 +84,25 @@ def test_inference_paths_smoke(tmp_path, monkeypatch):
     markdown = (tmp_path / "smoke.md").read_text()
     assert "| parquet -> parquet |" in markdown and "not measured" in markdown
     assert "The same default run on 5,000 rows" in markdown
+
+
+def test_preprocess_scale_benchmark_smoke(tmp_path, monkeypatch):
+    argv = ["preprocess_scale.py", "--rows", "3000", "--repeats", "1"]
+    argv += [
+        "--out",
+        str(tmp_path),
+        "--name",
+        "smoke",
+        "--work-dir",
+        str(tmp_path / "work"),
+    ]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_module("benchmarks.preprocess_scale", run_name="__main__", alter_sys=True)
+    payload = json.loads((tmp_path / "smoke.json").read_text())
+    steps = payload["results"]["3000"]
+    assert set(steps) == {"generation", "preprocessing", "predict"}
+    for result in steps.values():
+        assert result["rows"] == 3000 and result["rows_per_second"] > 0
+        assert result["peak_rss_mib"] > 50  # a Python process with torch/pandas
+    assert payload["target"]["met"] is None  # 10M rows not measured here
+    assert "| 3,000 | preprocessing |" in (tmp_path / "smoke.md").read_text()

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Dict, Set
 
-from conftest import REPO
+from helpers import REPO
 
 PACKAGE = REPO / "src" / "modelsphere"
 LAYERS = ("core", "data", "features", "models", "training", "inference", "serving")

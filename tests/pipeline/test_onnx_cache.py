@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 
-from conftest import make_table, train_tiny
+from helpers import make_table, train_tiny
 from modelsphere.core.devices import select_device
 from modelsphere.inference import engines
 from modelsphere.inference.predictor import Predictor

@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from conftest import train_tiny, wait_client_ready
+from helpers import train_tiny, wait_client_ready
 from modelsphere.serving.app import ServeSettings, create_app
 from modelsphere.serving.oip import NUMERIC_DATATYPES
 

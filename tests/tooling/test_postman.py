@@ -19,7 +19,7 @@ from typing import Iterator, List, Tuple
 
 import pytest
 
-from conftest import REPO, compose_config, free_port, wait_server_ready
+from helpers import REPO, compose_config, free_port, wait_server_ready
 from modelsphere.serving.app import ServeSettings, create_app
 
 POSTMAN = REPO / "docs" / "postman"

@@ -9,7 +9,7 @@ import runpy
 import pytest
 from pypdf import PdfReader
 
-from conftest import REPO
+from helpers import REPO
 
 BUILD = REPO / "docs" / "report" / "build.py"
 SECTIONS = [

@@ -5,8 +5,6 @@ give back exactly the rows a whole read gives."""
 from __future__ import annotations
 
 import json
-import runpy
-import sys
 
 import numpy as np
 import pandas as pd
@@ -14,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import REPO, compose_config, csv_overrides, make_table
+from helpers import compose_config, csv_overrides, make_table
 from modelsphere.data.numbers import parse_numbers
 from modelsphere.data.preprocessing import prepare_data
 from modelsphere.data.schema import Schema
@@ -240,31 +238,3 @@ def test_fit_from_the_split_file_equals_the_fit_on_the_loaded_split(processed):
     from_file = fit_feature_state_from_split(data, features, seed=0, chunk_rows=50)
     in_memory = fit_feature_state(load_split(data, "train"), data.schema, features, 0)
     assert json.dumps(from_file) == json.dumps(in_memory)
-
-
-# ----------------------------------------------------------------------------
-# The scaling benchmark at a tiny size
-
-
-def test_preprocess_scale_benchmark_smoke(tmp_path, monkeypatch):
-    argv = ["preprocess_scale.py", "--rows", "3000", "--repeats", "1"]
-    argv += [
-        "--out",
-        str(tmp_path),
-        "--name",
-        "smoke",
-        "--work-dir",
-        str(tmp_path / "work"),
-    ]
-    monkeypatch.setattr(sys, "argv", argv)
-    runpy.run_path(
-        str(REPO / "benchmarks" / "preprocess_scale.py"), run_name="__main__"
-    )
-    payload = json.loads((tmp_path / "smoke.json").read_text())
-    steps = payload["results"]["3000"]
-    assert set(steps) == {"generation", "preprocessing", "predict"}
-    for result in steps.values():
-        assert result["rows"] == 3000 and result["rows_per_second"] > 0
-        assert result["peak_rss_mib"] > 50  # a Python process with torch/pandas
-    assert payload["target"]["met"] is None  # 10M rows not measured here
-    assert "| 3,000 | preprocessing |" in (tmp_path / "smoke.md").read_text()

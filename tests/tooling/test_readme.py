@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, compose_config
+from helpers import REPO, compose_config
 from modelsphere.inference.config import validate_evaluate_app, validate_predict_app
 from modelsphere.serving.config import validate_serve_app
 from modelsphere.training.config import validate_train_app
