@@ -1,6 +1,6 @@
-"""What every benchmark shares: where results go, the machine and package
-versions it ran with (the package's own provenance, plus what only a benchmark
-records), and the writer of its JSON + Markdown result pair."""
+"""What every benchmark shares: where results go, the machine it ran on, and the
+writer of its JSON + Markdown result pair. Package versions come from the
+package's own provenance (`modelsphere.core.provenance.package_versions`)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ import json
 import os
 import platform
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict
 
 from modelsphere.core.fileio import atomic_write_text
-from modelsphere.core.provenance import package_versions
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = RESULTS.parents[1]
@@ -38,11 +37,6 @@ def machine() -> Dict[str, Any]:
         "python": platform.python_version(),
         "load_average_1m": os.getloadavg()[0],
     }
-
-
-def versions(*extra_packages: str) -> Dict[str, Optional[str]]:
-    """The package's provenance versions plus `extra_packages` (None: absent)."""
-    return package_versions(*extra_packages)
 
 
 def cpu_model() -> str:

@@ -48,10 +48,10 @@ from benchmarks.common import (
     RESULTS,
     add_output_arguments,
     machine,
-    versions,
     write_results,
 )
 from benchmarks.processes import measured, predict_command, raw_csv_command
+from modelsphere.core.provenance import package_versions
 
 TARGET_ROWS_PER_SECOND = 500_000  # issue 7: predict.py Parquet -> Parquet, 1M rows
 SINGLE_RECORD_CALLS = 2000
@@ -349,7 +349,7 @@ def main() -> None:
         "benchmark": "inference_paths",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
-        "versions": versions(),
+        "versions": package_versions(),
         "load_average_1m": {"start": load_before, "end": os.getloadavg()[0]},
         "setup": {
             "rows": args.rows,

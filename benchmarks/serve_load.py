@@ -47,16 +47,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from benchmarks.common import (
-    REPO,
-    add_output_arguments,
-    machine,
-    versions,
-    write_results,
-)
+from benchmarks.common import REPO, add_output_arguments, machine, write_results
 from benchmarks.load_client import run_load
 from modelsphere.core.devices import select_device
 from modelsphere.core.fileio import read_json
+from modelsphere.core.provenance import package_versions
 from modelsphere.data.cleaning import clean_records
 from modelsphere.data.schema import Schema
 from modelsphere.inference.predictor import Predictor
@@ -497,7 +492,7 @@ def http_overhead(configs: list, inproc: dict) -> dict:
 
 
 def serving_versions(client: str) -> dict:
-    out = versions(*SERVING_PACKAGES)
+    out = package_versions(*SERVING_PACKAGES)
     if client == "wrk":
         wrk = subprocess.run(
             [wrk_command(), "--version"], capture_output=True, text=True

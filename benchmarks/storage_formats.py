@@ -50,15 +50,11 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from benchmarks.common import (
-    add_output_arguments,
-    machine,
-    versions,
-    write_results,
-)
+from benchmarks.common import add_output_arguments, machine, write_results
 from benchmarks.processes import GNU_TIME, compose_config, measured
 from benchmarks.storage_end_to_end import end_to_end
 from benchmarks.storage_markdown import render_markdown
+from modelsphere.core.provenance import package_versions
 
 CHILD = Path(__file__).resolve().parent / "storage_read_child.py"
 FORMATS = ("parquet", "csv")
@@ -320,7 +316,7 @@ def main(argv=None) -> Dict[str, Any]:
         "benchmark": "storage_formats",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
-        "versions": versions(),
+        "versions": package_versions(),
         "load_average": {"start": list(load_start), "end": list(os.getloadavg())},
         "wall_seconds": time.perf_counter() - started,
         "setup": {

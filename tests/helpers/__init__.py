@@ -187,6 +187,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def start_serve_py(run_dir: Path, port: int) -> subprocess.Popen:
+    """serve.py for `run_dir` on 127.0.0.1:`port`, its output on one pipe."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO / "serve.py"),
+            f"run_dir={run_dir}",
+            f"serve.port={port}",
+            f"paths.outputs_dir={Path(run_dir).parents[1]}",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+
+
 def wait_server_ready(process: subprocess.Popen, base: str) -> None:
     """Poll a serve.py subprocess until /v2/health/ready answers 200; fail with
     its output if it exits first."""

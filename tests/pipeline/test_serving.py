@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -16,10 +13,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from helpers import (
-    REPO,
     compose_config,
     free_port,
     make_table,
+    start_serve_py,
     train_tiny,
     wait_client_ready,
     wait_server_ready,
@@ -429,21 +426,7 @@ def test_metrics_count_requests_errors_and_rows(binary):
 
 def test_serve_py_starts_answers_and_stops(runs):
     port = free_port()
-    outputs = runs["binary"].parents[1]
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            str(REPO / "serve.py"),
-            f"run_dir={runs['binary']}",
-            f"serve.port={port}",
-            f"paths.outputs_dir={outputs}",
-        ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
-    )
+    process = start_serve_py(runs["binary"], port)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_server_ready(process, base)

@@ -8,18 +8,16 @@ newman is an npm dev dependency (package.json): `npm ci` installs it, as CI does
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Iterator, List, Tuple
 
 import pytest
 
-from helpers import REPO, compose_config, free_port, wait_server_ready
+from helpers import REPO, compose_config, free_port, start_serve_py, wait_server_ready
 from modelsphere.serving.app import ServeSettings, create_app
 
 POSTMAN = REPO / "docs" / "postman"
@@ -248,20 +246,7 @@ def test_newman_runs_the_collection_against_serve_py(collection, telco_run, tmp_
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     report = tmp_path / "newman.json"
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            str(REPO / "serve.py"),
-            f"run_dir={telco_run}",
-            f"serve.port={port}",
-            f"paths.outputs_dir={telco_run.parents[1]}",
-        ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
-    )
+    server = start_serve_py(telco_run, port)
     try:
         wait_server_ready(server, base)
         newman = subprocess.run(

@@ -105,3 +105,12 @@ def test_contributing_names_real_files():
         if not any((root / name).is_file() for root in (REPO, PACKAGE, PACKAGE.parent))
     ]
     assert named and not missing, missing
+
+
+def test_every_test_lives_in_a_tier_and_carries_its_marker(request):
+    """`make test-quick` selects `-m unit`: each test file sits in a tier folder,
+    and the conftest hook marks its tests with that tier."""
+    tests = REPO / "tests"
+    loose = [p.name for p in tests.glob("test_*.py")]
+    assert not loose, f"test files outside tests/unit|pipeline|tooling: {loose}"
+    assert request.node.get_closest_marker("unit") is not None

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from modelsphere.core.devices import AMP_DTYPES, DEVICE_NAMES
 from modelsphere.core.errors import ModelSphereError
@@ -216,16 +216,3 @@ def register_resolvers() -> None:
 
 
 register_resolvers()
-
-__all__ = [
-    "MISSING",
-    "Checks",
-    "DeviceConfig",
-    "PathsConfig",
-    "check_no_missing",
-    "register_schema",
-    "require",
-    "setting",
-    "to_plain",
-    "validate",
-]

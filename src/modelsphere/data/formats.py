@@ -38,7 +38,7 @@ class CsvOptions:
     option_prefix: str = ""
 
 
-class TableWriter:
+class FormatWriter:
     """Appends tables with one schema to one file; `close()` finishes it."""
 
     def __init__(self, writer, row_group_rows: Optional[int] = None):
@@ -67,9 +67,9 @@ class TableFormat:
         schema: pa.Schema,
         compression: str = COMPRESSION,
         row_group_rows: Optional[int] = None,
-    ) -> TableWriter:
+    ) -> FormatWriter:
         writer = self._writer(path, schema, compression)
-        return TableWriter(writer, row_group_rows if self.row_groups else None)
+        return FormatWriter(writer, row_group_rows if self.row_groups else None)
 
     def _writer(self, path: Path, schema: pa.Schema, compression: str):
         raise NotImplementedError
