@@ -47,8 +47,11 @@ lint: venv
 	$(VENV)/bin/black --check .
 	$(VENV)/bin/flake8
 
+# Every tier, one test file per core (pytest-xdist): tests of one file share their
+# module fixtures; runs trained for many files are shared across workers
+# (tests/helpers/trained_runs.py).
 test: lint $(TEST_STAMP) $(TOOLS_STAMP)
-	$(WITH_TOOLS) $(PY) -m pytest -q
+	$(WITH_TOOLS) $(PY) -m pytest -q -n auto --dist loadfile
 
 # The unit tier only (tests/unit/: no training run), for the edit-test loop.
 test-quick: venv

@@ -1,14 +1,20 @@
 """Shared fixtures, and the tier markers: every test under tests/unit/,
 tests/pipeline/ or tests/tooling/ is marked with its tier, so `pytest -m unit`
-runs one tier (`make test-quick`). Helpers live in tests/helpers/."""
+runs one tier (`make test-quick`). Helpers live in tests/helpers/.
+
+`trained_runs` trains each shared recipe once per session: under pytest-xdist
+(`make test` runs the suite on every core) the workers share one folder, the
+parent of their own base temp dirs, so a recipe is trained once in all."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from helpers import make_table
+from helpers.trained_runs import TrainedRuns
 
 TIERS = ("unit", "pipeline", "tooling")
 
@@ -25,3 +31,11 @@ def tiny_csv(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.csv"
     make_table().to_csv(path, index=False)
     return path
+
+
+@pytest.fixture(scope="session")
+def trained_runs(tmp_path_factory) -> TrainedRuns:
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # shared by the session's workers
+    return TrainedRuns(base / "trained_runs")

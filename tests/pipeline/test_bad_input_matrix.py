@@ -33,7 +33,6 @@ from helpers import (
     make_table,
     run_cli,
     run_cli_in_process,
-    train_tiny,
     wait_client_ready,
 )
 from modelsphere.core.devices import select_device
@@ -397,9 +396,9 @@ def test_huge_cardinality_is_capped_by_max_category_levels(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
+def run_dir(tmp_path_factory, trained_runs) -> Path:
     base = tmp_path_factory.mktemp("matrix_model")
-    return train_tiny(base, "train.max_epochs=1", "train.plot=false")
+    return trained_runs.copy("binary_one_epoch", base)
 
 
 @pytest.fixture(scope="module")

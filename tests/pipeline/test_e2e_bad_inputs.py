@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers import compose_config, csv_overrides, make_table, train_tiny
+from helpers import compose_config, csv_overrides, make_table
 from modelsphere.core.errors import ModelSphereError
 from modelsphere.inference.batch_predict import run_batch_prediction
 from modelsphere.inference.evaluation import run_evaluation
@@ -25,9 +25,9 @@ PROBABILITIES = ["no_probability", "yes_probability"]
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
+def run_dir(tmp_path_factory, trained_runs) -> Path:
     base = tmp_path_factory.mktemp("bad_inputs")
-    return train_tiny(base, "train.max_epochs=1", "train.plot=false")
+    return trained_runs.copy("binary_one_epoch", base)
 
 
 def features(seed: int = 11) -> pd.DataFrame:

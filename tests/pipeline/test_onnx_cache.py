@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 
-from helpers import make_table, train_tiny
+from helpers import make_table
 from modelsphere.core.devices import select_device
 from modelsphere.inference import engines
 from modelsphere.inference.predictor import Predictor
@@ -21,11 +21,11 @@ CPU = select_device("cpu", False, "auto")
 
 
 @pytest.fixture(scope="module")
-def two_runs(tmp_path_factory):
+def two_runs(tmp_path_factory, trained_runs):
     """Two runs of the same data and architecture with different seeds."""
     base = tmp_path_factory.mktemp("onnx_cache")
-    first = train_tiny(base, "seed=1", run_name="first")
-    second = train_tiny(base, "seed=2", run_name="second")
+    first = trained_runs.copy("binary_seed_1", base)
+    second = trained_runs.copy("binary_seed_2", base)
     return first, second
 
 

@@ -17,7 +17,6 @@ from helpers import (
     free_port,
     make_table,
     start_serve_py,
-    train_tiny,
     wait_client_ready,
     wait_server_ready,
 )
@@ -27,15 +26,15 @@ from modelsphere.inference.predictor import Predictor
 from modelsphere.serving.app import ServeSettings, create_app
 from modelsphere.serving.runner import settings_from_config
 
-NAME = "tiny_binary"  # the data set name: train_tiny writes tiny_binary.csv
+NAME = "tiny_binary"  # the data set name: train_tiny trains on tiny_binary.csv
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """One tiny trained model per task, shared by the module's tests."""
+def runs(tmp_path_factory, trained_runs):
+    """One tiny trained model per task (the session's), copied for this module."""
     base = tmp_path_factory.mktemp("serving")
     return {
-        task: train_tiny(base, task=task, run_name=task)
+        task: trained_runs.copy(task, base)
         for task in ("binary", "multiclass", "regression")
     }
 

@@ -29,11 +29,11 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from helpers import train_tiny, wait_client_ready
+from helpers import wait_client_ready
 from modelsphere.serving.app import ServeSettings, create_app
 from modelsphere.serving.oip import NUMERIC_DATATYPES
 
-NAME = "tiny_binary"  # the data set name: train_tiny writes tiny_binary.csv
+NAME = "tiny_binary"  # the data set name: train_tiny trains on tiny_binary.csv
 NUMERIC = ("age", "income")  # make_table's features and id column
 CATEGORICAL = ("plan", "region")
 ID_COLUMN = "customer_id"
@@ -59,11 +59,11 @@ OPERATIONS = [
 
 
 @pytest.fixture(scope="module")
-def served_app(tmp_path_factory):
+def served_app(tmp_path_factory, trained_runs):
     """The app with its model loaded: the TestClient context runs the lifespan
     (which loads the model in the background), then we wait for readiness."""
     base = tmp_path_factory.mktemp("serving_fuzz")
-    run_dir = train_tiny(base, task="binary", run_name="binary")
+    run_dir = trained_runs.copy("binary", base)
     app = create_app(ServeSettings(run_dir=str(run_dir), engine="torch"))
     with TestClient(app) as client:
         wait_client_ready(client)

@@ -48,44 +48,6 @@ def test_train_throughput_smoke(tmp_path, monkeypatch):
     assert "## Inference cost per row" in markdown
 
 
-def test_inference_paths_smoke(tmp_path, monkeypatch):
-    """Trains a Telco model in its work dir, scores 2,000 rows both ways,
-    profiles the batch path and summarises the serving results it is given."""
-    argv = ["inference_paths.py", "--rows", "2000", "--repeats", "1"]
-    argv += ["--large-rows", "5000"]
-    argv += ["--work-dir", str(tmp_path / "work"), "--out", str(tmp_path)]
-    argv += ["--name", "smoke", "--serve-results", str(tmp_path / "absent.json")]
-    argv += ["--train-override", "train=quick"]
-    monkeypatch.setattr(sys, "argv", argv)
-    runpy.run_module("benchmarks.inference_paths", run_name="__main__", alter_sys=True)
-    payload = json.loads((tmp_path / "smoke.json").read_text())
-    assert set(payload["batch"]) == {
-        "parquet -> parquet",
-        "csv -> parquet",
-        "parquet -> parquet, engine=torch, no prefetch",
-    }
-    for result in payload["batch"].values():
-        assert result["rows"] == 2000 and result["rows_per_second"] > 0
-        assert result["in_process_seconds"] < result["seconds"]
-    assert payload["large"]["rows"] == 5000
-    assert payload["first_run_seconds_with_onnx_export"] > 0
-    startup = payload["startup"]
-    assert 0 < startup["seconds"] and len(startup["runs"]) == 1
-    assert startup["rows_per_second_cap"] == pytest.approx(2000 / startup["seconds"])
-    stages = payload["batch_profile"]["stages"]
-    assert stages["model forward"] > 0 and stages["feature transform"] > 0
-    assert sum(stages.values()) == pytest.approx(payload["batch_profile"]["seconds"])
-    assert set(payload["single_record_in_process"]) == {"torch", "onnx"}
-    assert payload["api"] is None
-    floor = payload["model_forward_floor"]
-    assert floor["flops_per_row"] > 2 * 256 * 256  # the default MLP's two layers
-    assert payload["target"]["met"] is False  # 2,000 rows cannot amortise start-up
-    assert isinstance(payload["target"]["in_process_met"], bool)
-    markdown = (tmp_path / "smoke.md").read_text()
-    assert "| parquet -> parquet |" in markdown and "not measured" in markdown
-    assert "The same default run on 5,000 rows" in markdown
-
-
 def test_preprocess_scale_benchmark_smoke(tmp_path, monkeypatch):
     argv = ["preprocess_scale.py", "--rows", "3000", "--repeats", "1"]
     argv += [

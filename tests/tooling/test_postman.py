@@ -17,7 +17,7 @@ from typing import Iterator, List, Tuple
 
 import pytest
 
-from helpers import REPO, compose_config, free_port, start_serve_py, wait_server_ready
+from helpers import REPO, free_port, start_serve_py, wait_server_ready
 from modelsphere.serving.app import ServeSettings, create_app
 
 POSTMAN = REPO / "docs" / "postman"
@@ -43,22 +43,9 @@ def collection() -> dict:
 
 
 @pytest.fixture(scope="module")
-def telco_run(tmp_path_factory) -> Path:
-    """The bundled Telco churn data, 1 epoch on the CPU, everything under tmp."""
-    from modelsphere.training.run import run_training
-
-    base = tmp_path_factory.mktemp("postman")
-    cfg = compose_config(
-        [
-            "train.max_epochs=1",
-            f"paths.data_dir={base / 'data'}",
-            f"paths.outputs_dir={base / 'outputs'}",
-            "device=cpu",
-        ]
-    )
-    run_dir = base / "outputs" / "train" / "telco"
-    run_training(cfg, run_dir)
-    return run_dir
+def telco_run(tmp_path_factory, trained_runs) -> Path:
+    """The bundled Telco churn data, 1 epoch on the CPU (the session's run)."""
+    return trained_runs.copy("telco_one_epoch", tmp_path_factory.mktemp("postman"))
 
 
 def requests_of(node: dict, folder: str = "") -> Iterator[Tuple[str, dict]]:

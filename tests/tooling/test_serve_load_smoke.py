@@ -9,11 +9,9 @@ import json
 import runpy
 import sys
 
-from helpers import train_tiny
 
-
-def test_serve_load_smoke(tmp_path, monkeypatch):
-    run_dir = train_tiny(tmp_path)
+def test_serve_load_smoke(tmp_path, monkeypatch, trained_runs):
+    run_dir = trained_runs.copy("binary", tmp_path)
     argv = ["serve_load.py", "--run-dir", str(run_dir), "--engines", "torch"]
     argv += ["--workers", "1", "--rows", "1", "--concurrency", "1"]
     argv += ["--duration", "1", "--warmup", "0", "--repeats", "1"]
