@@ -17,13 +17,23 @@ from helpers import make_table
 from helpers.trained_runs import TrainedRuns
 
 TIERS = ("unit", "pipeline", "tooling")
+# The order the tiers run in: the few long benchmark smoke runs of tooling first
+# and the many short unit tests last, so that under pytest-xdist (one file per
+# worker, handed out in this order) no long file starts near the end.
+RUN_ORDER = ("tooling", "pipeline", "unit")
+
+
+def tier_of(item) -> str:
+    return Path(str(item.fspath)).parent.name
 
 
 def pytest_collection_modifyitems(items):
     for item in items:
-        tier = Path(str(item.fspath)).parent.name
+        tier = tier_of(item)
         if tier in TIERS:
             item.add_marker(getattr(pytest.mark, tier))
+    rank = {tier: position for position, tier in enumerate(RUN_ORDER)}
+    items.sort(key=lambda item: rank.get(tier_of(item), len(RUN_ORDER)))
 
 
 @pytest.fixture
