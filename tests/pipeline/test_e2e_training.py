@@ -19,7 +19,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import compose_config, csv_overrides, make_table, train_tiny
+from helpers import (
+    compose_config,
+    csv_overrides,
+    make_table,
+    run_cli_in_process,
+    train_tiny,
+)
 from modelsphere.core.errors import ModelSphereError
 from modelsphere.inference.batch_predict import run_batch_prediction
 from modelsphere.inference.evaluation import run_evaluation
@@ -86,13 +92,15 @@ def test_resume_continues_exactly_where_the_run_stopped(tmp_path):
         + ["train.max_epochs=3", f"train.resume={part}"]
     )
     elsewhere = tmp_path / "outputs" / "train" / "elsewhere"
+    before = {path.name: path.read_bytes() for path in part.iterdir()}
     run_training(cfg, elsewhere)
 
-    assert not (elsewhere / "model.json").exists()  # written into the resumed dir
-    assert [row["epoch"] for row in history(part)] == [1, 2, 3]
-    assert history(part) == history(full)
-    assert_same_weights(part, full)
-    checkpoint = torch.load(part / "checkpoint.pt", weights_only=True)
+    # The finished run is kept as it was: the continued run is a new run dir.
+    assert {path.name: path.read_bytes() for path in part.iterdir()} == before
+    assert [row["epoch"] for row in history(elsewhere)] == [1, 2, 3]
+    assert history(elsewhere) == history(full)
+    assert_same_weights(elsewhere, full)
+    checkpoint = torch.load(elsewhere / "checkpoint.pt", weights_only=True)
     assert checkpoint["epoch"] == 3
 
 
@@ -106,6 +114,47 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(ModelSphereError, match="checkpoint") as error:
         run_training(cfg, tmp_path / "outputs" / "train" / "resumed")
     assert str(run / "checkpoint.pt") in str(error.value)
+
+
+def snapshot(run_dir: Path) -> dict:
+    return {path.name: path.read_bytes() for path in sorted(run_dir.iterdir())}
+
+
+def test_a_finished_run_is_not_resumed_unless_more_epochs_are_asked(tmp_path):
+    run = train_tiny(tmp_path, "train.max_epochs=2", "train.plot=false")
+    before = snapshot(run)
+    base = csv_overrides(csv_of(tmp_path), tmp_path, "binary") + [f"train.resume={run}"]
+    new_dir = tmp_path / "outputs" / "train" / "continued"
+    given = [f"train.resume={run}"]
+    # No train.max_epochs on the command line (the default, 100, must not apply).
+    with pytest.raises(ModelSphereError, match="has finished") as error:
+        run_training(compose_config(base), new_dir, overrides=given)
+    assert "train.max_epochs above 2" in str(error.value)
+    # Fewer or as many epochs as were done.
+    for epochs in (1, 2):
+        item = f"train.max_epochs={epochs}"
+        with pytest.raises(ModelSphereError, match="has finished"):
+            run_training(compose_config(base + [item]), new_dir, [*given, item])
+    # An override a resumed run would drop is refused by name.
+    extra = ["train.max_epochs=3", "train.lr=0.5", "model.dropout=0.3"]
+    with pytest.raises(ModelSphereError, match="keeps its own config") as error:
+        run_training(compose_config(base + extra), new_dir, [*given, *extra])
+    assert "['train.lr=0.5', 'model.dropout=0.3']" in str(error.value)
+    assert snapshot(run) == before and not new_dir.exists()
+
+
+def test_resume_on_the_command_line_refuses_a_finished_run(tmp_path, capfd):
+    """Through train.py's Hydra main: the overrides are the command line's."""
+    run = train_tiny(tmp_path, "train.max_epochs=1", "train.plot=false")
+    before = snapshot(run)
+    common = [f"train.resume={run}", f"paths.outputs_dir={tmp_path / 'outputs'}"]
+    result = run_cli_in_process(capfd, "train.py", *common, "device=cpu")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "has finished (1 epoch(s))" in result.stdout + result.stderr
+    result = run_cli_in_process(capfd, "train.py", *common, "seed=3")
+    assert result.returncode == 2
+    assert "['seed=3'] would be ignored" in result.stdout + result.stderr
+    assert snapshot(run) == before
 
 
 # ----------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import signal
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -64,6 +64,7 @@ from modelsphere.training.interrupts import (
     stop_requests,
 )
 from modelsphere.training.metrics import is_improvement
+from modelsphere.training.resume import command_line_overrides, plan_resume
 from modelsphere.training.summary import data_record, metrics_summary, short_metrics
 from modelsphere.training.trainer import Trainer, build_trainer
 
@@ -76,12 +77,22 @@ def run_preprocessing(cfg: Any, force: bool = True) -> ProcessedData:
     return prepare_data(cfg.data, cfg.paths.data_dir, force=force)
 
 
-def run_training(cfg: DictConfig, run_dir: str | Path) -> float:
-    """Train a model as `cfg` says, write the run dir, return the best val metric."""
+def run_training(
+    cfg: DictConfig, run_dir: str | Path, overrides: Optional[Sequence[str]] = None
+) -> float:
+    """Train a model as `cfg` says, write the run dir, return the best val metric.
+
+    With `train.resume`, `overrides` (default: the command line's, under Hydra)
+    decide what the resumed run may change (training/resume.py)."""
     run_dir = Path(run_dir)
     resume = load_checkpoint(cfg.train.resume) if cfg.train.resume else None
     if resume is not None:
-        cfg, run_dir = _resume_config(cfg, Path(cfg.train.resume))
+        if overrides is None:
+            overrides = command_line_overrides()
+        plan = plan_resume(
+            cfg, Path(cfg.train.resume), run_dir, int(resume["epoch"]), overrides
+        )
+        cfg, run_dir = plan.cfg, plan.run_dir
     validate_train_app(cfg)
     device, context = _setup(cfg)
     try:
@@ -337,25 +348,6 @@ def _setup(cfg: DictConfig) -> Tuple[DeviceChoice, DistContext]:
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     return device, context
-
-
-def _resume_config(cfg: DictConfig, run_dir: Path) -> Tuple[DictConfig, Path]:
-    """The resumed run's own config; only device and a longer max_epochs may change."""
-    saved_path = run_dir / CONFIG_FILE
-    if not saved_path.is_file():
-        raise ModelSphereError(
-            f"train.resume={run_dir}: {CONFIG_FILE} is missing there"
-        )
-    saved = OmegaConf.load(saved_path)
-    saved.device = cfg.device
-    if cfg.train.max_epochs != saved.train.max_epochs:
-        log.info(
-            "resume: max_epochs %d -> %d", saved.train.max_epochs, cfg.train.max_epochs
-        )
-        saved.train.max_epochs = cfg.train.max_epochs
-    saved.train.resume = str(run_dir)
-    log.info("resuming %s from its last checkpoint", run_dir)
-    return saved, run_dir
 
 
 def _stop_on_nonfinite(run_dir, epoch, bad_batch, last_good_epoch) -> None:
