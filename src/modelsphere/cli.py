@@ -7,17 +7,22 @@ logged with the job's output dir and recorded in its `job_status.json`; the job
 returns None and the sweep goes on (Optuna records a failed trial: it refuses a
 job that raises, and the Optuna sweeper crashes on a NaN value). A training run
 stopped by SIGINT/SIGTERM exits with 128 + the signal number after saving a
-resumable checkpoint, and stops a sweep as well.
+resumable checkpoint, and stops a sweep as well. Any other entry point stopped by
+SIGTERM unwinds as on Ctrl-C (a file being written is removed, never left half
+written) and exits with 143.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from omegaconf import DictConfig
 
@@ -30,6 +35,30 @@ log = logging.getLogger("modelsphere")
 
 USAGE_ERROR_EXIT_CODE = 2
 INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, as shells report it
+TERMINATED_EXIT_CODE = 128 + signal.SIGTERM
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the main thread is, so every `finally` runs (a
+    BaseException, like KeyboardInterrupt: no `except Exception` swallows it)."""
+
+
+@contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """While the block runs, SIGTERM raises Terminated instead of killing the
+    process on the spot (training installs its own handler inside: it checkpoints)."""
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals reach the main thread only
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _is_multirun() -> bool:
@@ -48,7 +77,8 @@ def entry_point(task: Callable) -> Callable:
         if _is_multirun():
             return _sweep_job(task, cfg, output_dir)
         try:
-            return task(cfg, output_dir)
+            with sigterm_unwinds():
+                return task(cfg, output_dir)
         except TrainingInterrupted as exc:
             log.error("%s", exc)
             sys.exit(exc.exit_code)
@@ -58,6 +88,9 @@ def entry_point(task: Callable) -> Callable:
         except KeyboardInterrupt:
             log.error("interrupted (Ctrl-C)")
             sys.exit(INTERRUPTED_EXIT_CODE)
+        except Terminated:
+            log.error("terminated (SIGTERM)")
+            sys.exit(TERMINATED_EXIT_CODE)
 
     return main
 

@@ -25,6 +25,15 @@ TINY_RECIPES: Dict[str, Tuple[str, Tuple[str, ...]]] = {
     "binary_one_epoch": ("binary", ("train.max_epochs=1", "train.plot=false")),
     "binary_seed_1": ("binary", ("seed=1",)),
     "binary_seed_2": ("binary", ("seed=2",)),
+    "binary_standard": (
+        "binary",
+        (
+            "train.max_epochs=1",
+            "train.plot=false",
+            "model.features.numeric_scaling=standard",
+            "model.numeric_embedding=none",
+        ),
+    ),
 }
 
 

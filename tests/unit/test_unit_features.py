@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from modelsphere.core.errors import ModelSphereError
+from modelsphere.core.errors import ModelSphereError, RowError
 from modelsphere.data.schema import Schema
 from modelsphere.features.config import FeatureConfig
 from modelsphere.features.fit import fit_feature_state
@@ -174,6 +174,34 @@ def test_standard_scaling_is_zero_mean_unit_std_on_train():
     out = transform_features(train, state).numeric[:, 0]
     assert out.mean() == pytest.approx(0.0, abs=1e-5)
     assert out.std() == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("scaling", ["standard", "none"])
+def test_a_value_beyond_float32_once_scaled_is_refused_naming_column_and_rows(
+    scaling,
+):
+    rng = np.random.default_rng(1)
+    train = frame(x=rng.normal(50, 7, 200), c=["a"] * 200)
+    state = fit_feature_state(train, make_schema(), options(numeric_scaling=scaling), 0)
+    scored = frame(x=[1.0, 1e308, 2.0, -1e300, 3.0], c=["a"] * 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow warning on the way
+        with pytest.raises(RowError) as error:
+            transform_features(scored, state)
+    assert error.value.positions == [1, 3] and error.value.column == "x"
+    assert str(error.value).startswith("column 'x': 1e+308 is out of the range")
+    # The largest finite inputs that stay finite once scaled are accepted.
+    edge = frame(x=[3e38 if scaling == "none" else 1e30], c=["a"])
+    assert np.isfinite(transform_features(edge, state).numeric).all()
+
+
+def test_quantile_scaling_clips_extreme_values_instead():
+    train = frame(x=np.arange(100.0), c=["a"] * 100)
+    state = fit_feature_state(
+        train, make_schema(), options(numeric_scaling="quantile_normal"), 0
+    )
+    out = transform_features(frame(x=[1e308, -1e308], c=["a"] * 2), state)
+    assert np.isfinite(out.numeric).all()
 
 
 def test_standard_scaling_of_a_constant_column_does_not_divide_by_zero():

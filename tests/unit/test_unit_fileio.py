@@ -264,3 +264,26 @@ def test_atomic_write_json_writes_undefined_numbers_as_null(tmp_path):
     path = tmp_path / "metrics.json"
     atomic_write_json(path, {"roc_auc": float("nan"), "x": [1.5, float("inf")]})
     assert json.loads(path.read_text()) == {"roc_auc": None, "x": [1.5, None]}
+
+
+def test_a_write_removes_the_temporary_files_dead_writers_left(tmp_path, caplog):
+    target = tmp_path / "scored.parquet"
+    dead = tmp_path / ".scored.parquet.4194305.k1ll3d.tmp"  # above Linux's pid_max
+    alive = tmp_path / f".scored.parquet.{os.getppid()}.writing.tmp"
+    unnumbered = tmp_path / ".scored.parquet.abcdefgh.tmp"  # not one of ours
+    other = tmp_path / ".other.parquet.4194305.x.tmp"  # another file's
+    for path in (dead, alive, unnumbered, other):
+        path.write_bytes(b"partial")
+    caplog.set_level("INFO", logger="modelsphere")
+    atomic_write_text(target, "new")
+    assert target.read_text() == "new"
+    assert not dead.exists()
+    assert alive.exists() and unnumbered.exists() and other.exists()
+    assert "left by process 4194305 that no longer runs" in caplog.text
+
+
+def test_the_temporary_file_names_its_writer(tmp_path):
+    with fileio.atomic_path(tmp_path / "model.json") as tmp:
+        assert tmp.name.startswith(f".model.json.{os.getpid()}.")
+        assert tmp.name.endswith(".tmp")
+        tmp.write_text("{}")

@@ -1,4 +1,8 @@
-"""The one exception type for problems a user can cause and fix."""
+"""The exception types for problems a user can cause and fix."""
+
+from __future__ import annotations
+
+from typing import List, Optional
 
 
 class ModelSphereError(Exception):
@@ -7,3 +11,18 @@ class ModelSphereError(Exception):
     The message names the file, column, row or config field involved and says what
     to do. Entry points print it without a traceback and exit with status 2.
     """
+
+
+class RowError(ModelSphereError):
+    """Bad values in particular rows of the rows given to one call.
+
+    `positions` are 0-based within those rows and `column` names the input column
+    at fault (None: the row as a whole). The caller turns them into what its user
+    sees: data row numbers for a file, `records[i].<column>` for the API.
+    """
+
+    def __init__(
+        self, message: str, positions: List[int], column: Optional[str] = None
+    ):
+        super().__init__(message)
+        self.positions, self.column = positions, column

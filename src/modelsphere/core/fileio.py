@@ -3,7 +3,8 @@
 Every file the pipeline writes goes through `atomic_write`: the bytes land in a
 temporary file in the destination folder, are fsync'ed, then renamed over the
 destination. A crash or a full disk therefore leaves either the old file or the
-new one, never half of one.
+new one, never half of one. The temporary file's name carries the writer's
+process id, so a later write of the same file removes what a killed writer left.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import glob
 import hashlib
 import json
+import logging
 import math
 import os
 import tempfile
@@ -21,7 +24,10 @@ from typing import Any, Callable, Iterator, List
 
 from modelsphere.core.errors import ModelSphereError
 
+log = logging.getLogger(__name__)
+
 HASH_CHUNK_BYTES = 1 << 20
+TEMP_SUFFIX = ".tmp"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 FILE_MODE = 0o666 & ~_UMASK  # what open() would give; mkstemp's default is 0600
@@ -57,6 +63,33 @@ def remove_stale_temp_files(directory: str | os.PathLike) -> List[Path]:
     return stale
 
 
+def remove_stale_temps(path: Path) -> List[Path]:
+    """Remove the temporary files of `path` left by writers that died (SIGKILL,
+    power loss): `.<name>.<pid>.<random>.tmp` whose process no longer runs. A
+    live writer's file, or any other file, is left alone. Returns the removed."""
+    removed = []
+    prefix = f".{path.name}."
+    for candidate in path.parent.glob(f"{glob.escape(prefix)}*{TEMP_SUFFIX}"):
+        pid = candidate.name[len(prefix) :].split(".", 1)[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            candidate.unlink(missing_ok=True)
+            log.info(
+                "removed %s, left by process %s that no longer runs", candidate, pid
+            )
+            removed.append(candidate)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; rename it over `path` on success.
@@ -67,8 +100,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path)
         fd, tmp_name = tempfile.mkstemp(
-            prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
+            prefix=f".{path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=path.parent
         )
         os.close(fd)
     except OSError as exc:

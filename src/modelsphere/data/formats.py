@@ -88,6 +88,11 @@ class TableFormat:
         """A user's file's column names."""
         raise NotImplementedError
 
+    def nested_columns(self, path: Path) -> Dict[str, str]:
+        """A user's file's columns of a nested type (lists, structs, maps), with
+        their type: none in a format that has no such types."""
+        return {}
+
     def frames(
         self, path: Path, chunk_rows: int, block_bytes: int, csv: CsvOptions
     ) -> Iterator[pd.DataFrame]:
@@ -113,6 +118,14 @@ class ParquetFormat(TableFormat):
 
     def columns(self, path: Path, csv: CsvOptions) -> List[str]:
         return list(_parquet_file(path).schema_arrow.names)
+
+    def nested_columns(self, path: Path) -> Dict[str, str]:
+        schema = _parquet_file(path).schema_arrow
+        return {
+            field.name: str(field.type)
+            for field in schema
+            if pa.types.is_nested(field.type)
+        }
 
     def frames(
         self, path: Path, chunk_rows: int, block_bytes: int, csv: CsvOptions

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import io
 import logging
 import re
 from pathlib import Path
@@ -23,9 +24,10 @@ from modelsphere.core.errors import ModelSphereError
 
 log = logging.getLogger(__name__)
 
-# Strings that mean "missing" in a raw CSV (whitespace-only cells are missing too).
 DEFAULT_BLOCK_BYTES = 1 << 20
 DEFAULT_FRAME_ROWS = 65_536
+HEADER_MAX_BYTES = 8 << 20  # the header row is read from this much at most
+# Strings that mean "missing" in a raw CSV (whitespace-only cells are missing too).
 NULL_STRINGS = ["", "NA", "N/A", "n/a", "NaN", "nan", "NULL", "null", "None", "?"]
 
 
@@ -36,6 +38,26 @@ def _python_encoding(encoding: str) -> str:
         raise ModelSphereError(f"unknown encoding {encoding!r}") from exc
     # utf-8-sig strips a byte-order mark if there is one.
     return "utf-8-sig" if name == "utf-8" else name
+
+
+def _first_record(path: Path, delimiter: str, py_encoding: str) -> List[str]:
+    """The first CSV record, read from at most HEADER_MAX_BYTES: a file with no
+    line end (a binary file, a wrong delimiter on a one-line dump) is refused
+    without being read whole."""
+    with open(path, "rb") as handle:
+        prefix = handle.read(HEADER_MAX_BYTES)
+        truncated = bool(handle.read(1))
+    # A multi-byte character cut at the end of the prefix is left out, not an error.
+    text = codecs.getincrementaldecoder(py_encoding)().decode(prefix, final=False)
+    stream = io.StringIO(text, newline="")
+    header = next(csv.reader(stream, delimiter=delimiter), [])
+    ended = stream.tell() < len(text) or text.endswith(("\n", "\r"))
+    if truncated and not ended:
+        raise ModelSphereError(
+            f"{path}: the header row does not end within the first "
+            f"{HEADER_MAX_BYTES >> 20} MiB (no line end): is it a CSV file?"
+        )
+    return header
 
 
 def read_header(
@@ -53,8 +75,7 @@ def read_header(
     if path.stat().st_size == 0:
         raise ModelSphereError(f"{path} is empty (0 bytes): expected a header row")
     try:
-        with open(path, encoding=_python_encoding(encoding), newline="") as handle:
-            header = next(csv.reader(handle, delimiter=delimiter), None)
+        header = _first_record(path, delimiter, _python_encoding(encoding))
     except UnicodeDecodeError as exc:
         raise ModelSphereError(
             f"{path} is not valid {encoding} text ({exc.reason} at byte {exc.start}); "

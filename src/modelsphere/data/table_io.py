@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import pandas as pd
 import pyarrow as pa
@@ -24,6 +24,12 @@ def table_format(path: str | Path, role: str) -> str:
 def table_columns(path: str | Path, csv: CsvOptions = CsvOptions()) -> List[str]:
     path = Path(path)
     return format_of(path, "input").columns(path, csv)
+
+
+def nested_columns(path: str | Path) -> Dict[str, str]:
+    """Columns of a nested type (Parquet lists, structs, maps) and their types."""
+    path = Path(path)
+    return format_of(path, "input").nested_columns(path)
 
 
 def iter_table_chunks(

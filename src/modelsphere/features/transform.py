@@ -20,12 +20,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from modelsphere.core.errors import ModelSphereError
+from modelsphere.core.errors import ModelSphereError, RowError
 
 STATE_VERSION = 1
 NUMERIC_SCALINGS = ("quantile_normal", "standard", "none")  # model.features
 MISSING_CODE, UNSEEN_CODE, FIRST_LEVEL_CODE = 0, 1, 2
 QUANTILE_CLIP = 1e-7  # keeps the normal quantile function finite at the extremes
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # the model's inputs are float32
 
 
 @dataclass
@@ -113,6 +114,20 @@ def _arrow_codes(values: Any, levels: pa.Array) -> Optional[np.ndarray]:
     return codes.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
 
 
+def _refuse_out_of_range(raw: np.ndarray, scaled: np.ndarray, col: Dict[str, Any]):
+    """A finite value whose model input is not (beyond float32 once scaled) would
+    make the scores NaN: refused, naming the column and the rows."""
+    positions = np.flatnonzero(~np.isfinite(scaled)).tolist()
+    first = positions[0]
+    raise RowError(
+        f"column {col['name']!r}: {float(raw[first])!r} is out of the range the "
+        f"model accepts (beyond float32's +-{FLOAT32_MAX:.3g} once scaled, scaling "
+        f"{col['scaling']!r}); {len(positions)} such value(s)",
+        positions,
+        col["name"],
+    )
+
+
 class FeatureTransform:
     """The fitted state compiled once (arrays, level lookups) and applied many times:
     per batch in training and predict.py, per request in the API.
@@ -163,7 +178,10 @@ class FeatureTransform:
             filled = (filled - col["mean"]) / col["std"]
         elif col["scaling"] == "quantile_normal":
             filled = _quantile_normal(filled, col["q"], col["refs"], col["increasing"])
-        out[:, 0] = filled
+        with np.errstate(over="ignore"):  # beyond float32: refused just below
+            out[:, 0] = filled
+        if not np.isfinite(out[:, 0]).all():
+            _refuse_out_of_range(raw, out[:, 0], col)
         if col["missing_indicator"]:
             out[:, 1] = missing
             return 2

@@ -26,6 +26,7 @@ from modelsphere.data.table_io import (
     CsvOptions,
     TableWriter,
     iter_table_chunks,
+    nested_columns,
     table_columns,
     table_format,
 )
@@ -59,6 +60,7 @@ def predict_file(
         predictor.check_columns(columns, str(input_path))
     except ModelSphereError as exc:
         raise ModelSphereError(f"{exc}{_delimiter_hint(columns, csv)}") from exc
+    predictor.check_flat(nested_columns(input_path), str(input_path))
     started = time.perf_counter()
     rows = 0
     prepared = _prepared_chunks(predictor, input_path, chunk_rows, csv)

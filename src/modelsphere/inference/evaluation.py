@@ -30,7 +30,7 @@ from modelsphere.core.runs import (
 from modelsphere.data.cleaning import clean_frame
 from modelsphere.data.preprocessing import prepare_data
 from modelsphere.data.splits import load_split
-from modelsphere.data.table_io import read_table
+from modelsphere.data.table_io import nested_columns, read_table
 from modelsphere.features.transform import encode_target
 from modelsphere.inference.config import validate_evaluate_app
 from modelsphere.inference.predictor import Predictor
@@ -48,6 +48,7 @@ def run_evaluation(cfg: Any, output_dir: str | Path) -> Dict[str, Any]:
     log.info("device: %s (%s)", device.device, device.reason)
     predictor = Predictor.from_run_dir(run_dir, device, cfg.batch_size)
     if cfg.input:
+        predictor.check_flat(nested_columns(cfg.input), str(cfg.input))
         frame, source = read_table(cfg.input), {
             "input": str(cfg.input),
             "sha256": sha256_file(cfg.input),
@@ -112,7 +113,7 @@ def score_labelled(
         )
     if labelled.empty:
         raise ModelSphereError(f"{where} has no labelled rows")
-    scores = predictor.scores(labelled)
+    scores = predictor.scores(labelled, where)
     values = labelled[schema.target]
     if predictor.task == "regression":
         target = torch.tensor(values.to_numpy(dtype=np.float64), dtype=torch.float32)

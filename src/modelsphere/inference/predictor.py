@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 from modelsphere.core.devices import DeviceChoice
-from modelsphere.core.errors import ModelSphereError
+from modelsphere.core.errors import ModelSphereError, RowError
 from modelsphere.data.cleaning import clean_frame, clean_records
 from modelsphere.features.transform import FeatureArrays, FeatureTransform
 from modelsphere.inference.engines import make_engine
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 PREDICTION_COLUMN = "prediction"
 PROBABILITY_SUFFIX = "_probability"
+ROWS_SHOWN = 5  # row numbers an error lists before "and N more"
 
 
 @dataclass
@@ -46,6 +47,8 @@ class PreparedRows:
     rows: int
     ids: Optional[np.ndarray]  # the id column's values, if the input has it
     arrays: FeatureArrays
+    where: str = "input"  # the input's name, for errors
+    row_offset: int = 0  # rows of the input before these
 
 
 @dataclass
@@ -152,6 +155,20 @@ class Predictor:
                 f"{where}: the target column {self.schema.target!r} is ignored",
             )
 
+    def check_flat(self, nested: Mapping[str, str], where: str) -> None:
+        """A column the model needs must hold one value per cell: a nested one
+        (a Parquet list or struct) would be scored as an unseen level in every row."""
+        needed = {
+            name: kind for name, kind in nested.items() if name in self.schema.features
+        }
+        if needed:
+            name, kind = next(iter(needed.items()))
+            raise ModelSphereError(
+                f"{where}: column {name!r} is of the nested type {kind}; the model "
+                "needs one string or number per cell (nested columns the model "
+                f"needs: {sorted(needed)})"
+            )
+
     def _announce(
         self, key: str, items: List[Any], message: str, level: int = logging.INFO
     ) -> None:
@@ -190,13 +207,38 @@ class Predictor:
         return cleaned
 
     def _scores(self, arrays: FeatureArrays) -> np.ndarray:
+        """Probabilities or values; a row whose score is not finite is an error,
+        never a NaN probability in the output."""
         outputs = self.engine(arrays.numeric, arrays.categorical)
-        return outputs_to_scores(outputs, self.task, self.feature_state).numpy()
+        scores = outputs_to_scores(outputs, self.task, self.feature_state).numpy()
+        finite = np.isfinite(scores)
+        if not finite.all():
+            bad = ~finite if finite.ndim == 1 else ~finite.all(axis=1)
+            positions = np.flatnonzero(bad).tolist()
+            raise RowError(
+                f"the model's output is not finite (NaN or infinite) for "
+                f"{len(positions)} row(s); is the model artifact damaged?",
+                positions,
+            )
+        return scores
 
-    def scores(self, cleaned: pd.DataFrame) -> torch.Tensor:
-        """Probabilities or values for already-prepared rows, on the CPU."""
-        arrays = self.transform.transform(cleaned, len(cleaned))
-        return torch.from_numpy(self._scores(arrays))
+    def _transform(self, cleaned: pd.DataFrame, where: str, rows: np.ndarray):
+        """The feature transform, a RowError told as `where` and data row numbers
+        (`rows`: the data row number of each row of `cleaned`)."""
+        try:
+            return self.transform.transform(cleaned, len(cleaned))
+        except RowError as exc:
+            raise ModelSphereError(_located(exc, where, rows)) from None
+
+    def scores(self, cleaned: pd.DataFrame, where: str = "input") -> torch.Tensor:
+        """Probabilities or values for already-prepared rows, on the CPU (the
+        frame's index is the 0-based position of each row in the input)."""
+        rows = cleaned.index.to_numpy() + 1
+        arrays = self._transform(cleaned, where, rows)
+        try:
+            return torch.from_numpy(self._scores(arrays))
+        except RowError as exc:
+            raise ModelSphereError(_located(exc, where, rows)) from None
 
     def _outputs(self, scores: np.ndarray, typed: bool = True) -> Dict[str, Any]:
         """`prediction` (+ one probability array per class), one entry per row;
@@ -225,12 +267,19 @@ class Predictor:
         ids = None
         if self.schema.id_column is not None and self.schema.id_column in frame:
             ids = frame[self.schema.id_column].to_numpy()
-        arrays = self.transform.transform(cleaned, len(cleaned))
-        return PreparedRows(len(frame), ids, arrays)
+        rows = np.arange(row_offset + 1, row_offset + len(cleaned) + 1)
+        arrays = self._transform(cleaned, where, rows)
+        return PreparedRows(len(frame), ids, arrays, where, row_offset)
 
     def forward(self, prepared: PreparedRows) -> ScoredRows:
         """The forward pass (predict.py runs it in its own thread)."""
-        return ScoredRows(prepared.rows, prepared.ids, self._scores(prepared.arrays))
+        try:
+            scores = self._scores(prepared.arrays)
+        except RowError as exc:
+            first = prepared.row_offset + 1
+            rows = np.arange(first, first + prepared.rows)
+            raise ModelSphereError(_located(exc, prepared.where, rows)) from None
+        return ScoredRows(prepared.rows, prepared.ids, scores)
 
     def finish(self, scored: ScoredRows) -> pd.DataFrame:
         """The id column (if given), `prediction` and the class probabilities."""
@@ -260,6 +309,14 @@ class Predictor:
     def warm_up(self) -> None:
         """One forward pass, so the first request does not pay for lazy set-up."""
         self.predict_records([{}])
+
+
+def _located(error: RowError, where: str, rows: np.ndarray) -> str:
+    """`error` told with the data row numbers of its positions (first five)."""
+    numbers = [int(rows[position]) for position in error.positions]
+    shown = ", ".join(str(number) for number in numbers[:ROWS_SHOWN])
+    more = f" and {len(numbers) - ROWS_SHOWN} more" if len(numbers) > ROWS_SHOWN else ""
+    return f"{where}: row(s) {shown}{more}: {error}"
 
 
 def _typed_labels(labels: np.ndarray, kind: str):

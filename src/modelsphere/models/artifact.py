@@ -52,6 +52,7 @@ class Artifact:
     def build(self, device: torch.device) -> torch.nn.Module:
         """The model with its trained weights in its inference form
         (`model.inference_form`), on `device`, in eval mode."""
+        self.check_shapes()
         model = build_model(self.spec)
         try:
             model.load_state_dict(self.state_dict, strict=True)
@@ -62,6 +63,39 @@ class Artifact:
                 f"{META_FILE}: {first}"
             ) from exc
         return inference_form(model.eval()).to(device).eval()
+
+    def check_shapes(self) -> None:
+        """The spec's tensors against the weights file's, before anything is
+        allocated: the spec is built on PyTorch's meta device (shapes, no memory),
+        so an edited spec (say 100,000-wide layers) is refused at no cost, and a
+        model that passes needs no more memory than its weights file holds."""
+        weights = self.run_dir / WEIGHTS_FILE
+        try:
+            with torch.device("meta"):
+                expected = build_model(self.spec).state_dict()
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise ModelSphereError(
+                f"{self.run_dir / META_FILE}: its model_spec does not build: {exc}"
+            ) from exc
+        for name, tensor in expected.items():
+            if name not in self.state_dict:
+                raise ModelSphereError(
+                    f"{weights} does not match the model described in {META_FILE}: "
+                    f"the spec has a tensor {name!r} the weights file lacks"
+                )
+            found = tuple(self.state_dict[name].shape)
+            if tuple(tensor.shape) != found:
+                raise ModelSphereError(
+                    f"{weights} does not match the model described in {META_FILE}: "
+                    f"{name!r} is {found} in the weights file but "
+                    f"{tuple(tensor.shape)} in the spec"
+                )
+        unexpected = sorted(set(self.state_dict) - set(expected))
+        if unexpected:
+            raise ModelSphereError(
+                f"{weights} does not match the model described in {META_FILE}: "
+                f"the weights file has tensors the spec lacks, e.g. {unexpected[0]!r}"
+            )
 
 
 def save_artifact(

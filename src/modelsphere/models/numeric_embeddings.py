@@ -108,9 +108,13 @@ def periodic_embeddings(n_numeric: int, settings: Dict[str, Any]) -> nn.Module:
 
 
 def piecewise_embeddings(edges: List[List[float]], d_embedding: int) -> nn.Module:
-    """The piecewise-linear module for these bin edges (one list per column)."""
-    bins = [torch.tensor(column, dtype=torch.float32) for column in edges]
-    with warnings.catch_warnings():
+    """The piecewise-linear module for these bin edges (one list per column).
+
+    Built on the CPU even inside a `torch.device("meta")` block (the artifact's
+    shape check): rtdl_num_embeddings reads the values of the edges and of tensors
+    it derives from them while it builds, which meta tensors do not have."""
+    bins = [torch.tensor(column, dtype=torch.float32, device="cpu") for column in edges]
+    with warnings.catch_warnings(), torch.device("cpu"):
         warnings.filterwarnings("ignore", message=SINGLE_BIN_WARNING)
         return import_rtdl().PiecewiseLinearEmbeddings(
             bins, d_embedding, activation=False, version="B"

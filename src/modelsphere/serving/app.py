@@ -16,7 +16,7 @@ import os
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modelsphere import __version__
 from modelsphere.core.devices import select_device
-from modelsphere.core.errors import ModelSphereError
+from modelsphere.core.errors import ModelSphereError, RowError
 from modelsphere.core.fileio import read_json
 from modelsphere.data.schema import Schema
 from modelsphere.inference.predictor import (
@@ -162,12 +162,20 @@ def create_app(settings: ServeSettings) -> FastAPI:
                 "(serve.max_batch_rows)",
             )
 
-    async def run_predictor(predictor: Predictor, records: List[Dict[str, Any]]):
+    async def run_predictor(
+        predictor: Predictor,
+        records: List[Dict[str, Any]],
+        loc_of: Callable[[int, Optional[str]], list],
+    ):
         """Small requests inline; large ones in a thread, off the event loop, so the
-        health endpoints keep answering."""
-        if len(records) <= settings.inline_max_rows:
-            return predictor.predict_records(records)
-        return await run_in_threadpool(predictor.predict_records, records)
+        health endpoints keep answering. Rows the model cannot score are a 422
+        naming each one (`loc_of(position, column)`)."""
+        try:
+            if len(records) <= settings.inline_max_rows:
+                return predictor.predict_records(records)
+            return await run_in_threadpool(predictor.predict_records, records)
+        except RowError as exc:
+            raise RowsRefused(exc, loc_of) from None
 
     @app.get("/v2/health/live", tags=["health"], summary="Liveness")
     async def live() -> Dict[str, bool]:
@@ -238,7 +246,14 @@ def create_app(settings: ServeSettings) -> FastAPI:
         check_rows(max((len(tensor.data) for tensor in body.inputs), default=0))
         records = oip.records_from_inputs(body, schema)
         predictor = service.ready_predictor()
-        columns = await run_predictor(predictor, records)
+        tensors = {tensor.name: position for position, tensor in enumerate(body.inputs)}
+
+        def loc_of(row: int, column: Optional[str]) -> list:
+            if column in tensors:
+                return ["body", "inputs", tensors[column], "data", row]
+            return ["body", "inputs"]
+
+        columns = await run_predictor(predictor, records, loc_of)
         telemetry.rows.labels("/v2/models/{name}/infer").inc(len(records))
         outputs = oip.outputs_from_columns(columns, schema.classes, schema.task)
         if body.outputs:
@@ -271,7 +286,11 @@ def create_app(settings: ServeSettings) -> FastAPI:
         check_rows(len(body.records))
         predictor = service.ready_predictor()
         records = [record.model_dump(by_alias=True) for record in body.records]
-        columns = await run_predictor(predictor, records)
+        columns = await run_predictor(
+            predictor,
+            records,
+            lambda row, column: ["body", "records", row] + ([column] if column else []),
+        )
         telemetry.rows.labels("/predict").inc(len(records))
         return {
             "model_name": model_name,
@@ -342,6 +361,14 @@ def _predictions(records, columns, schema: Schema) -> List[Dict[str, Any]]:
     return out
 
 
+class RowsRefused(Exception):
+    """A RowError from the predictor, with how the route names a row's field."""
+
+    def __init__(self, error: RowError, loc_of: Callable[[int, Optional[str]], list]):
+        super().__init__(str(error))
+        self.error, self.loc_of = error, loc_of
+
+
 def _error(status: int, message: str, detail: Optional[list] = None) -> JSONResponse:
     return JSONResponse({"error": message, "detail": detail or []}, status_code=status)
 
@@ -385,6 +412,19 @@ def _install_error_handlers(app: FastAPI) -> None:
             exc.message,
             [{"loc": exc.loc, "msg": exc.message, "type": "value_error"}],
         )
+
+    @app.exception_handler(RowsRefused)
+    async def rows_refused(request: Request, exc: RowsRefused):
+        error = exc.error
+        detail = [
+            {
+                "loc": exc.loc_of(position, error.column),
+                "msg": str(error),
+                "type": "value_error",
+            }
+            for position in error.positions[:ERRORS_SHOWN]
+        ]
+        return _error(422, str(error), detail)
 
     @app.exception_handler(ModelSphereError)
     async def model_error(request: Request, exc: ModelSphereError):

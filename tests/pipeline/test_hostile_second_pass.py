@@ -1,0 +1,337 @@
+"""Hostile input and faults, second pass (docs/bad_inputs.md, "Second pass"):
+values the model cannot represent, edited artifacts, files with no line end,
+nested Parquet columns and predict.py killed mid-write. Each refusal is one
+ERROR line (exit 2) or a 4xx naming the field, and leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from fastapi.testclient import TestClient
+
+from helpers import REPO, make_table, run_cli_in_process, wait_client_ready
+from modelsphere.core.devices import select_device
+from modelsphere.core.errors import ModelSphereError, RowError
+from modelsphere.inference.predictor import Predictor
+from modelsphere.serving.app import ServeSettings, create_app
+
+USAGE_ERROR = 2
+TERMINATED = 128 + signal.SIGTERM
+HUGE = 1e308  # finite in float64, beyond float32
+
+
+@pytest.fixture(scope="module")
+def scaled_run(tmp_path_factory, trained_runs) -> Path:
+    """A model with standard scaling and no numeric embedding: nothing clips an
+    extreme value on its way into the network."""
+    return trained_runs.copy("binary_standard", tmp_path_factory.mktemp("scaled"))
+
+
+def features(rows: int = 8, seed: int = 11) -> pd.DataFrame:
+    return make_table(rows=rows, seed=seed).drop(columns="label")
+
+
+def error_lines(result) -> list:
+    text = result.stdout + result.stderr
+    assert "Traceback" not in text, text[-3000:]
+    return [line for line in text.splitlines() if "[ERROR]" in line]
+
+
+def predict_cli(capfd, run_dir: Path, source: Path, output: Path, *extra: str):
+    return run_cli_in_process(
+        capfd,
+        "predict.py",
+        f"run_dir={run_dir}",
+        f"input={source}",
+        f"output={output}",
+        f"paths.outputs_dir={output.parent / 'outputs'}",
+        "device=cpu",
+        *extra,
+    )
+
+
+# ----------------------------------------------------------------------------
+# 1. A finite input the model cannot represent: an error, never a NaN score
+
+
+def test_predict_py_refuses_a_value_beyond_float32_naming_the_row(
+    scaled_run, tmp_path, capfd
+):
+    frame = features()
+    frame["income"] = frame["income"].astype(float)
+    frame.loc[3, "income"] = HUGE  # data row 4
+    source = tmp_path / "extreme.csv"
+    frame.to_csv(source, index=False)
+    output = tmp_path / "out" / "scored.csv"
+    result = predict_cli(capfd, scaled_run, source, output)
+    assert result.returncode == USAGE_ERROR
+    [line] = error_lines(result)
+    assert f"{source}: row(s) 4: column 'income': 1e+308 is out of the range" in line
+    assert not output.exists()
+    assert [p.name for p in output.parent.iterdir()] == ["outputs"]  # no temp file
+
+
+def test_evaluate_py_refuses_a_value_beyond_float32_naming_the_row(
+    scaled_run, tmp_path, capfd
+):
+    frame = make_table(rows=8, seed=11)
+    frame["age"] = frame["age"].astype(float)
+    frame.loc[[1, 6], "age"] = -HUGE
+    source = tmp_path / "labelled.parquet"
+    frame.to_parquet(source, index=False)
+    result = run_cli_in_process(
+        capfd,
+        "evaluate.py",
+        f"run_dir={scaled_run}",
+        f"input={source}",
+        f"paths.outputs_dir={tmp_path / 'outputs'}",
+        "device=cpu",
+    )
+    assert result.returncode == USAGE_ERROR
+    [line] = error_lines(result)
+    assert f"{source}: row(s) 2, 7: column 'age': -1e+308" in line
+    assert "2 such value(s)" in line
+
+
+def test_the_api_answers_422_naming_the_field(scaled_run):
+    app = create_app(ServeSettings(run_dir=str(scaled_run), engine="torch"))
+    records = json.loads(features(rows=3).to_json(orient="records"))
+    records[1]["income"] = HUGE
+    with TestClient(app) as client:
+        wait_client_ready(client)
+        response = client.post("/predict", json={"records": records})
+        assert response.status_code == 422, response.text
+        body = response.json()
+        assert body["detail"][0]["loc"] == ["body", "records", 1, "income"]
+        assert "column 'income': 1e+308 is out of the range" in body["error"]
+
+        names = list(records[0])
+        inputs = [
+            {
+                "name": name,
+                "shape": [3],
+                "datatype": "FP64" if name in ("age", "income") else "BYTES",
+                "data": [record[name] for record in records],
+            }
+            for name in names
+        ]
+        response = client.post("/v2/models/tiny_binary/infer", json={"inputs": inputs})
+        assert response.status_code == 422, response.text
+        position = names.index("income")
+        loc = ["body", "inputs", position, "data", 1]
+        assert response.json()["detail"][0]["loc"] == loc
+
+
+def test_a_non_finite_score_is_an_error_not_a_null_probability(scaled_run):
+    """Finite inputs, but the network's output is NaN (say, damaged weights)."""
+    predictor = Predictor.from_run_dir(scaled_run, select_device("cpu"), 64)
+    forward = predictor.engine
+
+    def half_nan(numeric, categorical):
+        outputs = forward(numeric, categorical).clone()
+        outputs[1::2] = float("nan")
+        return outputs
+
+    predictor.engine = half_nan
+    records = json.loads(features(rows=4).to_json(orient="records"))
+    with pytest.raises(RowError, match="not finite") as error:
+        predictor.predict_records(records)
+    assert error.value.positions == [1, 3] and error.value.column is None
+    with pytest.raises(ModelSphereError, match=r"batch\.csv: row\(s\) 2, 4: the"):
+        predictor.predict_frame(features(rows=4), where="batch.csv")
+
+
+# ----------------------------------------------------------------------------
+# 2. An edited model.json is refused before its layers are allocated
+
+
+def test_an_edited_spec_is_refused_before_any_allocation(trained_runs, tmp_path):
+    run_dir = trained_runs.copy("binary_one_epoch", tmp_path)
+    meta_path = run_dir / "model.json"
+    meta = json.loads(meta_path.read_text())
+    meta["model_spec"]["hidden_sizes"] = [30000, 30000]  # 3.4 GiB of float32
+    meta_path.write_text(json.dumps(meta))
+    probe = (
+        "import resource, sys\n"
+        "from modelsphere.core.devices import select_device\n"
+        "from modelsphere.core.errors import ModelSphereError\n"
+        "from modelsphere.inference.predictor import Predictor\n"
+        "try:\n"
+        f"    Predictor.from_run_dir({str(run_dir)!r}, select_device('cpu'), 64)\n"
+        "except ModelSphereError as exc:\n"
+        "    print('refused:', exc)\n"
+        "print('peak_mib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "refused:" in result.stdout and "in the weights file but" in result.stdout
+    assert "(30000," in result.stdout  # the spec's shape is named
+    peak = int(result.stdout.split("peak_mib")[-1])
+    assert peak < 1024, result.stdout  # the layers alone would take 3.4 GiB
+
+
+# ----------------------------------------------------------------------------
+# 3. A file with no line end: the header is read from a bounded prefix
+
+
+def test_a_file_without_a_line_end_is_refused_from_a_bounded_read(
+    trained_runs, tmp_path, capfd
+):
+    run_dir = trained_runs.copy("binary_one_epoch", tmp_path)
+    source = tmp_path / "no_newline.csv"
+    with open(source, "wb") as handle:
+        handle.write(b"a," * (5 << 20))  # 10 MiB, one unfinished line
+    output = tmp_path / "out" / "scored.parquet"
+    result = predict_cli(capfd, run_dir, source, output)
+    assert result.returncode == USAGE_ERROR
+    [line] = error_lines(result)
+    assert f"{source}: the header row does not end within the first 8 MiB" in line
+    result = run_cli_in_process(
+        capfd,
+        "data_preprocessing.py",
+        "data=csv",
+        f"data.path={source}",
+        "data.target=label",
+        f"paths.data_dir={tmp_path / 'data'}",
+        f"paths.outputs_dir={tmp_path / 'outputs'}",
+    )
+    assert result.returncode == USAGE_ERROR
+    [line] = error_lines(result)
+    assert "the header row does not end within the first 8 MiB" in line
+
+
+def test_a_short_file_without_a_final_line_end_still_reads(
+    trained_runs, tmp_path, capfd
+):
+    run_dir = trained_runs.copy("binary_one_epoch", tmp_path)
+    source = tmp_path / "no_final_newline.csv"
+    source.write_text(features(rows=5).to_csv(index=False).rstrip("\n"))
+    output = tmp_path / "out" / "scored.parquet"
+    result = predict_cli(capfd, run_dir, source, output)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert len(pd.read_parquet(output)) == 5
+
+
+# ----------------------------------------------------------------------------
+# 6. Nested Parquet types in a column the model needs
+
+
+def nested_file(path: Path, column: str, values: list, kind: pa.DataType) -> Path:
+    table = pa.Table.from_pandas(features(rows=len(values)), preserve_index=False)
+    position = table.schema.get_field_index(column)
+    table = table.set_column(position, column, pa.array(values, type=kind))
+    pq.write_table(table, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "values, kind, shown",
+    [
+        ([["basic"], ["plus", "basic"], None, []], pa.list_(pa.string()), "list<"),
+        (
+            [{"tier": "basic"}, {"tier": "plus"}, None, {"tier": None}],
+            pa.struct([("tier", pa.string())]),
+            "struct<tier: string>",
+        ),
+    ],
+    ids=["list", "struct"],
+)
+def test_a_nested_column_the_model_needs_is_refused(
+    values, kind, shown, trained_runs, tmp_path, capfd
+):
+    run_dir = trained_runs.copy("binary_one_epoch", tmp_path)
+    source = nested_file(tmp_path / "nested.parquet", "plan", values, kind)
+    output = tmp_path / "out" / "scored.parquet"
+    result = predict_cli(capfd, run_dir, source, output)
+    assert result.returncode == USAGE_ERROR
+    [line] = error_lines(result)
+    assert f"{source}: column 'plan' is of the nested type {shown}" in line
+    assert not output.exists()
+
+
+def test_a_nested_column_the_model_does_not_use_is_ignored(
+    trained_runs, tmp_path, capfd
+):
+    run_dir = trained_runs.copy("binary_one_epoch", tmp_path)
+    table = pa.Table.from_pandas(features(rows=4), preserve_index=False)
+    tags = pa.array([["a"], [], None, ["b", "c"]], type=pa.list_(pa.string()))
+    source = tmp_path / "extra_nested.parquet"
+    pq.write_table(table.append_column("tags", tags), source)
+    output = tmp_path / "out" / "scored.parquet"
+    result = predict_cli(capfd, run_dir, source, output)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert len(pd.read_parquet(output)) == 4
+
+
+# ----------------------------------------------------------------------------
+# 7. predict.py killed mid-write leaves no temporary file behind
+
+
+def test_sigterm_during_predict_removes_its_temporary_file(trained_runs, tmp_path):
+    run_dir = trained_runs.copy("binary_one_epoch", tmp_path)
+    source = tmp_path / "big.parquet"
+    frame = make_table(rows=2000, seed=3).drop(columns="label")
+    pd.concat([frame] * 100, ignore_index=True).to_parquet(source, row_group_size=2000)
+    output = tmp_path / "out" / "scored.parquet"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO / "predict.py"),
+            f"run_dir={run_dir}",
+            f"input={source}",
+            f"output={output}",
+            f"paths.outputs_dir={tmp_path / 'outputs'}",
+            "device=cpu",
+            "chunk_rows=500",
+            "prefetch_chunks=0",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    temps = []
+    while not temps and process.poll() is None and time.monotonic() < deadline:
+        temps = list(output.parent.glob(".scored.parquet.*.tmp"))
+        time.sleep(0.02)
+    assert temps, "predict.py ended before its temporary file appeared"
+    process.send_signal(signal.SIGTERM)
+    text, _ = process.communicate(timeout=60)
+    assert process.returncode == TERMINATED, text[-3000:]
+    assert "terminated (SIGTERM)" in text and "Traceback" not in text
+    assert list(output.parent.iterdir()) == []
+
+
+def test_a_later_run_removes_the_temporary_file_a_killed_run_left(
+    trained_runs, tmp_path, capfd
+):
+    run_dir = trained_runs.copy("binary_one_epoch", tmp_path)
+    source = tmp_path / "in.csv"
+    features(rows=5).to_csv(source, index=False)
+    output = tmp_path / "out" / "scored.parquet"
+    output.parent.mkdir()
+    dead = output.parent / ".scored.parquet.4194305.k1ll3d.tmp"  # > pid_max
+    alive = output.parent / f".scored.parquet.{os.getppid()}.writing.tmp"
+    other = output.parent / ".other.parquet.4194305.x.tmp"  # another file's
+    for path in (dead, alive, other):
+        path.write_bytes(b"partial")
+    result = predict_cli(capfd, run_dir, source, output)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert not dead.exists()
+    assert alive.exists() and other.exists()
+    assert len(pd.read_parquet(output)) == 5
+    assert np.isfinite(pd.read_parquet(output)["yes_probability"]).all()
