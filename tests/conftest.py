@@ -4,7 +4,10 @@ runs one tier (`make test-quick`). Helpers live in tests/helpers/.
 
 `trained_runs` trains each shared recipe once per session: under pytest-xdist
 (`make test` runs the suite on every core) the workers share one folder, the
-parent of their own base temp dirs, so a recipe is trained once in all."""
+parent of their own base temp dirs, so a recipe is trained once in all. Each
+worker also takes its share of the cores for PyTorch's threads (and passes it
+to the processes it starts), so that N workers on N cores do not each run N
+threads and spend their time switching between them."""
 
 from __future__ import annotations
 
@@ -12,6 +15,8 @@ import os
 from pathlib import Path
 
 import pytest
+
+import torch
 
 from helpers import make_table
 from helpers.trained_runs import TrainedRuns
@@ -21,6 +26,15 @@ TIERS = ("unit", "pipeline", "tooling")
 # and the many short unit tests last, so that under pytest-xdist (one file per
 # worker, handed out in this order) no long file starts near the end.
 RUN_ORDER = ("tooling", "pipeline", "unit")
+
+
+def pytest_configure(config):
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        torch.set_num_threads(threads)
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[name] = str(threads)  # for the CLI runs it starts
 
 
 def tier_of(item) -> str:
