@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from modelsphere.core.errors import ModelSphereError
 from modelsphere.core.runs import hydra_output_dir
@@ -84,6 +85,10 @@ def entry_point(task: Callable) -> Callable:
             sys.exit(exc.exit_code)
         except ModelSphereError as exc:
             log.error("error: %s", exc)
+            sys.exit(USAGE_ERROR_EXIT_CODE)
+        except OmegaConfBaseException as exc:
+            # e.g. ${oc.env:NAME} for a variable that is not set
+            log.error("error: config: %s", str(exc).splitlines()[0])
             sys.exit(USAGE_ERROR_EXIT_CODE)
         except KeyboardInterrupt:
             log.error("interrupted (Ctrl-C)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -42,10 +43,13 @@ def features(rows: int = 8, seed: int = 11) -> pd.DataFrame:
     return make_table(rows=rows, seed=seed).drop(columns="label")
 
 
-def error_lines(result) -> list:
+def refused_line(result) -> str:
+    """The one ERROR line of a run that must exit 2 without a traceback."""
     text = result.stdout + result.stderr
+    assert result.returncode == USAGE_ERROR, text[-3000:]
     assert "Traceback" not in text, text[-3000:]
-    return [line for line in text.splitlines() if "[ERROR]" in line]
+    [line] = [line for line in text.splitlines() if "[ERROR]" in line]
+    return line
 
 
 def predict_cli(capfd, run_dir: Path, source: Path, output: Path, *extra: str):
@@ -75,8 +79,7 @@ def test_predict_py_refuses_a_value_beyond_float32_naming_the_row(
     frame.to_csv(source, index=False)
     output = tmp_path / "out" / "scored.csv"
     result = predict_cli(capfd, scaled_run, source, output)
-    assert result.returncode == USAGE_ERROR
-    [line] = error_lines(result)
+    line = refused_line(result)
     assert f"{source}: row(s) 4: column 'income': 1e+308 is out of the range" in line
     assert not output.exists()
     assert [p.name for p in output.parent.iterdir()] == ["outputs"]  # no temp file
@@ -98,8 +101,7 @@ def test_evaluate_py_refuses_a_value_beyond_float32_naming_the_row(
         f"paths.outputs_dir={tmp_path / 'outputs'}",
         "device=cpu",
     )
-    assert result.returncode == USAGE_ERROR
-    [line] = error_lines(result)
+    line = refused_line(result)
     assert f"{source}: row(s) 2, 7: column 'age': -1e+308" in line
     assert "2 such value(s)" in line
 
@@ -196,8 +198,7 @@ def test_a_file_without_a_line_end_is_refused_from_a_bounded_read(
         handle.write(b"a," * (5 << 20))  # 10 MiB, one unfinished line
     output = tmp_path / "out" / "scored.parquet"
     result = predict_cli(capfd, run_dir, source, output)
-    assert result.returncode == USAGE_ERROR
-    [line] = error_lines(result)
+    line = refused_line(result)
     assert f"{source}: the header row does not end within the first 8 MiB" in line
     result = run_cli_in_process(
         capfd,
@@ -208,8 +209,7 @@ def test_a_file_without_a_line_end_is_refused_from_a_bounded_read(
         f"paths.data_dir={tmp_path / 'data'}",
         f"paths.outputs_dir={tmp_path / 'outputs'}",
     )
-    assert result.returncode == USAGE_ERROR
-    [line] = error_lines(result)
+    line = refused_line(result)
     assert "the header row does not end within the first 8 MiB" in line
 
 
@@ -256,8 +256,7 @@ def test_a_nested_column_the_model_needs_is_refused(
     source = nested_file(tmp_path / "nested.parquet", "plan", values, kind)
     output = tmp_path / "out" / "scored.parquet"
     result = predict_cli(capfd, run_dir, source, output)
-    assert result.returncode == USAGE_ERROR
-    [line] = error_lines(result)
+    line = refused_line(result)
     assert f"{source}: column 'plan' is of the nested type {shown}" in line
     assert not output.exists()
 
@@ -335,3 +334,81 @@ def test_a_later_run_removes_the_temporary_file_a_killed_run_left(
     assert alive.exists() and other.exists()
     assert len(pd.read_parquet(output)) == 5
     assert np.isfinite(pd.read_parquet(output)["yes_probability"]).all()
+
+
+# ----------------------------------------------------------------------------
+# 8. The service's edges (part): keys, encodings, a busy port, a missing variable
+
+KEY = "s3cret-key-123"
+
+
+@pytest.fixture(scope="module")
+def keyed_client(tmp_path_factory, trained_runs):
+    run_dir = trained_runs.copy("binary_one_epoch", tmp_path_factory.mktemp("keyed"))
+    app = create_app(ServeSettings(run_dir=str(run_dir), engine="torch", api_key=KEY))
+    with TestClient(app) as client:
+        wait_client_ready(client)
+        yield client
+
+
+def test_an_empty_x_api_key_does_not_hide_a_valid_bearer(keyed_client):
+    body = {"records": json.loads(features(rows=1).to_json(orient="records"))}
+    bearer = {"Authorization": f"Bearer {KEY}"}
+    ok = keyed_client.post("/predict", json=body, headers={**bearer, "X-API-Key": ""})
+    assert ok.status_code == 200, ok.text
+    refused = keyed_client.post("/predict", json=body, headers={"X-API-Key": " "})
+    assert refused.status_code == 401
+
+
+def test_a_compressed_body_is_refused_as_unsupported(keyed_client):
+    headers = {
+        "X-API-Key": KEY,
+        "Content-Type": "application/json",
+        "Content-Encoding": "gzip",
+    }
+    response = keyed_client.post("/predict", content=b"\x1f\x8b\x08", headers=headers)
+    assert response.status_code == 415, response.text
+    assert "content-encoding 'gzip' is not supported" in response.json()["error"]
+
+
+@pytest.mark.parametrize("key", ["        ", " padded-key-123", "padded-key-123 "])
+def test_a_key_no_client_could_send_is_refused_at_start_up(key, tmp_path, capfd):
+    result = run_cli_in_process(
+        capfd,
+        "serve.py",
+        f"serve.api_key='{key}'",
+        f"paths.outputs_dir={tmp_path}",
+    )
+    line = refused_line(result)
+    assert "serve.api_key must not start or end with whitespace" in line
+
+
+def test_a_port_in_use_is_one_clear_line(trained_runs, tmp_path, capfd):
+    run_dir = trained_runs.copy("binary_one_epoch", tmp_path)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_cli_in_process(
+            capfd,
+            "serve.py",
+            f"run_dir={run_dir}",
+            f"serve.port={port}",
+            "serve.host=127.0.0.1",
+            f"paths.outputs_dir={tmp_path / 'outputs'}",
+            "device=cpu",
+        )
+    line = refused_line(result)
+    assert f"serve.port={port} on serve.host=127.0.0.1 cannot be used" in line
+
+
+def test_an_unset_environment_variable_is_one_clear_line(tmp_path, capfd, monkeypatch):
+    monkeypatch.delenv("MODELSPHERE_UNSET_FOR_TEST", raising=False)
+    result = run_cli_in_process(
+        capfd,
+        "predict.py",
+        "input=${oc.env:MODELSPHERE_UNSET_FOR_TEST}",
+        f"paths.outputs_dir={tmp_path}",
+    )
+    line = refused_line(result)
+    assert "config:" in line and "MODELSPHERE_UNSET_FOR_TEST" in line

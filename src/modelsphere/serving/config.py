@@ -53,6 +53,13 @@ class ServeConfig:
                 len(node.api_key) >= MIN_API_KEY_CHARS,
                 f"{key}.api_key must be at least {MIN_API_KEY_CHARS} characters",
             )
+            # Header values lose their outer whitespace on the way in: such a key
+            # could never be sent back.
+            require(
+                node.api_key == node.api_key.strip(),
+                f"{key}.api_key must not start or end with whitespace (nor be "
+                "only whitespace): no client could send it",
+            )
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Request guards: body-size limit (413), JSON content type (415), API key (401).
+"""Request guards: body-size limit (413), JSON content type and no content
+encoding (415), API key (401).
 
 The dependencies are `async def` on purpose: FastAPI runs plain `def` dependencies
 in its thread pool, and two thread hops per request cost ~0.25 ms at low load and
@@ -93,6 +94,13 @@ async def require_json(request: Request) -> None:
             415,
             f"content-type must be application/json, got {content_type or 'none'!r}",
         )
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise HTTPException(
+            415,
+            f"content-encoding {encoding!r} is not supported: send the JSON body "
+            "uncompressed",
+        )
 
 
 def api_key_guard(api_key: Optional[str]):
@@ -101,11 +109,12 @@ def api_key_guard(api_key: Optional[str]):
     async def check(request: Request) -> None:
         if api_key is None:
             return
-        given = request.headers.get("x-api-key")
+        # An empty X-API-Key counts as absent: it must not hide a valid Bearer.
+        given = request.headers.get("x-api-key", "").strip() or None
         if given is None:
             auth = request.headers.get("authorization", "")
             if auth.lower().startswith("bearer "):
-                given = auth[7:].strip()
+                given = auth[7:].strip() or None
         if given is None or not secrets.compare_digest(
             given.encode(), api_key.encode()
         ):

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from typing import Any
 
 import uvicorn
 from omegaconf import OmegaConf
 
 from modelsphere.core.devices import select_device
+from modelsphere.core.errors import ModelSphereError
 from modelsphere.core.runs import resolve_run_dir
 from modelsphere.models.artifact import load_artifact
 from modelsphere.serving.app import SETTINGS_ENV, ServeSettings
@@ -37,8 +39,24 @@ def settings_from_config(cfg: Any) -> ServeSettings:
     )
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a port another process listens on before uvicorn starts (its own
+    message comes after the model is loaded, and in its own format)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ModelSphereError(
+                f"serve.port={port} on serve.host={host} cannot be used: "
+                f"{exc.strerror or exc}; pick another serve.port"
+            ) from exc
+
+
 def run_service(cfg: Any) -> None:
     settings = settings_from_config(cfg)
+    check_port_free(cfg.serve.host, cfg.serve.port)
     os.environ[SETTINGS_ENV] = settings.to_json()
     serve = cfg.serve
     log.info(
