@@ -213,6 +213,26 @@ def test_a_file_without_a_line_end_is_refused_from_a_bounded_read(
     assert "the header row does not end within the first 8 MiB" in line
 
 
+def test_a_header_of_many_repeated_names_gives_a_short_error(tmp_path, capfd):
+    """30,000 columns, every name twice: one line listing the first ten."""
+    source = tmp_path / "wide.csv"
+    names = [f"c{index}" for index in range(15_000) for _ in range(2)]
+    source.write_text(",".join(names) + "\n" + ",".join("1" * len(names)) + "\n")
+    result = run_cli_in_process(
+        capfd,
+        "data_preprocessing.py",
+        "data=csv",
+        f"data.path={source}",
+        "data.target=c0",
+        f"paths.data_dir={tmp_path / 'data'}",
+        f"paths.outputs_dir={tmp_path / 'outputs'}",
+    )
+    line = refused_line(result)
+    assert "duplicate column names ['c0', 'c1', 'c10', 'c100'," in line
+    assert "and 14990 more; column names must be unique" in line
+    assert len(line) < 400
+
+
 def test_a_short_file_without_a_final_line_end_still_reads(
     trained_runs, tmp_path, capfd
 ):
@@ -402,12 +422,17 @@ def test_a_port_in_use_is_one_clear_line(trained_runs, tmp_path, capfd):
     assert f"serve.port={port} on serve.host=127.0.0.1 cannot be used" in line
 
 
-def test_an_unset_environment_variable_is_one_clear_line(tmp_path, capfd, monkeypatch):
+def test_an_unset_environment_variable_is_one_clear_line(
+    trained_runs, tmp_path, capfd, monkeypatch
+):
     monkeypatch.delenv("MODELSPHERE_UNSET_FOR_TEST", raising=False)
+    run_dir = trained_runs.copy("binary_one_epoch", tmp_path)
     result = run_cli_in_process(
         capfd,
         "predict.py",
+        f"run_dir={run_dir}",
         "input=${oc.env:MODELSPHERE_UNSET_FOR_TEST}",
+        f"output={tmp_path / 'scored.parquet'}",
         f"paths.outputs_dir={tmp_path}",
     )
     line = refused_line(result)

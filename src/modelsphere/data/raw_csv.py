@@ -13,6 +13,7 @@ import csv
 import io
 import logging
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Iterator, List
 
@@ -27,6 +28,11 @@ log = logging.getLogger(__name__)
 DEFAULT_BLOCK_BYTES = 1 << 20
 DEFAULT_FRAME_ROWS = 65_536
 HEADER_MAX_BYTES = 8 << 20  # the header row is read from this much at most
+HEADER_CHUNK_BYTES = 8 << 10  # ...in chunks from this size, doubled each time
+# Appended to test whether the first record has ended (two, in case one is the
+# delimiter; not NUL, which Python 3.10's csv refuses).
+HEADER_SENTINELS = ("\x02", "\x03")
+NAMES_SHOWN = 10  # column names or positions an error or warning lists
 # Strings that mean "missing" in a raw CSV (whitespace-only cells are missing too).
 NULL_STRINGS = ["", "NA", "N/A", "n/a", "NaN", "nan", "NULL", "null", "None", "?"]
 
@@ -41,23 +47,34 @@ def _python_encoding(encoding: str) -> str:
 
 
 def _first_record(path: Path, delimiter: str, py_encoding: str) -> List[str]:
-    """The first CSV record, read from at most HEADER_MAX_BYTES: a file with no
-    line end (a binary file, a wrong delimiter on a one-line dump) is refused
-    without being read whole."""
+    """The first CSV record, decoded from as little of the file as it needs: the
+    first HEADER_CHUNK_BYTES, doubled until the record ends, HEADER_MAX_BYTES at
+    most. A file with no line end (a binary file, a one-line dump) is refused
+    without being read whole, and a bad byte past the header is left to the
+    body's reader, which names its column."""
+    decoder = codecs.getincrementaldecoder(py_encoding)()
+    text, read, size = "", 0, HEADER_CHUNK_BYTES
     with open(path, "rb") as handle:
-        prefix = handle.read(HEADER_MAX_BYTES)
-        truncated = bool(handle.read(1))
-    # A multi-byte character cut at the end of the prefix is left out, not an error.
-    text = codecs.getincrementaldecoder(py_encoding)().decode(prefix, final=False)
-    stream = io.StringIO(text, newline="")
-    header = next(csv.reader(stream, delimiter=delimiter), [])
-    ended = stream.tell() < len(text) or text.endswith(("\n", "\r"))
-    if truncated and not ended:
-        raise ModelSphereError(
-            f"{path}: the header row does not end within the first "
-            f"{HEADER_MAX_BYTES >> 20} MiB (no line end): is it a CSV file?"
-        )
-    return header
+        while True:
+            chunk = handle.read(min(size, HEADER_MAX_BYTES - read))
+            read += len(chunk)
+            at_end = len(chunk) == 0 or read == path.stat().st_size
+            # A multi-byte character cut at the chunk's end waits for the next one.
+            text += decoder.decode(chunk, final=at_end)
+            header = _parse_first(text, delimiter)
+            sentinel = next(c for c in HEADER_SENTINELS if c != delimiter)
+            if at_end or header == _parse_first(text + sentinel, delimiter):
+                return header  # more text would not change it: the record ended
+            if read >= HEADER_MAX_BYTES:
+                raise ModelSphereError(
+                    f"{path}: the header row does not end within the first "
+                    f"{HEADER_MAX_BYTES >> 20} MiB (no line end): is it a CSV file?"
+                )
+            size *= 2
+
+
+def _parse_first(text: str, delimiter: str) -> List[str]:
+    return next(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter), [])
 
 
 def read_header(
@@ -85,19 +102,30 @@ def read_header(
         raise ModelSphereError(f"{path}: cannot parse the header row: {exc}") from exc
     if not header or all(not name.strip() for name in header):
         raise ModelSphereError(f"{path}: the first row is blank; expected column names")
-    names = []
-    for position, name in enumerate(header):
-        name = name.strip()
-        if not name:
-            name = f"unnamed_{position}"
-            log.warning(
-                "%s: column %d has no name; calling it %r", path, position + 1, name
-            )
-        names.append(name)
-    duplicates = sorted({name for name in names if names.count(name) > 1})
+    # Linear in the number of columns: a header row may hold millions of them.
+    names = [
+        name.strip() or f"unnamed_{position}" for position, name in enumerate(header)
+    ]
+    unnamed = [position + 1 for position, name in enumerate(header) if not name.strip()]
+    if unnamed:
+        log.warning(
+            "%s: %d column(s) have no name (column %s); each is called "
+            "unnamed_<position - 1>",
+            path,
+            len(unnamed),
+            ", ".join(str(position) for position in unnamed[:NAMES_SHOWN]),
+        )
+    counts = Counter(names)
+    duplicates = sorted(name for name, count in counts.items() if count > 1)
     if duplicates:
+        shown = duplicates[:NAMES_SHOWN]
+        more = (
+            f" and {len(duplicates) - NAMES_SHOWN} more"
+            if len(duplicates) > NAMES_SHOWN
+            else ""
+        )
         raise ModelSphereError(
-            f"{path}: duplicate column names {duplicates}; column names must be unique"
+            f"{path}: duplicate column names {shown}{more}; column names must be unique"
         )
     return names
 

@@ -39,7 +39,12 @@ from modelsphere.inference.predictor import (
 from modelsphere.models.artifact import META_FILE
 from modelsphere.serving import oip
 from modelsphere.serving.config import ServeConfig
-from modelsphere.serving.guards import BodyLimitMiddleware, api_key_guard, require_json
+from modelsphere.serving.guards import (
+    BodyLimitMiddleware,
+    api_key_guard,
+    refuse_content_encoding,
+    require_json,
+)
 from modelsphere.serving.schemas import (
     ErrorResponse,
     PredictResponse,
@@ -319,6 +324,7 @@ class _ClearBodyErrors(APIRoute):
         handler = super().get_route_handler()
 
         async def route(request: Request):
+            refuse_content_encoding(request)
             try:
                 return await handler(request)
             except StarletteHTTPException as exc:

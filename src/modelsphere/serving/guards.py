@@ -94,6 +94,11 @@ async def require_json(request: Request) -> None:
             415,
             f"content-type must be application/json, got {content_type or 'none'!r}",
         )
+
+
+def refuse_content_encoding(request: Request) -> None:
+    """A compressed body is refused before FastAPI parses it (it would be read as
+    text and reported as invalid UTF-8)."""
     encoding = request.headers.get("content-encoding", "").strip().lower()
     if encoding not in ("", "identity"):
         raise HTTPException(
