@@ -117,8 +117,12 @@ def test_a_distributed_run_resumes_like_a_single_one(tmp_path, table):
         settings(tmp_path, "multi", "train.max_epochs=4", f"train.resume={multi}"),
     )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert len(json.loads((multi / "metrics.json").read_text())["history"]) == 4
-    assert_close_runs(single, multi)
+    # The finished 2-epoch run is kept; the continued run is a new run dir.
+    continued = (tmp_path / "multi" / "latest").resolve()
+    assert continued != multi.resolve()
+    assert len(json.loads((multi / "metrics.json").read_text())["history"]) == 2
+    assert len(json.loads((continued / "metrics.json").read_text())["history"]) == 4
+    assert_close_runs(single, continued)
 
 
 def test_each_rank_trains_its_share_and_replicas_stay_identical(tmp_path):

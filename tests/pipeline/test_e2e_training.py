@@ -141,6 +141,11 @@ def test_a_finished_run_is_not_resumed_unless_more_epochs_are_asked(tmp_path):
         run_training(compose_config(base + extra), new_dir, [*given, *extra])
     assert "['train.lr=0.5', 'model.dropout=0.3']" in str(error.value)
     assert snapshot(run) == before and not new_dir.exists()
+    # Overrides that repeat the run's own settings drop nothing: accepted.
+    same = ["train.max_epochs=3", "train.plot=false", "model=mlp_small"]
+    run_training(compose_config(base + same), new_dir, [*given, *same])
+    assert [row["epoch"] for row in history(new_dir)] == [1, 2, 3]
+    assert snapshot(run) == before
 
 
 def test_resume_on_the_command_line_refuses_a_finished_run(tmp_path, capfd):

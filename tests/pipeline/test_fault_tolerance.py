@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from helpers import REPO, compose_config, csv_overrides, make_table
 from modelsphere.core import fileio
 from modelsphere.core.errors import ModelSphereError
+from modelsphere.core.runs import METRICS_FILE
 from modelsphere.training import epochs
 from modelsphere.training import run as training
 from modelsphere.training.checkpoint import CHECKPOINT_FILE, load_checkpoint
@@ -131,6 +132,8 @@ def test_resume_removes_the_temporary_file_of_a_killed_write(table, tmp_path):
     run_training(
         compose_config(overrides(table, tmp_path, "train.max_epochs=1")), run_dir
     )
+    # Killed before its final summary: a run that has not finished resumes in place.
+    (run_dir / METRICS_FILE).unlink()
     stale = run_dir / f".{CHECKPOINT_FILE}.x1y2z3.tmp"
     stale.write_bytes(b"half a checkpoint")
     cfg = compose_config(

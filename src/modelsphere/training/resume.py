@@ -1,11 +1,13 @@
 """What `train.resume=<run dir>` may do, decided before anything is written.
 
 A resumed run keeps its own saved config: only the device, where outputs go and
-a new `train.max_epochs` come from the command line. Any other override would be
-silently dropped, so it is refused by name. An interrupted run (or one killed
-outright) continues in its own dir. A finished run is never rewritten: training it
-further needs an explicit, larger `train.max_epochs`, and the continued run is
-written to the new run dir, starting from the finished run's checkpoint.
+a new `train.max_epochs` come from the command line. Any other override that
+differs from the run's own setting would be silently dropped, so it is refused
+by name (one that repeats the run's setting, as a re-issued command does, is
+not). An interrupted run (or one killed outright) continues in its own dir. A
+finished run is never rewritten: training it further needs an explicit, larger
+`train.max_epochs`, and the continued run is written to the new run dir,
+starting from the finished run's checkpoint.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from modelsphere.core.errors import ModelSphereError
 from modelsphere.core.fileio import read_json
@@ -53,6 +56,22 @@ def _allowed(key: str) -> bool:
     return any(key == name or key.startswith(f"{name}.") for name in RESUME_KEYS)
 
 
+def _changes(cfg: DictConfig, saved: DictConfig, key: str) -> bool:
+    """Whether the override of `key` gives another value than the saved run's (an
+    override that repeats the run's own setting drops nothing)."""
+
+    def plain(node: DictConfig) -> Any:
+        value = OmegaConf.select(node, key, default=None)
+        if isinstance(value, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(value, resolve=True)
+        return value
+
+    try:
+        return plain(cfg) != plain(saved)
+    except OmegaConfBaseException:
+        return True  # cannot be compared: treated as a change
+
+
 def _status(resumed: Path) -> Optional[str]:
     path = resumed / METRICS_FILE
     if not path.is_file():
@@ -79,7 +98,12 @@ def plan_resume(
         raise ModelSphereError(f"{where}: {CONFIG_FILE} is missing there")
     saved = OmegaConf.load(saved_path)
     if overrides is not None:
-        dropped = [item for item in overrides if not _allowed(_override_key(item))]
+        dropped = [
+            item
+            for item in overrides
+            if not _allowed(_override_key(item))
+            and _changes(cfg, saved, _override_key(item))
+        ]
         if dropped:
             raise ModelSphereError(
                 f"{where}: a resumed run keeps its own config, so {dropped} would be "
