@@ -54,11 +54,12 @@ def _first_record(path: Path, delimiter: str, py_encoding: str) -> List[str]:
     body's reader, which names its column."""
     decoder = codecs.getincrementaldecoder(py_encoding)()
     text, read, size = "", 0, HEADER_CHUNK_BYTES
+    file_bytes = path.stat().st_size
     with open(path, "rb") as handle:
         while True:
             chunk = handle.read(min(size, HEADER_MAX_BYTES - read))
             read += len(chunk)
-            at_end = len(chunk) == 0 or read == path.stat().st_size
+            at_end = len(chunk) == 0 or read == file_bytes
             # A multi-byte character cut at the chunk's end waits for the next one.
             text += decoder.decode(chunk, final=at_end)
             header = _parse_first(text, delimiter)

@@ -19,7 +19,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -222,23 +222,28 @@ class Predictor:
             )
         return scores
 
-    def _transform(self, cleaned: pd.DataFrame, where: str, rows: np.ndarray):
+    def _transform(
+        self, cleaned: pd.DataFrame, where: str, row_number: Callable[[int], int]
+    ) -> FeatureArrays:
         """The feature transform, a RowError told as `where` and data row numbers
-        (`rows`: the data row number of each row of `cleaned`)."""
+        (`row_number`: a position in `cleaned` to its data row number)."""
         try:
             return self.transform.transform(cleaned, len(cleaned))
         except RowError as exc:
-            raise ModelSphereError(_located(exc, where, rows)) from None
+            raise ModelSphereError(_located(exc, where, row_number)) from None
 
     def scores(self, cleaned: pd.DataFrame, where: str = "input") -> torch.Tensor:
         """Probabilities or values for already-prepared rows, on the CPU (the
         frame's index is the 0-based position of each row in the input)."""
-        rows = cleaned.index.to_numpy() + 1
-        arrays = self._transform(cleaned, where, rows)
+
+        def row_number(position: int) -> int:
+            return int(cleaned.index[position]) + 1
+
+        arrays = self._transform(cleaned, where, row_number)
         try:
             return torch.from_numpy(self._scores(arrays))
         except RowError as exc:
-            raise ModelSphereError(_located(exc, where, rows)) from None
+            raise ModelSphereError(_located(exc, where, row_number)) from None
 
     def _outputs(self, scores: np.ndarray, typed: bool = True) -> Dict[str, Any]:
         """`prediction` (+ one probability array per class), one entry per row;
@@ -267,8 +272,7 @@ class Predictor:
         ids = None
         if self.schema.id_column is not None and self.schema.id_column in frame:
             ids = frame[self.schema.id_column].to_numpy()
-        rows = np.arange(row_offset + 1, row_offset + len(cleaned) + 1)
-        arrays = self._transform(cleaned, where, rows)
+        arrays = self._transform(cleaned, where, _counted_from(row_offset))
         return PreparedRows(len(frame), ids, arrays, where, row_offset)
 
     def forward(self, prepared: PreparedRows) -> ScoredRows:
@@ -276,9 +280,8 @@ class Predictor:
         try:
             scores = self._scores(prepared.arrays)
         except RowError as exc:
-            first = prepared.row_offset + 1
-            rows = np.arange(first, first + prepared.rows)
-            raise ModelSphereError(_located(exc, prepared.where, rows)) from None
+            row_number = _counted_from(prepared.row_offset)
+            raise ModelSphereError(_located(exc, prepared.where, row_number)) from None
         return ScoredRows(prepared.rows, prepared.ids, scores)
 
     def finish(self, scored: ScoredRows) -> pd.DataFrame:
@@ -311,11 +314,17 @@ class Predictor:
         self.predict_records([{}])
 
 
-def _located(error: RowError, where: str, rows: np.ndarray) -> str:
-    """`error` told with the data row numbers of its positions (first five)."""
-    numbers = [int(rows[position]) for position in error.positions]
-    shown = ", ".join(str(number) for number in numbers[:ROWS_SHOWN])
-    more = f" and {len(numbers) - ROWS_SHOWN} more" if len(numbers) > ROWS_SHOWN else ""
+def _counted_from(row_offset: int) -> Callable[[int], int]:
+    """Data row numbers of rows that follow `row_offset` rows of the input."""
+    return lambda position: row_offset + position + 1
+
+
+def _located(error: RowError, where: str, row_number: Callable[[int], int]) -> str:
+    """`error` told with the data row numbers of its positions (the first five)."""
+    positions = error.positions
+    shown = ", ".join(str(row_number(p)) for p in positions[:ROWS_SHOWN])
+    extra = len(positions) - ROWS_SHOWN
+    more = f" and {extra} more" if extra > 0 else ""
     return f"{where}: row(s) {shown}{more}: {error}"
 
 
