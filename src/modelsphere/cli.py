@@ -29,6 +29,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from modelsphere.core.errors import ModelSphereError
 from modelsphere.core.runs import hydra_output_dir
+from modelsphere.core.redaction import environment_values_guarded
 from modelsphere.sweeps import write_job_status
 from modelsphere.training.interrupts import TrainingInterrupted
 
@@ -78,7 +79,7 @@ def entry_point(task: Callable) -> Callable:
         if _is_multirun():
             return _sweep_job(task, cfg, output_dir)
         try:
-            with sigterm_unwinds():
+            with sigterm_unwinds(), environment_values_guarded(cfg, output_dir):
                 return task(cfg, output_dir)
         except TrainingInterrupted as exc:
             log.error("%s", exc)
@@ -117,7 +118,8 @@ def _sweep_job(task: Callable, cfg: DictConfig, output_dir: Path) -> Any:
         write_job_status(output_dir, status, seconds, overrides=overrides, **fields)
 
     try:
-        value = task(cfg, output_dir)
+        with environment_values_guarded(cfg, output_dir):
+            value = task(cfg, output_dir)
     except TrainingInterrupted as exc:
         log.error("%s", exc)
         record("interrupted", error=str(exc))

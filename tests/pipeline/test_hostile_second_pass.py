@@ -392,13 +392,11 @@ def test_a_compressed_body_is_refused_as_unsupported(keyed_client):
 
 
 @pytest.mark.parametrize("key", ["        ", " padded-key-123", "padded-key-123 "])
-def test_a_key_no_client_could_send_is_refused_at_start_up(key, tmp_path, capfd):
-    result = run_cli_in_process(
-        capfd,
-        "serve.py",
-        f"serve.api_key='{key}'",
-        f"paths.outputs_dir={tmp_path}",
-    )
+def test_a_key_no_client_could_send_is_refused_at_start_up(
+    key, tmp_path, capfd, monkeypatch
+):
+    monkeypatch.setenv("MODELSPHERE_API_KEY", key)
+    result = run_cli_in_process(capfd, "serve.py", f"paths.outputs_dir={tmp_path}")
     line = refused_line(result)
     assert "serve.api_key must not start or end with whitespace" in line
 
@@ -437,3 +435,87 @@ def test_an_unset_environment_variable_is_one_clear_line(
     )
     line = refused_line(result)
     assert "config:" in line and "MODELSPHERE_UNSET_FOR_TEST" in line
+
+
+# ----------------------------------------------------------------------------
+# 9. Values from the environment are never written into what a run leaves
+
+
+SECRET = "tok-9f3k2x7q-secret"
+
+
+def files_holding(root: Path, text: str) -> list:
+    """Every file under `root` whose content or name holds `text`."""
+    found = []
+    for path in root.rglob("*"):
+        if path.is_file() and (text in path.name or text.encode() in path.read_bytes()):
+            found.append(str(path.relative_to(root)))
+    return found
+
+
+def test_a_value_from_the_environment_is_not_written_by_any_entry_point(
+    tmp_path, capfd, monkeypatch
+):
+    monkeypatch.setenv("MS_SECRET_TOKEN", SECRET)
+    raw = tmp_path / "in" / f"acme-{SECRET}.csv"
+    raw.parent.mkdir()
+    make_table(rows=240).to_csv(raw, index=False)
+    path = str(raw).replace(SECRET, "${oc.env:MS_SECRET_TOKEN}")
+    work = tmp_path / "work"
+    common = [f"paths.data_dir={work / 'data'}", f"paths.outputs_dir={work / 'out'}"]
+    train = run_cli_in_process(
+        capfd,
+        "train.py",
+        "data=csv",
+        f"data.path='{path}'",
+        "data.name=acme",
+        "data.target=label",
+        "model=mlp_small",
+        "train.max_epochs=1",
+        "device=cpu",
+        *common,
+    )
+    assert train.returncode == 0, train.stdout[-3000:]
+    predict = run_cli_in_process(
+        capfd,
+        "predict.py",
+        f"input='{path}'",
+        f"output={work / 'scored.csv'}",
+        *common,
+    )
+    assert predict.returncode == 0, predict.stdout[-3000:]
+    evaluate = run_cli_in_process(capfd, "evaluate.py", *common)
+    assert evaluate.returncode == 0, evaluate.stdout[-3000:]
+    assert files_holding(work, SECRET) == []
+    for result in (train, predict, evaluate):
+        assert SECRET not in result.stdout + result.stderr
+    run_dir = next((work / "out" / "train").iterdir())
+    assert "${oc.env:MS_SECRET_TOKEN}" in (run_dir / "config.yaml").read_text()
+
+
+def test_a_name_derived_from_an_environment_value_is_refused(
+    tmp_path, capfd, monkeypatch
+):
+    monkeypatch.setenv("MS_SECRET_TOKEN", SECRET)
+    result = run_cli_in_process(
+        capfd,
+        "train.py",
+        "data=csv",
+        f"data.path='{tmp_path}/acme-${{oc.env:MS_SECRET_TOKEN}}.csv'",
+        "data.target=label",
+        f"paths.outputs_dir={tmp_path / 'out'}",
+    )
+    line = refused_line(result)
+    assert "data.name would contain the value of ${oc.env:MS_SECRET_TOKEN}" in line
+    assert SECRET not in result.stdout + result.stderr
+
+
+def test_an_api_key_on_the_command_line_is_refused_and_not_saved(tmp_path, capfd):
+    key = "command-line-key-123"
+    result = run_cli_in_process(
+        capfd, "serve.py", f"serve.api_key={key}", f"paths.outputs_dir={tmp_path}"
+    )
+    line = refused_line(result)
+    assert "MODELSPHERE_API_KEY" in line
+    assert (tmp_path / "serve").is_dir()  # Hydra saved the overrides there...
+    assert files_holding(tmp_path, key) == []  # ...without the key

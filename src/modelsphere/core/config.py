@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from modelsphere.core.devices import AMP_DTYPES, DEVICE_NAMES
 from modelsphere.core.errors import ModelSphereError
+from modelsphere.core.redaction import saved_config
 
 CHECKS = "modelsphere.checks"  # the key of a field's checks in its metadata
 
@@ -152,8 +153,9 @@ def check_no_missing(cfg: DictConfig, hint: str = "") -> None:
 
 
 def to_plain(cfg: DictConfig) -> Dict[str, Any]:
-    """The resolved config as plain JSON-able data (saved beside each artifact)."""
-    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    """The resolved config as plain JSON-able data (saved beside each artifact);
+    a value taken from the environment stays `${oc.env:NAME}` (core.redaction)."""
+    return saved_config(cfg)
 
 
 # ----------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, List
 
 from modelsphere.core.errors import ModelSphereError
+from modelsphere.core.redaction import redact_written
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write text atomically; values the config took from the environment are
+    replaced by their `${oc.env:NAME}` (core.redaction)."""
+    text = redact_written(text)
     atomic_write(path, lambda handle: handle.write(text), mode="w")
 
 

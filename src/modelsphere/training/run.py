@@ -23,9 +23,10 @@ from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from modelsphere.core.config import to_plain
+from modelsphere.core.redaction import saved_config_yaml
 from modelsphere.core.devices import DeviceChoice, configure_threads, select_device
 from modelsphere.core.errors import ModelSphereError
 from modelsphere.core.fileio import (
@@ -108,7 +109,7 @@ def _train(cfg, run_dir: Path, resume, device: DeviceChoice, context) -> float:
         if resume is not None:
             for stale in remove_stale_temp_files(run_dir):
                 log.info("resume: removed %s, left by a write that was killed", stale)
-        atomic_write_text(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
+        atomic_write_text(run_dir / CONFIG_FILE, saved_config_yaml(cfg))
 
     data = prepare_data(cfg.data, cfg.paths.data_dir)
     # Both passes stream the split files a row group at a time: the only

@@ -1,0 +1,228 @@
+"""Values that come from the environment stay out of what a run writes.
+
+A config may take any value from the environment with `${oc.env:NAME}` (a token
+in a data path, the service's API key). Such a value is never written into an
+artifact or a log: saved configs keep the `${oc.env:NAME}` text where the value
+was (so a reloaded config takes it from the environment again), and log lines
+show `${oc.env:NAME}` in its place. Settings that are secrets by nature (the API
+key) are only taken from the environment: given on the command line they would
+be saved in the run's `.hydra/` files and shown by `ps`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from contextlib import contextmanager
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
+
+from omegaconf import DictConfig, OmegaConf
+
+from modelsphere.core.errors import ModelSphereError
+
+ENV_REFERENCE = re.compile(r"\$\{oc\.env:\s*([A-Za-z_][A-Za-z0-9_]*)")
+# Shorter values ("1", "cpu") are kept in free text (logs): replacing every
+# occurrence would garble it. Saved configs hide them whatever their length.
+MIN_REDACTED_CHARS = 4
+# Settings taken from the environment only (key -> the variable to use).
+ENVIRONMENT_ONLY = {"serve.api_key": "MODELSPHERE_API_KEY"}
+# Settings that become names on disk or on the wire: no environment value in them.
+NAME_KEYS = ("data.name", "serve.model_name")
+HYDRA_FILES = ("config.yaml", "overrides.yaml", "hydra.yaml")
+REDACTED = "<redacted>"
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _strings(item)
+
+
+@dataclass
+class EnvironmentValues:
+    """The values of the environment variables a config refers to, by name."""
+
+    values: Dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, cfg: Any) -> "EnvironmentValues":
+        if not OmegaConf.is_config(cfg):
+            return cls()
+        root = cfg._get_root()
+        raw = OmegaConf.to_container(root, resolve=False)
+        names = {m for text in _strings(raw) for m in ENV_REFERENCE.findall(text)}
+        values = {name: os.environ.get(name, "") for name in sorted(names)}
+        return cls({name: value for name, value in values.items() if value})
+
+    def _found_in(self, text: str, min_chars: int = 1) -> List[str]:
+        return [
+            name
+            for name, value in self.values.items()
+            if len(value) >= min_chars and value in text
+        ]
+
+    def redact_text(self, text: str, min_chars: int = MIN_REDACTED_CHARS) -> str:
+        """`text` with each value replaced by `${oc.env:NAME}` (longest first)."""
+        for name in sorted(self.values, key=lambda n: -len(self.values[n])):
+            value = self.values[name]
+            if len(value) >= min_chars:
+                text = text.replace(value, "${oc.env:%s}" % name)
+        return text
+
+    def redact(self, value: Any) -> Any:
+        """A JSON-able structure with the values replaced in every string."""
+        if not self.values:
+            return value
+        if isinstance(value, str):
+            return self.redact_text(value)
+        if isinstance(value, dict):
+            return {key: self.redact(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self.redact(item) for item in value]
+        return value
+
+    def refuse_in_names(self, cfg: DictConfig, keys: Iterable[str] = NAME_KEYS):
+        """A name derived from an environment value would carry it into folder
+        names, artifacts and URLs."""
+        for key in keys:
+            name = OmegaConf.select(cfg, key, default=None)
+            found = self._found_in(name) if isinstance(name, str) else []
+            if found:
+                raise ModelSphereError(
+                    f"{key} would contain the value of ${{oc.env:{found[0]}}} "
+                    f"(an environment value is never written into names): "
+                    f"set {key}=<a name> explicitly"
+                )
+
+
+def saved_config(cfg: DictConfig, env: Optional[EnvironmentValues] = None) -> Any:
+    """The resolved config as plain data for a run's files, except that a value
+    taken from the environment is saved as the interpolation that gave it."""
+    env = env if env is not None else EnvironmentValues.of(cfg)
+    resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    if not env.values:
+        return resolved
+    raw = OmegaConf.to_container(cfg, resolve=False)
+
+    def merge(value: Any, unresolved: Any) -> Any:
+        if isinstance(value, dict) and isinstance(unresolved, dict):
+            return {k: merge(v, unresolved.get(k)) for k, v in value.items()}
+        if isinstance(value, list) and isinstance(unresolved, list):
+            if len(value) == len(unresolved):
+                return [merge(v, u) for v, u in zip(value, unresolved)]
+        if isinstance(value, (dict, list)):
+            return env.redact(value)
+        if isinstance(value, str) and env._found_in(value):
+            # the interpolation that gave the value, or the value redacted
+            if isinstance(unresolved, str) and "${" in unresolved:
+                return unresolved
+            return env.redact(value)
+        return value
+
+    return merge(resolved, raw)
+
+
+def saved_config_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.create(saved_config(cfg)))
+
+
+@contextmanager
+def environment_values_guarded(
+    cfg: DictConfig, output_dir: Optional[Path]
+) -> Iterator[EnvironmentValues]:
+    """What an entry point runs its task in: secrets only from the environment,
+    and no environment value in names, files written or log lines."""
+    env = EnvironmentValues.of(cfg)
+    activate(env)
+    filters = redact_logs(env)
+    try:
+        hydra_dir = output_dir / ".hydra" if output_dir is not None else None
+        refuse_literal_secrets(cfg, hydra_dir)
+        env.refuse_in_names(cfg)
+        yield env
+    finally:
+        activate(EnvironmentValues())
+        for handler, log_filter in filters:
+            handler.removeFilter(log_filter)
+
+
+_ACTIVE = EnvironmentValues()
+
+
+def activate(env: EnvironmentValues) -> None:
+    """The values this process must not write (set by the entry point); every
+    file written through `core.fileio` has them replaced."""
+    global _ACTIVE
+    _ACTIVE = env
+
+
+def redact_written(text: str) -> str:
+    return _ACTIVE.redact_text(text) if _ACTIVE.values else text
+
+
+class RedactingFilter(logging.Filter):
+    """Replaces environment values in every log record a handler emits."""
+
+    def __init__(self, env: EnvironmentValues):
+        super().__init__()
+        self.env = env
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = self.env.redact_text(message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True
+
+
+def redact_logs(
+    env: EnvironmentValues,
+) -> List[Tuple[logging.Handler, RedactingFilter]]:
+    """Install the filter on the root logger's handlers (console, the run's log);
+    returns what was installed."""
+    installed = []
+    if env.values:
+        for handler in logging.getLogger().handlers:
+            log_filter = RedactingFilter(env)
+            handler.addFilter(log_filter)
+            installed.append((handler, log_filter))
+    return installed
+
+
+def refuse_literal_secrets(cfg: DictConfig, hydra_dir: Optional[Path]) -> None:
+    """A setting in ENVIRONMENT_ONLY given as a literal is refused, and the copies
+    Hydra already saved in `.hydra/` are overwritten without it."""
+    for key, variable in ENVIRONMENT_ONLY.items():
+        parent_key, _, leaf = key.rpartition(".")
+        parent = OmegaConf.select(cfg, parent_key, default=None)
+        if not isinstance(parent, DictConfig) or leaf not in parent:
+            continue
+        raw = OmegaConf.to_container(parent, resolve=False).get(leaf)
+        if raw is None or (isinstance(raw, str) and ENV_REFERENCE.search(raw)):
+            continue
+        if hydra_dir is not None:
+            _scrub(hydra_dir, str(raw))
+        raise ModelSphereError(
+            f"{key} is a secret: it is only taken from the environment "
+            f"(set {variable}=... before the command); given on the command line "
+            "it would be saved with the run and shown by `ps`"
+        )
+
+
+def _scrub(hydra_dir: Path, secret: str) -> None:
+    from modelsphere.core.fileio import atomic_write_text
+
+    for name in HYDRA_FILES:
+        path = hydra_dir / name
+        if path.is_file():
+            text = path.read_text(encoding="utf-8")
+            if secret in text:
+                atomic_write_text(path, text.replace(secret, REDACTED))

@@ -1,0 +1,78 @@
+"""Values taken from the environment stay out of saved configs and logs
+(core/redaction.py; issue #20, item 9)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from omegaconf import OmegaConf
+
+from modelsphere.core.errors import ModelSphereError
+from modelsphere.core.fileio import atomic_write_json
+from modelsphere.core.redaction import (
+    EnvironmentValues,
+    RedactingFilter,
+    activate,
+    refuse_literal_secrets,
+    saved_config,
+)
+
+pytestmark = pytest.mark.unit
+
+TOKEN = "tok-9f3k2x7q"
+
+
+@pytest.fixture()
+def cfg(monkeypatch):
+    monkeypatch.setenv("MS_TOKEN", TOKEN)
+    monkeypatch.setenv("MS_EPOCHS", "3")
+    return OmegaConf.create(
+        {
+            "data": {"path": "raw/acme-${oc.env:MS_TOKEN}.csv", "name": "acme"},
+            "copy": "${data.path}",
+            "train": {"max_epochs": "${oc.env:MS_EPOCHS}"},
+            "serve": {"api_key": None},
+        }
+    )
+
+
+def test_saved_config_keeps_the_interpolation_not_the_value(cfg):
+    saved = saved_config(cfg)
+    assert saved["data"]["path"] == "raw/acme-${oc.env:MS_TOKEN}.csv"
+    assert saved["copy"] == "${data.path}"  # derived from it: re-resolved on load
+    assert saved["train"]["max_epochs"] == "${oc.env:MS_EPOCHS}"  # short values too
+    assert TOKEN not in str(saved)
+    assert saved["data"]["name"] == "acme"
+
+
+def test_files_written_while_active_have_the_value_replaced(cfg, tmp_path):
+    activate(EnvironmentValues.of(cfg))
+    try:
+        atomic_write_json(tmp_path / "m.json", {"raw": f"/data/acme-{TOKEN}.csv"})
+    finally:
+        activate(EnvironmentValues())
+    text = (tmp_path / "m.json").read_text()
+    assert TOKEN not in text and "${oc.env:MS_TOKEN}" in text
+
+
+def test_log_lines_have_the_value_replaced(cfg):
+    record = logging.LogRecord("x", logging.INFO, "f", 1, "reading %s", (TOKEN,), None)
+    RedactingFilter(EnvironmentValues.of(cfg)).filter(record)
+    assert record.getMessage() == "reading ${oc.env:MS_TOKEN}"
+
+
+def test_a_name_carrying_an_environment_value_is_refused(cfg):
+    cfg.data.name = f"acme-{TOKEN}"
+    with pytest.raises(ModelSphereError, match=r"data.name would contain"):
+        EnvironmentValues.of(cfg).refuse_in_names(cfg)
+
+
+def test_an_api_key_given_literally_is_refused_and_scrubbed(cfg, tmp_path):
+    (tmp_path / "overrides.yaml").write_text("- serve.api_key=literal-key-123\n")
+    cfg.serve.api_key = "literal-key-123"
+    with pytest.raises(ModelSphereError, match="MODELSPHERE_API_KEY"):
+        refuse_literal_secrets(cfg, tmp_path)
+    assert "literal-key-123" not in (tmp_path / "overrides.yaml").read_text()
+    cfg.serve.api_key = "${oc.env:MS_TOKEN}"  # from the environment: accepted
+    refuse_literal_secrets(cfg, tmp_path)
