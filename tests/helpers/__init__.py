@@ -187,7 +187,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_serve_py(run_dir: Path, port: int) -> subprocess.Popen:
+def start_serve_py(run_dir: Path, port: int, *overrides: str) -> subprocess.Popen:
     """serve.py for `run_dir` on 127.0.0.1:`port`, its output on one pipe."""
     return subprocess.Popen(
         [
@@ -196,6 +196,7 @@ def start_serve_py(run_dir: Path, port: int) -> subprocess.Popen:
             f"run_dir={run_dir}",
             f"serve.port={port}",
             f"paths.outputs_dir={Path(run_dir).parents[1]}",
+            *overrides,
         ],
         cwd=REPO,
         stdout=subprocess.PIPE,

@@ -342,7 +342,7 @@ def test_unseen_categories_and_missing_values_are_scored(binary):
 
 
 def test_large_requests_are_answered_off_the_event_loop(runs):
-    client = client_for(runs["binary"], inline_max_rows=2, max_batch_rows=500)
+    client = client_for(runs["binary"], inline_max_bytes=1024, max_batch_rows=500)
     try:
         records = feature_records(300)
         small = client.post("/predict", json={"records": records[:2]}).json()

@@ -19,16 +19,12 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
-from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
-from fastapi.routing import APIRoute
-from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from fastapi import Depends, FastAPI, HTTPException
+from fastapi.responses import PlainTextResponse
 
 from modelsphere import __version__
 from modelsphere.core.devices import select_device
-from modelsphere.core.errors import ModelSphereError, RowError
+from modelsphere.core.errors import RowError
 from modelsphere.core.fileio import read_json
 from modelsphere.data.schema import Schema
 from modelsphere.inference.predictor import (
@@ -39,24 +35,26 @@ from modelsphere.inference.predictor import (
 from modelsphere.models.artifact import META_FILE
 from modelsphere.serving import oip
 from modelsphere.serving.config import ServeConfig
+from modelsphere.serving.errors import RowsRefused, install_error_handlers
+from modelsphere.serving.docs import add_keyed_docs, hidden_docs_settings
 from modelsphere.serving.guards import (
     BodyLimitMiddleware,
     api_key_guard,
-    refuse_content_encoding,
     require_json,
 )
+from modelsphere.serving.routing import ScoringThread, ServiceRoute
 from modelsphere.serving.schemas import (
     ErrorResponse,
     PredictResponse,
     predict_request_model,
     record_model,
 )
+from modelsphere.serving.shutdown import DRAIN_STATE_KEY, DrainSignal
 from modelsphere.serving.telemetry import MetricsMiddleware, Telemetry
 
 log = logging.getLogger(__name__)
 
 SETTINGS_ENV = "MODELSPHERE_SERVE_SETTINGS"
-ERRORS_SHOWN = 3
 
 
 @dataclass
@@ -77,11 +75,19 @@ class ServeSettings(ServeConfig):
 
 
 class _Service:
-    """The predictor once loaded, or why it could not be."""
+    """The predictor once loaded, or why it could not be; whether the worker is
+    draining (set by the server on SIGTERM: serving.shutdown)."""
 
     def __init__(self):
         self.predictor: Optional[Predictor] = None
         self.error: Optional[str] = None
+        self.drain = DrainSignal()
+
+    def check_ready(self) -> None:
+        """Readiness: a draining worker is not ready, though it still serves."""
+        if self.drain.draining:
+            raise HTTPException(503, "shutting down: draining in-flight requests")
+        self.ready_predictor()
 
     def ready_predictor(self) -> Predictor:
         if self.predictor is None:
@@ -134,10 +140,18 @@ def create_app(settings: ServeSettings) -> FastAPI:
         loading = asyncio.get_running_loop().run_in_executor(
             None, _load, settings, service
         )
-        yield
-        await loading
+        scoring = app.state.scoring = ScoringThread()
+        try:
+            yield {DRAIN_STATE_KEY: service.drain}
+            await loading
+        finally:
+            if app.state.scoring is scoring:
+                app.state.scoring = None
+            scoring.stop()
 
+    keyed_docs = settings.api_key is not None and settings.docs_require_key
     app = FastAPI(
+        **(hidden_docs_settings() if keyed_docs else {}),
         title=f"modelsphere: {model_name}",
         version=__version__,
         description=(
@@ -148,10 +162,14 @@ def create_app(settings: ServeSettings) -> FastAPI:
         ),
         lifespan=lifespan,
     )
-    app.router.route_class = _ClearBodyErrors
+    app.router.route_class = ServiceRoute
+    if keyed_docs:
+        add_keyed_docs(app, authorised)
+    app.state.scoring = None  # started by the lifespan
+    app.state.inline_max_bytes = settings.inline_max_bytes
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, telemetry=telemetry)
-    _install_error_handlers(app)
+    install_error_handlers(app)
 
     def check_name(name: str) -> None:
         if name != model_name:
@@ -167,18 +185,16 @@ def create_app(settings: ServeSettings) -> FastAPI:
                 "(serve.max_batch_rows)",
             )
 
-    async def run_predictor(
+    def run_predictor(
         predictor: Predictor,
         records: List[Dict[str, Any]],
         loc_of: Callable[[int, Optional[str]], list],
     ):
-        """Small requests inline; large ones in a thread, off the event loop, so the
-        health endpoints keep answering. Rows the model cannot score are a 422
-        naming each one (`loc_of(position, column)`)."""
+        """Score on the thread the route runs on (a large request's is the scoring
+        thread: serving.routing). Rows the model cannot score are a 422 naming
+        each one (`loc_of(position, column)`)."""
         try:
-            if len(records) <= settings.inline_max_rows:
-                return predictor.predict_records(records)
-            return await run_in_threadpool(predictor.predict_records, records)
+            return predictor.predict_records(records)
         except RowError as exc:
             raise RowsRefused(exc, loc_of) from None
 
@@ -193,7 +209,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         responses={503: {"model": ErrorResponse}},
     )
     async def ready() -> Dict[str, bool]:
-        service.ready_predictor()
+        service.check_ready()
         return {"ready": True}
 
     @app.get("/v2", tags=["metadata"], summary="Server metadata")
@@ -222,11 +238,16 @@ def create_app(settings: ServeSettings) -> FastAPI:
         "/v2/models/{name}/ready",
         tags=["health"],
         summary="Model readiness",
-        responses={404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
+        dependencies=[authorised],
+        responses={
+            401: {"model": ErrorResponse},
+            404: {"model": ErrorResponse},
+            503: {"model": ErrorResponse},
+        },
     )
     async def model_ready(name: str) -> Dict[str, Any]:
         check_name(name)
-        service.ready_predictor()
+        service.check_ready()
         return {"name": model_name, "ready": True}
 
     @app.post(
@@ -258,7 +279,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
                 return ["body", "inputs", tensors[column], "data", row]
             return ["body", "inputs"]
 
-        columns = await run_predictor(predictor, records, loc_of)
+        columns = run_predictor(predictor, records, loc_of)
         telemetry.rows.labels("/v2/models/{name}/infer").inc(len(records))
         outputs = oip.outputs_from_columns(columns, schema.classes, schema.task)
         if body.outputs:
@@ -291,7 +312,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         check_rows(len(body.records))
         predictor = service.ready_predictor()
         records = [record.model_dump(by_alias=True) for record in body.records]
-        columns = await run_predictor(
+        columns = run_predictor(
             predictor,
             records,
             lambda row, column: ["body", "records", row] + ([column] if column else []),
@@ -317,35 +338,6 @@ def create_app(settings: ServeSettings) -> FastAPI:
     return app
 
 
-class _ClearBodyErrors(APIRoute):
-    """FastAPI answers every failure to parse a body with one vague 400; say why."""
-
-    def get_route_handler(self):
-        handler = super().get_route_handler()
-
-        async def route(request: Request):
-            refuse_content_encoding(request)
-            try:
-                return await handler(request)
-            except StarletteHTTPException as exc:
-                cause = exc.__cause__
-                if exc.status_code != 400 or cause is None:
-                    raise
-                raise HTTPException(400, _body_error(cause)) from exc
-
-        return route
-
-
-def _body_error(cause: BaseException) -> str:
-    if isinstance(cause, RecursionError):
-        return "request JSON is nested too deeply"
-    if isinstance(cause, UnicodeDecodeError):
-        return f"request body is not valid UTF-8 ({cause.reason} at byte {cause.start})"
-    if isinstance(cause, ValueError) and "digits" in str(cause):
-        return "a number in the request has too many digits"
-    return f"request body is not valid JSON: {cause}"
-
-
 def _predictions(records, columns, schema: Schema) -> List[Dict[str, Any]]:
     labels = columns[PREDICTION_COLUMN]
     out = []
@@ -365,82 +357,6 @@ def _predictions(records, columns, schema: Schema) -> List[Dict[str, Any]]:
             }
         out.append(item)
     return out
-
-
-class RowsRefused(Exception):
-    """A RowError from the predictor, with how the route names a row's field."""
-
-    def __init__(self, error: RowError, loc_of: Callable[[int, Optional[str]], list]):
-        super().__init__(str(error))
-        self.error, self.loc_of = error, loc_of
-
-
-def _error(status: int, message: str, detail: Optional[list] = None) -> JSONResponse:
-    return JSONResponse({"error": message, "detail": detail or []}, status_code=status)
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    """Every error is JSON {"error": ..., "detail": [{loc, msg, type}]}; bad input
-    is a 4xx naming the field, never a 500."""
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError):
-        detail = [
-            {
-                "loc": list(err.get("loc", [])),
-                "msg": err.get("msg", ""),
-                "type": err.get("type", ""),
-            }
-            for err in exc.errors()
-        ]
-        shown = "; ".join(
-            f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}"
-            for item in detail[:ERRORS_SHOWN]
-        )
-        more = (
-            f" (and {len(detail) - ERRORS_SHOWN} more)"
-            if len(detail) > ERRORS_SHOWN
-            else ""
-        )
-        return _error(422, f"invalid request: {shown}{more}", detail)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException):
-        response = _error(exc.status_code, str(exc.detail))
-        for key, value in (exc.headers or {}).items():
-            response.headers[key] = value
-        return response
-
-    @app.exception_handler(oip.OipError)
-    async def oip_error(request: Request, exc: oip.OipError):
-        return _error(
-            422,
-            exc.message,
-            [{"loc": exc.loc, "msg": exc.message, "type": "value_error"}],
-        )
-
-    @app.exception_handler(RowsRefused)
-    async def rows_refused(request: Request, exc: RowsRefused):
-        error = exc.error
-        detail = [
-            {
-                "loc": exc.loc_of(position, error.column),
-                "msg": str(error),
-                "type": "value_error",
-            }
-            for position in error.positions[:ERRORS_SHOWN]
-        ]
-        return _error(422, str(error), detail)
-
-    @app.exception_handler(ModelSphereError)
-    async def model_error(request: Request, exc: ModelSphereError):
-        return _error(422, str(exc))
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception):
-        # A bug, not bad input: logged with its traceback, answered in the usual shape.
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return _error(500, "internal error (logged on the server)")
 
 
 def app_from_environment() -> FastAPI:

@@ -35,16 +35,24 @@ class ServeConfig:
     threads_per_worker: int = setting(1, ge=1)
     max_batch_rows: int = setting(1024, ge=1)  # more records in one request: 413
     max_body_bytes: int = setting(1 << 20, ge=1024)  # larger bodies: 413
-    # larger requests run in a thread, off the event loop
-    inline_max_rows: int = setting(64, ge=0)
+    # larger request bodies are handled on the scoring thread, off the event loop
+    inline_max_bytes: int = setting(32768, ge=0)
     forward_batch_rows: int = setting(8192, ge=1)  # rows per forward pass
     api_key: Optional[str] = None  # set it to require X-API-Key
+    # with an API key: /docs, /redoc and /openapi.json require it too
+    docs_require_key: bool = True
     model_name: Optional[str] = None  # null: the data set's name
     log_level: str = setting("info", choices=LOG_LEVELS)
     # one log line per request costs latency; the load balancer logs them
     access_log: bool = False
     # seconds an idle keep-alive connection stays open
     timeout_keep_alive: int = setting(5, ge=1)
+    # seconds a request has to arrive whole (head and body) from the connection's
+    # opening or the request's first byte: else 408 and the connection is closed
+    timeout_request_read: float = setting(10.0, gt=0)
+    # SIGTERM: seconds readiness answers 503 while requests are still served, then
+    # as long again at most for in-flight requests (serving/shutdown.py)
+    drain_seconds: float = setting(10.0, ge=0)
 
     @staticmethod
     def check(node: DictConfig, key: str) -> None:

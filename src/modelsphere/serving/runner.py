@@ -21,10 +21,14 @@ from modelsphere.core.runs import resolve_run_dir
 from modelsphere.models.artifact import load_artifact
 from modelsphere.serving.app import SETTINGS_ENV, ServeSettings
 from modelsphere.serving.config import validate_serve_app
+from modelsphere.serving.protocol import ConnectionLimits
+from modelsphere.serving.shutdown import ShutdownPolicy
+from modelsphere.serving.shutdown import serve as serve_until_stopped
 
 log = logging.getLogger(__name__)
 
 APP_FACTORY = "modelsphere.serving.app:app_from_environment"
+PROTOCOL = "modelsphere.serving.protocol:ServiceProtocol"
 
 
 def settings_from_config(cfg: Any) -> ServeSettings:
@@ -66,15 +70,22 @@ def run_service(cfg: Any) -> None:
         serve.workers,
         "; X-API-Key required" if settings.api_key else "",
     )
-    uvicorn.run(
+    config = uvicorn.Config(
         APP_FACTORY,
         factory=True,
         host=serve.host,
         port=serve.port,
         workers=serve.workers,
         loop="uvloop",
-        http="httptools",
+        http=PROTOCOL,
         log_level=serve.log_level,
         access_log=serve.access_log,
         timeout_keep_alive=serve.timeout_keep_alive,
+        timeout_graceful_shutdown=serve.drain_seconds,
     )
+    policy = ShutdownPolicy(
+        drain_seconds=serve.drain_seconds,
+        limits=ConnectionLimits(request_read_seconds=serve.timeout_request_read),
+    )
+    if not serve_until_stopped(config, policy):
+        raise ModelSphereError("the service did not start: see the log above")

@@ -1,0 +1,380 @@
+"""The service's edges under a hostile or careless client, and its shutdown
+(issue #20, items 5 and 8; docs/bad_inputs.md, "Second pass").
+
+serve.py runs as a user starts it (a subprocess on loopback) where the behaviour
+lives in the HTTP server (timeouts, parser errors, SIGTERM); in process where it
+lives in the app (large requests off the event loop, docs behind the key).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from helpers import (
+    free_port,
+    make_table,
+    start_serve_py,
+    wait_client_ready,
+    wait_server_ready,
+)
+from modelsphere.inference.predictor import Predictor
+from modelsphere.serving.app import ServeSettings, create_app
+from modelsphere.serving.routing import SCORING_THREAD_NAME
+
+pytestmark = pytest.mark.pipeline
+
+READ_TIMEOUT = 1.0  # serve.timeout_request_read in the served process
+WAIT = 15.0  # the longest a test waits for an answer it expects
+KEY = "edge-test-key-123"
+NAME = "tiny_binary"
+
+
+def records(rows: int, seed: int = 1) -> list:
+    frame = make_table(rows=rows, seed=seed).drop(columns=["label"])
+    return json.loads(frame.to_json(orient="records"))
+
+
+def body_of(rows: int) -> bytes:
+    return json.dumps({"records": records(rows)}).encode()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, trained_runs):
+    run_dir = trained_runs.copy("binary_one_epoch", tmp_path_factory.mktemp("edges"))
+    port = free_port()
+    process = start_serve_py(
+        run_dir, port, f"serve.timeout_request_read={READ_TIMEOUT}", "device=cpu"
+    )
+    wait_server_ready(process, f"http://127.0.0.1:{port}")
+    yield port, process
+    process.send_signal(signal.SIGINT)
+    output = process.communicate(timeout=60)[0]
+    assert "Traceback" not in output, output[-3000:]
+
+
+def raw_exchange(port: int, payload: bytes) -> bytes:
+    """Send `payload` on a fresh connection and read until the server closes it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
+        if payload:
+            sock.sendall(payload)
+        received = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return received
+            received += chunk
+
+
+def parsed(response: bytes):
+    head, _, body = response.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    headers = dict(
+        line.decode().lower().split(": ", 1) for line in head.split(b"\r\n")[1:]
+    )
+    return status, headers, json.loads(body)
+
+
+# ----------------------------------------------------------------------------
+# 8. Idle and half-sent connections are timed out
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",  # connects, never sends
+        b"POST /predict HTTP/1.1\r\nHost: x\r\n",  # half a head
+        b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 1000\r\n\r\n{"records": [',  # half a body
+    ],
+    ids=["idle", "half-head", "half-body"],
+)
+def test_a_connection_that_does_not_send_its_request_is_closed_with_408(
+    served, payload
+):
+    port, _ = served
+    started = time.monotonic()
+    status, headers, body = parsed(raw_exchange(port, payload))
+    assert status == 408
+    assert headers["content-type"] == "application/json"
+    assert "serve.timeout_request_read" in body["error"]
+    assert time.monotonic() - started < WAIT
+
+
+def test_a_keep_alive_connection_is_not_cut_while_requests_arrive(served):
+    port, _ = served
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
+    try:
+        for _ in range(3):  # each well within the read timeout, 3 x longer in all
+            connection.request("GET", "/v2/health/live")
+            assert connection.getresponse().read() == b'{"live":true}'
+            time.sleep(READ_TIMEOUT / 2)
+    finally:
+        connection.close()
+
+
+def test_a_request_the_http_parser_refuses_gets_the_json_error(served):
+    port, _ = served
+    status, headers, body = parsed(
+        raw_exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n")
+    )
+    assert status == 400
+    assert headers["content-type"] == "application/json"
+    assert body["error"].startswith("invalid HTTP request")
+    assert body["detail"] == []
+
+
+# ----------------------------------------------------------------------------
+# 8. Health answers off the scoring path
+
+
+@pytest.fixture()
+def app_for(trained_runs, tmp_path):
+    run_dir = trained_runs.copy("binary_one_epoch", tmp_path)
+
+    @contextmanager
+    def make(**settings) -> Iterator[TestClient]:
+        settings.setdefault("engine", "torch")
+        app = create_app(ServeSettings(run_dir=str(run_dir), **settings))
+        with TestClient(app) as client:
+            wait_client_ready(client)
+            yield client
+
+    return make
+
+
+def test_large_requests_are_parsed_and_scored_on_the_scoring_thread(
+    app_for, monkeypatch
+):
+    threads = []
+    score = Predictor.predict_records
+
+    def recording(self, rows):
+        threads.append(threading.current_thread().name)
+        return score(self, rows)
+
+    monkeypatch.setattr(Predictor, "predict_records", recording)
+    small, large = body_of(1), body_of(200)
+    with app_for(inline_max_bytes=len(small)) as client:
+        for body in (small, large):
+            response = client.post(
+                "/predict", content=body, headers={"content-type": "application/json"}
+            )
+            assert response.status_code == 200, response.text
+    small_on, large_on = threads[-2:]  # (the model's warm-up came first)
+    assert small_on != SCORING_THREAD_NAME
+    assert large_on == SCORING_THREAD_NAME
+
+
+def test_liveness_answers_while_a_large_request_is_being_scored(app_for, monkeypatch):
+    release, scoring = threading.Event(), threading.Event()
+    score = Predictor.predict_records
+
+    def blocked(self, rows):
+        if len(rows) > 1:
+            scoring.set()
+            release.wait(WAIT)
+        return score(self, rows)
+
+    monkeypatch.setattr(Predictor, "predict_records", blocked)
+    with app_for(inline_max_bytes=0) as client:
+        answers = []
+        sender = threading.Thread(
+            target=lambda: answers.append(
+                client.post("/predict", json={"records": records(50)})
+            )
+        )
+        sender.start()
+        try:
+            assert scoring.wait(WAIT)
+            assert client.get("/v2/health/live").json() == {"live": True}
+            assert client.get("/v2/health/ready").json() == {"ready": True}
+        finally:
+            release.set()
+            sender.join(WAIT)
+        assert answers[0].status_code == 200
+
+
+# ----------------------------------------------------------------------------
+# 8. Docs, schema and the model's routes behind the key
+
+
+GUARDED = ["/docs", "/redoc", "/openapi.json", f"/v2/models/{NAME}/ready"]
+
+
+@pytest.mark.parametrize("path", GUARDED)
+def test_with_a_key_docs_schema_and_model_routes_require_it(app_for, path):
+    with app_for(api_key=KEY) as client:
+        assert client.get(path).status_code == 401
+        deadline = time.monotonic() + WAIT
+        while (
+            answer := client.get(path, headers={"X-API-Key": KEY})
+        ).status_code == 503:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert answer.status_code == 200, answer.text
+
+
+def test_open_docs_with_a_key_is_a_setting(app_for):
+    with app_for(api_key=KEY, docs_require_key=False) as client:
+        assert client.get("/openapi.json").status_code == 200
+        assert client.get("/docs").status_code == 200
+    with app_for() as client:  # no key: all open
+        assert client.get("/openapi.json").status_code == 200
+
+
+def test_health_probes_need_no_key(app_for):
+    with app_for(api_key=KEY) as client:
+        assert client.get("/v2/health/live").status_code == 200
+
+
+# ----------------------------------------------------------------------------
+# 5. SIGTERM drains: no request is dropped
+
+
+class Load:
+    """`clients` keep-alive connections sending single-record requests in turn,
+    and a readiness probe, until stopped. A request is *failed* when it was sent
+    and got no complete 200 answer; a connection refused (the server has stopped
+    listening) sent nothing."""
+
+    def __init__(self, port: int, clients: int):
+        self.port = port
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.counts = {"ok": 0, "failed": 0, "refused": 0}
+        self.failures: list = []
+        self.readiness: list = []
+        self.body = body_of(1)
+        self.threads = [
+            threading.Thread(target=self._client) for _ in range(clients)
+        ] + [threading.Thread(target=self._probe)]
+
+    def __enter__(self) -> "Load":
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(WAIT)
+
+    def _count(self, outcome: str, detail: str = "") -> None:
+        with self.lock:
+            self.counts[outcome] += 1
+            if outcome == "failed":
+                self.failures.append(detail)
+
+    def _client(self) -> None:
+        headers = {"content-type": "application/json"}
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=WAIT)
+        while not self.stop.is_set():
+            try:
+                connection.request("POST", "/predict", self.body, headers)
+            except ConnectionRefusedError:
+                self._count("refused")
+                connection.close()
+                time.sleep(0.01)
+                continue
+            except OSError as exc:  # a request written on a dying connection
+                self._count("failed", f"send: {exc!r}")
+                connection.close()
+                continue
+            try:
+                response = connection.getresponse()
+                response.read()
+            except (OSError, http.client.HTTPException) as exc:
+                self._count("failed", f"answer: {exc!r}")
+                connection.close()
+                continue
+            if response.status == 200:
+                self._count("ok")
+            else:
+                self._count("failed", f"status {response.status}")
+
+    def _probe(self) -> None:
+        while not self.stop.is_set():
+            connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+            try:
+                connection.request("GET", "/v2/health/ready")
+                status = connection.getresponse().status
+            except OSError:
+                status = None
+            finally:
+                connection.close()
+            with self.lock:
+                self.readiness.append(status)
+            time.sleep(0.05)
+
+
+def wait_every_worker_ready(port: int, in_a_row: int = 30) -> None:
+    """Readiness 200 on `in_a_row` fresh connections in a row: each worker (the
+    kernel spreads connections over them) has loaded its model."""
+    deadline, streak = time.monotonic() + 60, 0
+    while streak < in_a_row:
+        assert time.monotonic() < deadline, "the workers did not all become ready"
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        try:
+            connection.request("GET", "/v2/health/ready")
+            streak = streak + 1 if connection.getresponse().status == 200 else 0
+        finally:
+            connection.close()
+        if not streak:
+            time.sleep(0.1)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_under_load_drains_without_dropping_a_request(
+    trained_runs, tmp_path, workers
+):
+    run_dir = trained_runs.copy("binary_one_epoch", tmp_path)
+    port = free_port()
+    process = start_serve_py(
+        run_dir,
+        port,
+        "serve.drain_seconds=2",
+        f"serve.workers={workers}",
+        "device=cpu",
+    )
+    try:
+        wait_server_ready(process, f"http://127.0.0.1:{port}")
+        wait_every_worker_ready(port)
+        with Load(port, clients=8) as load:
+            time.sleep(1.5)
+            ok_before = load.counts["ok"]
+            process.send_signal(signal.SIGTERM)
+            output = process.communicate(timeout=60)[0]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert ok_before > 0
+    assert load.counts["failed"] == 0, (load.counts, load.failures[:5])
+    assert load.counts["ok"] > ok_before  # served during the drain too
+    assert 503 in load.readiness  # readiness failed first
+    assert "draining" in output
+    assert "Traceback" not in output, output[-3000:]
+
+
+def test_an_idle_service_stops_at_once_on_sigterm(trained_runs, tmp_path):
+    run_dir = trained_runs.copy("binary_one_epoch", tmp_path)
+    port = free_port()
+    process = start_serve_py(run_dir, port, "serve.drain_seconds=60", "device=cpu")
+    try:
+        wait_server_ready(process, f"http://127.0.0.1:{port}")
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)  # not the 60 s drain: nothing to drain
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
