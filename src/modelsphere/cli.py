@@ -29,7 +29,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from modelsphere.core.errors import ModelSphereError
 from modelsphere.core.runs import hydra_output_dir
-from modelsphere.core.redaction import environment_values_guarded
+from modelsphere.environment_guard import environment_values_guarded
 from modelsphere.sweeps import write_job_status
 from modelsphere.training.interrupts import TrainingInterrupted
 

@@ -14,9 +14,9 @@ from modelsphere.core.redaction import (
     EnvironmentValues,
     RedactingFilter,
     activate,
-    refuse_literal_secrets,
     saved_config,
 )
+from modelsphere.environment_guard import refuse_literal_secrets
 
 pytestmark = pytest.mark.unit
 

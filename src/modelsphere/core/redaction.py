@@ -15,8 +15,6 @@ import logging
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
-from contextlib import contextmanager
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
@@ -27,12 +25,8 @@ ENV_REFERENCE = re.compile(r"\$\{oc\.env:\s*([A-Za-z_][A-Za-z0-9_]*)")
 # Shorter values ("1", "cpu") are kept in free text (logs): replacing every
 # occurrence would garble it. Saved configs hide them whatever their length.
 MIN_REDACTED_CHARS = 4
-# Settings taken from the environment only (key -> the variable to use).
-ENVIRONMENT_ONLY = {"serve.api_key": "MODELSPHERE_API_KEY"}
 # Settings that become names on disk or on the wire: no environment value in them.
 NAME_KEYS = ("data.name", "serve.model_name")
-HYDRA_FILES = ("config.yaml", "overrides.yaml", "hydra.yaml")
-REDACTED = "<redacted>"
 
 
 def _strings(value: Any) -> Iterator[str]:
@@ -92,6 +86,8 @@ class EnvironmentValues:
     def refuse_in_names(self, cfg: DictConfig, keys: Iterable[str] = NAME_KEYS):
         """A name derived from an environment value would carry it into folder
         names, artifacts and URLs."""
+        if not OmegaConf.is_config(cfg):
+            return
         for key in keys:
             name = OmegaConf.select(cfg, key, default=None)
             found = self._found_in(name) if isinstance(name, str) else []
@@ -132,26 +128,6 @@ def saved_config(cfg: DictConfig, env: Optional[EnvironmentValues] = None) -> An
 
 def saved_config_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(saved_config(cfg)))
-
-
-@contextmanager
-def environment_values_guarded(
-    cfg: DictConfig, output_dir: Optional[Path]
-) -> Iterator[EnvironmentValues]:
-    """What an entry point runs its task in: secrets only from the environment,
-    and no environment value in names, files written or log lines."""
-    env = EnvironmentValues.of(cfg)
-    activate(env)
-    filters = redact_logs(env)
-    try:
-        hydra_dir = output_dir / ".hydra" if output_dir is not None else None
-        refuse_literal_secrets(cfg, hydra_dir)
-        env.refuse_in_names(cfg)
-        yield env
-    finally:
-        activate(EnvironmentValues())
-        for handler, log_filter in filters:
-            handler.removeFilter(log_filter)
 
 
 _ACTIVE = EnvironmentValues()
@@ -195,34 +171,3 @@ def redact_logs(
             handler.addFilter(log_filter)
             installed.append((handler, log_filter))
     return installed
-
-
-def refuse_literal_secrets(cfg: DictConfig, hydra_dir: Optional[Path]) -> None:
-    """A setting in ENVIRONMENT_ONLY given as a literal is refused, and the copies
-    Hydra already saved in `.hydra/` are overwritten without it."""
-    for key, variable in ENVIRONMENT_ONLY.items():
-        parent_key, _, leaf = key.rpartition(".")
-        parent = OmegaConf.select(cfg, parent_key, default=None)
-        if not isinstance(parent, DictConfig) or leaf not in parent:
-            continue
-        raw = OmegaConf.to_container(parent, resolve=False).get(leaf)
-        if raw is None or (isinstance(raw, str) and ENV_REFERENCE.search(raw)):
-            continue
-        if hydra_dir is not None:
-            _scrub(hydra_dir, str(raw))
-        raise ModelSphereError(
-            f"{key} is a secret: it is only taken from the environment "
-            f"(set {variable}=... before the command); given on the command line "
-            "it would be saved with the run and shown by `ps`"
-        )
-
-
-def _scrub(hydra_dir: Path, secret: str) -> None:
-    from modelsphere.core.fileio import atomic_write_text
-
-    for name in HYDRA_FILES:
-        path = hydra_dir / name
-        if path.is_file():
-            text = path.read_text(encoding="utf-8")
-            if secret in text:
-                atomic_write_text(path, text.replace(secret, REDACTED))

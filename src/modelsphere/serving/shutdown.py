@@ -97,6 +97,8 @@ class DrainingServer(uvicorn.Server):
     async def shutdown(self, sockets=None) -> None:
         for server in self.servers:
             server.close()
+        for sock in sockets or []:  # a worker's copy of the shared socket (the
+            sock.close()  # server above may hold a duplicate of it)
         # Every worker stops listening before any client is told to reconnect:
         # a reconnection queued on a socket that then closes would be reset.
         await asyncio.sleep(SETTLE_SECONDS)
