@@ -178,7 +178,12 @@ def test_evaluate_reproduces_the_training_test_metrics(work, trained, evaluated)
     assert set(report["metrics"]) == set(expected) - {"loss"}
     for name, value in report["metrics"].items():
         assert value == pytest.approx(expected[name], abs=1e-6), name
-    for name in ("roc_curve.png", "pr_curve.png", "confusion_matrix.png"):
+    for name in (
+        "roc_curve.png",
+        "pr_curve.png",
+        "reliability.png",
+        "confusion_matrix.png",
+    ):
         assert (eval_dir / name).stat().st_size > 0, name
     matrix = np.asarray(report["confusion_matrix"]["matrix"])
     assert matrix.shape == (2, 2) and matrix.sum() == expected["rows"]

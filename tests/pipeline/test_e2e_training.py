@@ -271,7 +271,15 @@ def test_multiclass_end_to_end(tmp_path):
 
     report, eval_dir = evaluate(tmp_path, run)
     metrics = report["metrics"]
-    assert set(metrics) == {"accuracy", "macro_f1", "roc_auc", "log_loss", "rows"}
+    assert set(metrics) == {
+        "accuracy",
+        "macro_f1",
+        "roc_auc",
+        "log_loss",
+        "brier",
+        "ece",
+        "rows",
+    }
     for name in ("accuracy", "macro_f1", "roc_auc"):
         assert 0 <= metrics[name] <= 1, name
     assert metrics["log_loss"] > 0
@@ -280,6 +288,8 @@ def test_multiclass_end_to_end(tmp_path):
     matrix = np.asarray(report["confusion_matrix"]["matrix"])
     assert matrix.shape == (3, 3) and matrix.sum() == metrics["rows"]
     assert (eval_dir / "confusion_matrix.png").stat().st_size > 0
+    assert 0 <= metrics["ece"] <= 1 and 0 <= metrics["brier"] <= 2
+    assert (eval_dir / "reliability.png").stat().st_size > 0
 
     # evaluate.py input=<labelled file>: integer labels read back from CSV text.
     labelled = make_table(task="multiclass", seed=3)

@@ -112,6 +112,8 @@ def test_resolve_monitor_defaults(task, expected):
         ("multiclass", "macro_f1", "max"),
         ("regression", "r2", "max"),
         ("regression", "mae", "min"),
+        ("binary", "brier", "min"),
+        ("multiclass", "ece", "min"),
     ],
 )
 def test_resolve_monitor_explicit(task, monitor, mode):
@@ -140,3 +142,52 @@ def test_is_improvement():
     assert not is_improvement(0.3, 0.2, "min", 0.0)
     assert not is_improvement(0.25, 0.3, "min", 0.1)
     assert not is_improvement(float("nan"), 0.3, "min", 0.0)
+
+
+# ----------------------------------------------------------------------------
+# Calibration: Brier score, expected calibration error, the reliability table
+
+
+def test_binary_calibration_hand_computed():
+    # P(positive) 0.8 for a positive and 0.2 for a negative: each off by 0.2.
+    metrics = compute_metrics("binary", torch.tensor([0.8, 0.2]), torch.tensor([1, 0]))
+    assert metrics["brier"] == pytest.approx(0.04)
+    assert metrics["ece"] == pytest.approx(0.2)  # two bins, each |0.8 - 1| or |0.2 - 0|
+
+
+def test_binary_calibration_of_a_calibrated_bin_is_zero():
+    # four rows at 0.75, three of them positive: observed rate = predicted
+    scores, target = torch.full((4,), 0.75), torch.tensor([1, 1, 1, 0])
+    metrics = compute_metrics("binary", scores, target)
+    assert metrics["ece"] == pytest.approx(0.0, abs=1e-6)
+    assert metrics["brier"] == pytest.approx((3 * 0.25**2 + 0.75**2) / 4)
+
+
+def test_multiclass_calibration_hand_computed():
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3]])
+    metrics = compute_metrics("multiclass", probs, torch.tensor([0, 2]))
+    assert metrics["brier"] == pytest.approx(
+        ((0.09 + 0.04 + 0.01) + (0.01 + 0.36 + 0.49)) / 2
+    )
+    # top-class confidence 0.7 (right) and 0.6 (wrong): |0.7 - 1| and |0.6 - 0|
+    assert metrics["ece"] == pytest.approx((0.3 + 0.6) / 2)
+
+
+def test_the_reliability_table_matches_the_calibration_error(tmp_path):
+    from modelsphere.training.metrics import CALIBRATION_BINS
+    from modelsphere.training.plots import calibration_bins, reliability_diagram
+
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.rand(500, generator=generator)
+    target = (torch.rand(500, generator=generator) < scores**2).long()
+    table = calibration_bins(scores, target, CALIBRATION_BINS)
+    assert table["count"].sum() == 500
+    ece = float(
+        (table["count"] * abs(table["confidence"] - table["observed"])).sum() / 500
+    )
+    metrics = compute_metrics("binary", scores, target)
+    assert ece == pytest.approx(metrics["ece"], abs=1e-5)
+    path = reliability_diagram(
+        scores, target, ece, CALIBRATION_BINS, tmp_path / "r.png"
+    )
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

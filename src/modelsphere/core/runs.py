@@ -27,6 +27,7 @@ PREDICTION_SUMMARY_FILE = "prediction.json"
 JOB_STATUS_FILE = "job_status.json"  # a sweep job's outcome
 ROC_CURVE_FILE = "roc_curve.png"
 PR_CURVE_FILE = "pr_curve.png"
+RELIABILITY_FILE = "reliability.png"  # calibration: predicted vs observed
 RESIDUALS_FILE = "residuals.png"
 CONFUSION_MATRIX_FILE = "confusion_matrix.png"
 

@@ -24,6 +24,7 @@ from modelsphere.core.fileio import atomic_write_json, sha256_file
 from modelsphere.core.runs import (
     CONFUSION_MATRIX_FILE,
     METRICS_FILE,
+    RELIABILITY_FILE,
     RESIDUALS_FILE,
     resolve_run_dir,
 )
@@ -35,7 +36,11 @@ from modelsphere.features.transform import encode_target
 from modelsphere.inference.config import validate_evaluate_app
 from modelsphere.inference.predictor import Predictor
 from modelsphere.training import plots
-from modelsphere.training.metrics import DECISION_THRESHOLD, compute_metrics
+from modelsphere.training.metrics import (
+    CALIBRATION_BINS,
+    DECISION_THRESHOLD,
+    compute_metrics,
+)
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +143,13 @@ def _plots(predictor, scores, target, report, output_dir: Path) -> None:
         return
     if predictor.task == "binary" and target.min() != target.max():
         plots.roc_pr_curves(scores, target, output_dir)
+    plots.reliability_diagram(
+        scores,
+        target,
+        report["metrics"]["ece"],
+        CALIBRATION_BINS,
+        output_dir / RELIABILITY_FILE,
+    )
     matrix = np.asarray(report["confusion_matrix"]["matrix"])
     plots.confusion_matrix(
         matrix, predictor.classes, output_dir / CONFUSION_MATRIX_FILE

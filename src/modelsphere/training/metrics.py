@@ -26,9 +26,12 @@ MAXIMISED = {
     "recall",
     "r2",
 }
-MINIMISED = {"log_loss", "rmse", "mae", "loss"}
+MINIMISED = {"log_loss", "brier", "ece", "rmse", "mae", "loss"}
 DEFAULT_MONITOR = {"binary": "roc_auc", "multiclass": "log_loss", "regression": "rmse"}
 DECISION_THRESHOLD = 0.5
+# equal-width confidence bins of the expected calibration error (torchmetrics'
+# default) and of the reliability diagram
+CALIBRATION_BINS = 15
 
 
 def _log_loss_binary(probs: torch.Tensor, target: torch.Tensor) -> float:
@@ -38,6 +41,36 @@ def _log_loss_binary(probs: torch.Tensor, target: torch.Tensor) -> float:
 
 def _log_loss_multiclass(probs: torch.Tensor, target: torch.Tensor) -> float:
     return float(F.nll_loss(probs.clamp_min(PROBABILITY_EPS).log(), target))
+
+
+def brier_score(probs: torch.Tensor, target: torch.Tensor) -> float:
+    """Mean squared error of the probabilities against the one-hot outcome (for
+    binary, of P(positive) against 0/1): 0 is perfect."""
+    if probs.dim() == 1:
+        return float(((probs - target.float()) ** 2).mean())
+    onehot = F.one_hot(target.long(), probs.shape[1]).float()
+    return float(((probs - onehot) ** 2).sum(dim=1).mean())
+
+
+def calibration_error(probs: torch.Tensor, target: torch.Tensor) -> float:
+    """Expected calibration error (L1, CALIBRATION_BINS equal-width bins): for
+    binary, of P(positive) against the observed rate; for multiclass, of the top
+    class's probability against the accuracy."""
+    if probs.dim() == 1:
+        return float(
+            C.binary_calibration_error(
+                probs, target.long(), n_bins=CALIBRATION_BINS, norm="l1"
+            )
+        )
+    return float(
+        C.multiclass_calibration_error(
+            probs,
+            target.long(),
+            num_classes=probs.shape[1],
+            n_bins=CALIBRATION_BINS,
+            norm="l1",
+        )
+    )
 
 
 def compute_metrics(
@@ -70,6 +103,8 @@ def compute_metrics(
                 C.binary_recall(scores, target, threshold=DECISION_THRESHOLD)
             ),
             "log_loss": _log_loss_binary(scores, target),
+            "brier": brier_score(scores, target),
+            "ece": calibration_error(scores, target),
         }
     elif task == "multiclass":
         target = target.long()
@@ -85,6 +120,8 @@ def compute_metrics(
                 C.multiclass_auroc(scores, target, num_classes=k, average="macro")
             ),
             "log_loss": _log_loss_multiclass(scores, target),
+            "brier": brier_score(scores, target),
+            "ece": calibration_error(scores, target),
         }
     elif task == "regression":
         target = target.float()
@@ -113,9 +150,19 @@ def resolve_monitor(task: str, monitor: str) -> Tuple[str, str]:
             "precision",
             "recall",
             "log_loss",
+            "brier",
+            "ece",
             "loss",
         ],
-        "multiclass": ["accuracy", "macro_f1", "roc_auc", "log_loss", "loss"],
+        "multiclass": [
+            "accuracy",
+            "macro_f1",
+            "roc_auc",
+            "log_loss",
+            "brier",
+            "ece",
+            "loss",
+        ],
         "regression": ["rmse", "mae", "r2", "loss"],
     }[task]
     if name not in valid:

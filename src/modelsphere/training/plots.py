@@ -1,4 +1,5 @@
-"""PNG plots for runs: training curves, ROC/PR curves, confusion matrix, residuals.
+"""PNG plots for runs: training curves, ROC/PR curves, reliability (calibration),
+confusion matrix, residuals.
 
 Each figure is written atomically (temp file + rename) with the non-interactive
 Agg backend, so plotting works on headless machines.
@@ -73,6 +74,51 @@ def roc_pr_curves(
     axis.set_title("Precision-recall curve")
     paths.append(_save(figure, out_dir / PR_CURVE_FILE))
     return paths
+
+
+def calibration_bins(
+    probs: torch.Tensor, target: torch.Tensor, bins: int
+) -> Dict[str, np.ndarray]:
+    """Per equal-width bin of confidence: the mean confidence, the observed rate
+    and the row count (empty bins are left out). Binary: P(positive) against the
+    positive rate; multiclass: the top class's probability against the accuracy
+    (the quantities the expected calibration error compares)."""
+    if probs.dim() == 1:
+        confidence, hit = probs.double(), target.double()
+    else:
+        top, predicted = probs.max(dim=1)
+        confidence, hit = top.double(), (predicted == target.long()).double()
+    index = torch.clamp((confidence * bins).long(), max=bins - 1)
+    count = torch.bincount(index, minlength=bins).double()
+    mean_confidence = torch.bincount(index, weights=confidence, minlength=bins)
+    observed = torch.bincount(index, weights=hit, minlength=bins)
+    kept = count > 0
+    return {
+        "confidence": (mean_confidence[kept] / count[kept]).numpy(),
+        "observed": (observed[kept] / count[kept]).numpy(),
+        "count": count[kept].numpy(),
+    }
+
+
+def reliability_diagram(
+    probs: torch.Tensor, target: torch.Tensor, ece: float, bins: int, path: Path
+) -> Path:
+    """Observed rate against mean predicted probability per bin, with the rows
+    per bin below: a calibrated model's points lie on the diagonal."""
+    table = calibration_bins(probs, target, bins)
+    binary = probs.dim() == 1
+    figure, (top, bottom) = plt.subplots(
+        2, 1, figsize=(4.5, 5.5), height_ratios=(3, 1), sharex=True
+    )
+    top.plot([0, 1], [0, 1], linestyle="--", color="grey", label="calibrated")
+    top.plot(table["confidence"], table["observed"], marker="o", label="model")
+    top.set_ylabel("observed positive rate" if binary else "accuracy")
+    top.set_title(f"Reliability (ECE {ece:.4f}, {bins} bins)")
+    top.legend(loc="upper left")
+    bottom.bar(table["confidence"], table["count"], width=1.0 / bins, color="tab:blue")
+    bottom.set_xlabel("predicted probability" if binary else "top-class probability")
+    bottom.set_ylabel("rows")
+    return _save(figure, path)
 
 
 def confusion_matrix(matrix: np.ndarray, labels: Sequence[Any], path: Path) -> Path:
