@@ -232,6 +232,28 @@ def test_open_docs_with_a_key_is_a_setting(app_for):
         assert client.get("/openapi.json").status_code == 200
 
 
+def test_the_key_is_a_documented_security_scheme(app_for):
+    """/docs shows an "Authorize" button: the key is an OpenAPI security scheme
+    (either header) on the model's routes, and on none without a key."""
+    with app_for(api_key=KEY) as client:
+        schema = client.get("/openapi.json", headers={"X-API-Key": KEY}).json()
+    schemes = schema["components"]["securitySchemes"]
+    assert schemes["ApiKey"] == {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
+        "description": schemes["ApiKey"]["description"],
+    }
+    assert schemes["Bearer"]["scheme"] == "bearer"
+    security = schema["paths"]["/predict"]["post"]["security"]
+    assert {"ApiKey": []} in security and {"Bearer": []} in security
+    assert "security" not in schema["paths"]["/v2/health/live"]["get"]
+    with app_for() as client:
+        assert "securitySchemes" not in client.get("/openapi.json").json().get(
+            "components", {}
+        )
+
+
 def test_health_probes_need_no_key(app_for):
     with app_for(api_key=KEY) as client:
         assert client.get("/v2/health/live").status_code == 200
@@ -317,20 +339,25 @@ class Load:
             time.sleep(0.05)
 
 
-def wait_every_worker_ready(port: int, in_a_row: int = 30) -> None:
-    """Readiness 200 on `in_a_row` fresh connections in a row: each worker (the
-    kernel spreads connections over them) has loaded its model."""
-    deadline, streak = time.monotonic() + 60, 0
-    while streak < in_a_row:
-        assert time.monotonic() < deadline, "the workers did not all become ready"
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-        try:
-            connection.request("GET", "/v2/health/ready")
-            streak = streak + 1 if connection.getresponse().status == 200 else 0
-        finally:
-            connection.close()
-        if not streak:
-            time.sleep(0.1)
+class ServerLog:
+    """serve.py's output, read line by line on a thread while it runs."""
+
+    def __init__(self, process):
+        self.lines: list = []
+        self.reader = threading.Thread(
+            target=lambda: self.lines.extend(iter(process.stdout.readline, ""))
+        )
+        self.reader.start()
+
+    def wait_for(self, text: str, times: int) -> None:
+        deadline = time.monotonic() + 60
+        while sum(text in line for line in list(self.lines)) < times:
+            assert time.monotonic() < deadline, "".join(self.lines)[-3000:]
+            time.sleep(0.05)
+
+    def text(self) -> str:
+        self.reader.join(WAIT)
+        return "".join(self.lines)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -346,14 +373,15 @@ def test_sigterm_under_load_drains_without_dropping_a_request(
         f"serve.workers={workers}",
         "device=cpu",
     )
+    log = ServerLog(process)
     try:
-        wait_server_ready(process, f"http://127.0.0.1:{port}")
-        wait_every_worker_ready(port)
+        log.wait_for("model ready", times=workers)  # every worker's
         with Load(port, clients=8) as load:
             time.sleep(1.5)
             ok_before = load.counts["ok"]
             process.send_signal(signal.SIGTERM)
-            output = process.communicate(timeout=60)[0]
+            process.wait(60)
+        output = log.text()
     finally:
         if process.poll() is None:
             process.kill()

@@ -10,7 +10,8 @@ import json
 import secrets
 from typing import Optional
 
-from fastapi import HTTPException, Request
+from fastapi import HTTPException, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 
@@ -108,18 +109,38 @@ def refuse_content_encoding(request: Request) -> None:
         )
 
 
+# Declared as OpenAPI security schemes, so /docs has an "Authorize" button; the
+# check itself (and its 401) is ours. Either header may carry the key.
+API_KEY_HEADER = APIKeyHeader(
+    name="X-API-Key",
+    scheme_name="ApiKey",
+    description="the service's API key (serve.api_key, from MODELSPHERE_API_KEY)",
+    auto_error=False,
+)
+BEARER = HTTPBearer(
+    scheme_name="Bearer",
+    description="the same key as `Authorization: Bearer <key>`",
+    auto_error=False,
+)
+
+
 def api_key_guard(api_key: Optional[str]):
     """A dependency that checks X-API-Key (or `Authorization: Bearer <key>`)."""
+    if api_key is None:
 
-    async def check(request: Request) -> None:
-        if api_key is None:
-            return
+        async def open_access() -> None:
+            return None
+
+        return open_access
+
+    async def check(
+        header: Optional[str] = Security(API_KEY_HEADER),
+        bearer: Optional[HTTPAuthorizationCredentials] = Security(BEARER),
+    ) -> None:
         # An empty X-API-Key counts as absent: it must not hide a valid Bearer.
-        given = request.headers.get("x-api-key", "").strip() or None
-        if given is None:
-            auth = request.headers.get("authorization", "")
-            if auth.lower().startswith("bearer "):
-                given = auth[7:].strip() or None
+        given = (header or "").strip() or None
+        if given is None and bearer is not None:
+            given = bearer.credentials.strip() or None
         if given is None or not secrets.compare_digest(
             given.encode(), api_key.encode()
         ):

@@ -34,11 +34,9 @@ from modelsphere.serving.protocol import ConnectionLimits, ServiceState
 log = logging.getLogger(__name__)
 
 DRAIN_STATE_KEY = "drain"  # where the app's lifespan state holds its DrainSignal
-# longer than uvicorn's tick (0.1 s), so workers whose drains end on the same
-# deadline have all stopped listening before the first answer with
-# `Connection: close`
-SETTLE_SECONDS = 0.25
-POLL_SECONDS = 0.05  # how often the close phase looks at the open connections
+POLL_SECONDS = 0.05  # how often the close phase looks at the port and connections
+PROBE_SECONDS = 1.0  # a connection attempt to our own port, on loopback
+LOOPBACK = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
 SUPERVISE_SECONDS = 0.5  # how often the parent of several workers checks them
 # a worker gets the drain and the close phase, then this long, before SIGKILL
 KILL_MARGIN_SECONDS = 5.0
@@ -95,15 +93,16 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
     async def shutdown(self, sockets=None) -> None:
+        deadline = time.monotonic() + self.policy.drain_seconds
         for server in self.servers:
             server.close()
         for sock in sockets or []:  # a worker's copy of the shared socket (the
             sock.close()  # server above may hold a duplicate of it)
         # Every worker stops listening before any client is told to reconnect:
         # a reconnection queued on a socket that then closes would be reset.
-        await asyncio.sleep(SETTLE_SECONDS)
+        while await self._port_still_listening() and time.monotonic() < deadline:
+            await asyncio.sleep(POLL_SECONDS)
         self.server_state.closing = True
-        deadline = time.monotonic() + self.policy.drain_seconds
         while (
             self.server_state.connections
             and time.monotonic() < deadline
@@ -112,6 +111,19 @@ class DrainingServer(uvicorn.Server):
             await asyncio.sleep(POLL_SECONDS)
         self.config.timeout_graceful_shutdown = max(deadline - time.monotonic(), 0)
         await super().shutdown(sockets)
+
+    async def _port_still_listening(self) -> bool:
+        """Whether another worker still accepts on the service's port (a
+        connection attempt is not refused)."""
+        host = LOOPBACK.get(self.config.host, self.config.host)
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, self.config.port), PROBE_SECONDS
+            )
+        except (OSError, asyncio.TimeoutError):
+            return False
+        writer.close()
+        return True
 
 
 def _run_worker(config: uvicorn.Config, policy: ShutdownPolicy, sockets) -> None:
