@@ -19,7 +19,7 @@ import logging
 import signal
 import sys
 import threading
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -78,27 +78,34 @@ def entry_point(task: Callable) -> Callable:
         output_dir = hydra_output_dir()
         if _is_multirun():
             return _sweep_job(task, cfg, output_dir)
-        try:
-            with sigterm_unwinds(), environment_values_guarded(cfg, output_dir):
-                return task(cfg, output_dir)
-        except TrainingInterrupted as exc:
-            log.error("%s", exc)
-            sys.exit(exc.exit_code)
-        except ModelSphereError as exc:
-            log.error("error: %s", exc)
-            sys.exit(USAGE_ERROR_EXIT_CODE)
-        except OmegaConfBaseException as exc:
-            # e.g. ${oc.env:NAME} for a variable that is not set
-            log.error("error: config: %s", str(exc).splitlines()[0])
-            sys.exit(USAGE_ERROR_EXIT_CODE)
-        except KeyboardInterrupt:
-            log.error("interrupted (Ctrl-C)")
-            sys.exit(INTERRUPTED_EXIT_CODE)
-        except Terminated:
-            log.error("terminated (SIGTERM)")
-            sys.exit(TERMINATED_EXIT_CODE)
+        with ExitStack() as guards:  # still installed while an error is logged
+            return _run(task, cfg, output_dir, guards)
 
     return main
+
+
+def _run(task: Callable, cfg: DictConfig, output_dir: Path, guards: ExitStack) -> Any:
+    """The task of one (non-sweep) run, its errors reported as one line."""
+    try:
+        guards.enter_context(sigterm_unwinds())
+        guards.enter_context(environment_values_guarded(cfg, output_dir))
+        return task(cfg, output_dir)
+    except TrainingInterrupted as exc:
+        log.error("%s", exc)
+        sys.exit(exc.exit_code)
+    except ModelSphereError as exc:
+        log.error("error: %s", exc)
+        sys.exit(USAGE_ERROR_EXIT_CODE)
+    except OmegaConfBaseException as exc:
+        # e.g. ${oc.env:NAME} for a variable that is not set
+        log.error("error: config: %s", str(exc).splitlines()[0])
+        sys.exit(USAGE_ERROR_EXIT_CODE)
+    except KeyboardInterrupt:
+        log.error("interrupted (Ctrl-C)")
+        sys.exit(INTERRUPTED_EXIT_CODE)
+    except Terminated:
+        log.error("terminated (SIGTERM)")
+        sys.exit(TERMINATED_EXIT_CODE)
 
 
 def _job_overrides() -> list:

@@ -462,7 +462,13 @@ def test_a_value_from_the_environment_is_not_written_by_any_entry_point(
     make_table(rows=240).to_csv(raw, index=False)
     path = str(raw).replace(SECRET, "${oc.env:MS_SECRET_TOKEN}")
     work = tmp_path / "work"
-    common = [f"paths.data_dir={work / 'data'}", f"paths.outputs_dir={work / 'out'}"]
+    # the data dir from the environment too: evaluate.py rebuilds the test
+    # split from the saved config, which refers to it
+    monkeypatch.setenv("MS_DATA_DIR", str(work / "data"))
+    common = [
+        "paths.data_dir='${oc.env:MS_DATA_DIR}'",
+        f"paths.outputs_dir={work / 'out'}",
+    ]
     train = run_cli_in_process(
         capfd,
         "train.py",

@@ -394,14 +394,25 @@ def test_sigterm_under_load_drains_without_dropping_a_request(
     assert "Traceback" not in output, output[-3000:]
 
 
-def test_an_idle_service_stops_at_once_on_sigterm(trained_runs, tmp_path):
+def test_an_idle_service_still_drains_before_it_stops_listening(trained_runs, tmp_path):
+    """A load balancer may open a connection per request: with no connection
+    open at SIGTERM, the service still answers readiness 503 for the drain."""
     run_dir = trained_runs.copy("binary_one_epoch", tmp_path)
     port = free_port()
-    process = start_serve_py(run_dir, port, "serve.drain_seconds=60", "device=cpu")
+    process = start_serve_py(run_dir, port, "serve.drain_seconds=3", "device=cpu")
     try:
         wait_server_ready(process, f"http://127.0.0.1:{port}")
         process.send_signal(signal.SIGTERM)
-        process.communicate(timeout=30)  # not the 60 s drain: nothing to drain
+        time.sleep(1)  # well inside the drain
+        status, _, body = parsed(
+            raw_exchange(
+                port,
+                b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n"
+                b"Connection: close\r\n\r\n",
+            )
+        )
+        assert status == 503 and "draining" in body["error"]
+        process.communicate(timeout=30)
     finally:
         if process.poll() is None:
             process.kill()

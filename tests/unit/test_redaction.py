@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -40,7 +41,8 @@ def cfg(monkeypatch):
 def test_saved_config_keeps_the_interpolation_not_the_value(cfg):
     saved = saved_config(cfg)
     assert saved["data"]["path"] == "raw/acme-${oc.env:MS_TOKEN}.csv"
-    assert saved["copy"] == "${data.path}"  # derived from it: re-resolved on load
+    # built from it (another key's interpolation): resolved, the value replaced
+    assert saved["copy"] == "raw/acme-${oc.env:MS_TOKEN}.csv"
     assert saved["train"]["max_epochs"] == "${oc.env:MS_EPOCHS}"  # short values too
     assert TOKEN not in str(saved)
     assert saved["data"]["name"] == "acme"
@@ -76,3 +78,32 @@ def test_an_api_key_given_literally_is_refused_and_scrubbed(cfg, tmp_path):
     assert "literal-key-123" not in (tmp_path / "overrides.yaml").read_text()
     cfg.serve.api_key = "${oc.env:MS_TOKEN}"  # from the environment: accepted
     refuse_literal_secrets(cfg, tmp_path)
+
+
+def test_values_too_short_to_be_secrets_leave_numbers_and_hashes_alone(
+    monkeypatch, tmp_path
+):
+    monkeypatch.setenv("MS_SEED", "2024")
+    cfg = OmegaConf.create({"seed": "${oc.env:MS_SEED}"})
+    activate(EnvironmentValues.of(cfg))
+    try:
+        payload = {"auc": 0.8202451, "levels": ["user_2024"], "sha": "ab2024cd"}
+        atomic_write_json(tmp_path / "m.json", payload)
+    finally:
+        activate(EnvironmentValues())
+    assert json.loads((tmp_path / "m.json").read_text()) == payload
+    assert saved_config(cfg)["seed"] == "${oc.env:MS_SEED}"
+
+
+def test_a_long_value_is_replaced_in_strings_only(monkeypatch, tmp_path):
+    monkeypatch.setenv("MS_DIR", "/mnt/customers")
+    cfg = OmegaConf.create({"paths": {"data_dir": "${oc.env:MS_DIR}"}})
+    activate(EnvironmentValues.of(cfg))
+    try:
+        payload = {"/mnt/customers": 1, "raw": "/mnt/customers/x.csv", "n": 12024}
+        atomic_write_json(tmp_path / "m.json", payload)
+    finally:
+        activate(EnvironmentValues())
+    written = json.loads((tmp_path / "m.json").read_text())
+    assert written["raw"] == "${oc.env:MS_DIR}/x.csv"
+    assert "/mnt/customers" in written and written["n"] == 12024  # keys, numbers

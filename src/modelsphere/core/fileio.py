@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, List
 
 from modelsphere.core.errors import ModelSphereError
-from modelsphere.core.redaction import redact_written
+from modelsphere.core.redaction import redact_written, redact_written_data
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write text atomically; values the config took from the environment are
     replaced by their `${oc.env:NAME}` (core.redaction)."""
-    text = redact_written(text)
+    _write_text(path, redact_written(text))
+
+
+def _write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write(path, lambda handle: handle.write(text), mode="w")
 
 
@@ -155,8 +158,9 @@ def _json_safe(value: Any) -> Any:
 
 
 def atomic_write_json(path: str | os.PathLike, payload: Any) -> None:
-    text = json.dumps(_json_safe(payload), indent=2, allow_nan=False)
-    atomic_write_text(path, text + "\n")
+    payload = redact_written_data(_json_safe(payload))
+    text = json.dumps(payload, indent=2, allow_nan=False)
+    _write_text(path, text + "\n")
 
 
 def read_json(path: str | os.PathLike, what: str) -> Any:

@@ -22,9 +22,13 @@ from omegaconf import DictConfig, OmegaConf
 from modelsphere.core.errors import ModelSphereError
 
 ENV_REFERENCE = re.compile(r"\$\{oc\.env:\s*([A-Za-z_][A-Za-z0-9_]*)")
-# Shorter values ("1", "cpu") are kept in free text (logs): replacing every
-# occurrence would garble it. Saved configs hide them whatever their length.
-MIN_REDACTED_CHARS = 4
+SINGLE_ENV_REFERENCE = re.compile(r"\$\{oc\.env:[^${}]*\}")
+# Shorter values ("1", "cpu", a seed) are left in free text and in the strings
+# of written files: replacing every occurrence would garble numbers, hashes and
+# words (secrets are longer: an API key has at least 8 characters). Saved
+# configs keep the interpolation of a setting set from the environment whatever
+# its length.
+MIN_REDACTED_CHARS = 8
 # Settings that become names on disk or on the wire: no environment value in them.
 NAME_KEYS = ("data.name", "serve.model_name")
 
@@ -116,11 +120,18 @@ def saved_config(cfg: DictConfig, env: Optional[EnvironmentValues] = None) -> An
                 return [merge(v, u) for v, u in zip(value, unresolved)]
         if isinstance(value, (dict, list)):
             return env.redact(value)
-        if isinstance(value, str) and env._found_in(value):
-            # the interpolation that gave the value, or the value redacted
-            if isinstance(unresolved, str) and "${" in unresolved:
-                return unresolved
-            return env.redact(value)
+        if (
+            isinstance(value, str)
+            and isinstance(unresolved, str)
+            and SINGLE_ENV_REFERENCE.fullmatch(unresolved)
+        ):
+            return unresolved  # the setting is the environment value itself
+        if (
+            isinstance(value, str)
+            and isinstance(unresolved, str)
+            and "${" in unresolved
+        ):
+            return env.redact_text(value)  # built from it: the value replaced
         return value
 
     return merge(resolved, raw)
@@ -142,6 +153,12 @@ def activate(env: EnvironmentValues) -> None:
 
 def redact_written(text: str) -> str:
     return _ACTIVE.redact_text(text) if _ACTIVE.values else text
+
+
+def redact_written_data(value: Any) -> Any:
+    """A JSON-able payload with the values replaced in its string values (not
+    in its keys, numbers or the text around them)."""
+    return _ACTIVE.redact(value) if _ACTIVE.values else value
 
 
 class RedactingFilter(logging.Filter):

@@ -85,8 +85,12 @@ def _run_split(predictor: Predictor, split: str) -> pd.DataFrame:
     """The split this run was trained beside (rebuilt from its config if needed)."""
     artifact = predictor.artifact
     record = artifact.meta.get("data", {})
-    data_cfg = OmegaConf.create(artifact.config["data"])
-    processed = prepare_data(data_cfg, artifact.config["paths"]["data_dir"])
+    # both sections in one config: a saved value may refer to the other, or to
+    # the environment (`${oc.env:NAME}`: core/redaction.py)
+    saved = OmegaConf.create(
+        {"data": artifact.config["data"], "paths": artifact.config["paths"]}
+    )
+    processed = prepare_data(saved.data, saved.paths.data_dir)
     expected = record.get("split_sha256", {}).get(split)
     if expected != processed.split_sha256(split):
         raise ModelSphereError(

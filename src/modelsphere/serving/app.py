@@ -147,7 +147,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
         finally:
             if app.state.scoring is scoring:
                 app.state.scoring = None
-            scoring.stop()
+            # joins a request still being scored: not on the event loop
+            await asyncio.get_running_loop().run_in_executor(None, scoring.stop)
 
     keyed_docs = settings.api_key is not None and settings.docs_require_key
     app = FastAPI(

@@ -88,7 +88,10 @@ class ServiceProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.head_read = False
-        self._arm_read_timer()
+        if self.cycle is None or self.cycle.response_complete:
+            self._arm_read_timer()
+        # else: pipelined behind a request still being answered, whose answer
+        # must not be replaced by a 408; its reading is paused meanwhile
 
     def on_headers_complete(self) -> None:
         self.head_read = True

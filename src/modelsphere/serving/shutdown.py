@@ -2,16 +2,17 @@
 
 What a worker does on SIGTERM (what load balancers and orchestrators expect):
 1. **Drain.** Readiness answers 503 at once, so a load balancer stops sending new
-   traffic; requests are still served as usual, for up to `serve.drain_seconds`
-   (less when no connection is open: an idle worker stops at once).
+   traffic; requests are still served as usual, for `serve.drain_seconds` (even
+   with no connection open: a load balancer may open one per request).
 2. **Close.** The worker stops accepting connections. Every connection still
    open ends after the answer to its next request (`Connection: close`), so no
    client sends a request on a connection the server is closing; idle ones close
    when their keep-alive runs out. In-flight requests get up to
    `serve.drain_seconds` more; then what is left is closed.
-A second SIGTERM changes nothing; SIGINT (Ctrl-C) skips the drain, and a second
-SIGINT stops at once. With several workers, the parent stops listening and
-passes the SIGTERM to every worker, which drains as above.
+A second SIGTERM changes nothing; SIGINT (Ctrl-C) skips the drain (in-flight
+requests still finish), and a second SIGINT stops at once. With several
+workers, the parent stops listening and passes the SIGTERM to every worker,
+which drains as above.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import logging
 import multiprocessing
 import os
 import signal
-import threading
 import time
 from dataclasses import dataclass
 from typing import List, Optional
@@ -86,9 +86,10 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
     async def on_tick(self, counter: int) -> bool:
+        # The whole drain, even with no connection open: a load balancer opening
+        # a connection per request must see readiness 503 before we stop listening.
         if self.drain_deadline is not None and not self.should_exit:
-            drained = not self.server_state.connections
-            if drained or time.monotonic() >= self.drain_deadline:
+            if time.monotonic() >= self.drain_deadline:
                 self.should_exit = True
         return await super().on_tick(counter)
 
@@ -100,7 +101,11 @@ class DrainingServer(uvicorn.Server):
             sock.close()  # server above may hold a duplicate of it)
         # Every worker stops listening before any client is told to reconnect:
         # a reconnection queued on a socket that then closes would be reset.
-        while await self._port_still_listening() and time.monotonic() < deadline:
+        while (
+            not self.force_exit
+            and time.monotonic() < deadline
+            and await self._port_still_listening()
+        ):
             await asyncio.sleep(POLL_SECONDS)
         self.server_state.closing = True
         while (
@@ -146,9 +151,9 @@ def _supervise(config: uvicorn.Config, policy: ShutdownPolicy) -> bool:
     dies, and on SIGTERM/SIGINT stop listening and pass SIGTERM to each."""
     sock = config.bind_socket()
     spawn = multiprocessing.get_context("spawn")
-    stop = threading.Event()
+    stopping: List[int] = []  # a plain list: signal handlers must not take locks
     previous = {
-        sig: signal.signal(sig, lambda *_: stop.set())
+        sig: signal.signal(sig, lambda signum, _: stopping.append(signum))
         for sig in (signal.SIGTERM, signal.SIGINT)
     }
 
@@ -162,14 +167,15 @@ def _supervise(config: uvicorn.Config, policy: ShutdownPolicy) -> bool:
     ]
     started = True
     try:
-        while not stop.wait(SUPERVISE_SECONDS):
+        while not stopping:
+            time.sleep(SUPERVISE_SECONDS)
             for index, worker in enumerate(workers):
                 if worker.is_alive():
                     continue
                 if worker.exitcode == STARTUP_FAILURE:
                     log.error("worker %d failed to start: stopping", worker.pid)
                     started = False
-                    stop.set()
+                    stopping.append(signal.SIGTERM)
                     break
                 log.warning(
                     "worker %d died (exit %s): replaced", worker.pid, worker.exitcode
