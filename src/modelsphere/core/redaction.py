@@ -60,18 +60,14 @@ class EnvironmentValues:
         values = {name: os.environ.get(name, "") for name in sorted(names)}
         return cls({name: value for name, value in values.items() if value})
 
-    def _found_in(self, text: str, min_chars: int = 1) -> List[str]:
-        return [
-            name
-            for name, value in self.values.items()
-            if len(value) >= min_chars and value in text
-        ]
+    def _found_in(self, text: str) -> List[str]:
+        return [name for name, value in self.values.items() if value in text]
 
-    def redact_text(self, text: str, min_chars: int = MIN_REDACTED_CHARS) -> str:
+    def redact_text(self, text: str) -> str:
         """`text` with each value replaced by `${oc.env:NAME}` (longest first)."""
         for name in sorted(self.values, key=lambda n: -len(self.values[n])):
             value = self.values[name]
-            if len(value) >= min_chars:
+            if len(value) >= MIN_REDACTED_CHARS:
                 text = text.replace(value, "${oc.env:%s}" % name)
         return text
 

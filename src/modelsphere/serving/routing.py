@@ -40,9 +40,6 @@ class ScoringThread:
         asyncio.set_event_loop(self.loop)
         self.loop.run_forever()
 
-    def is_current(self) -> bool:
-        return threading.current_thread() is self.thread
-
     async def run(self, work: Awaitable[Any]) -> Any:
         future = asyncio.run_coroutine_threadsafe(work, self.loop)
         return await asyncio.wrap_future(future)
