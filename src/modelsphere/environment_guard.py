@@ -19,6 +19,7 @@ from modelsphere.core.redaction import (
     EnvironmentValues,
     activate,
     redact_logs,
+    remove_filters,
 )
 
 # Settings taken from the environment only (key -> the variable to use).
@@ -35,7 +36,7 @@ def environment_values_guarded(
     and no environment value in names, files written or log lines."""
     env = EnvironmentValues.of(cfg)
     activate(env)
-    filters = redact_logs(env)
+    filters = redact_logs()
     try:
         hydra_dir = output_dir / ".hydra" if output_dir is not None else None
         refuse_literal_secrets(cfg, hydra_dir)
@@ -43,8 +44,7 @@ def environment_values_guarded(
         yield env
     finally:
         activate(EnvironmentValues())
-        for handler, log_filter in filters:
-            handler.removeFilter(log_filter)
+        remove_filters(filters)
 
 
 def refuse_literal_secrets(cfg: DictConfig, hydra_dir: Optional[Path]) -> None:

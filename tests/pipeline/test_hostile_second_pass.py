@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,15 @@ import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
 
-from helpers import REPO, make_table, run_cli_in_process, wait_client_ready
+from helpers import (
+    REPO,
+    free_port,
+    make_table,
+    run_cli_in_process,
+    start_serve_py,
+    wait_client_ready,
+    wait_server_ready,
+)
 from modelsphere.core.devices import select_device
 from modelsphere.core.errors import ModelSphereError, RowError
 from modelsphere.inference.predictor import Predictor
@@ -525,3 +534,30 @@ def test_an_api_key_on_the_command_line_is_refused_and_not_saved(tmp_path, capfd
     assert "MODELSPHERE_API_KEY" in line
     assert (tmp_path / "serve").is_dir()  # Hydra saved the overrides there...
     assert files_holding(tmp_path, key) == []  # ...without the key
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_key_sent_in_a_url_is_not_written_to_the_access_log(
+    trained_runs, tmp_path, monkeypatch, workers
+):
+    """uvicorn's access log (its own logger) in serve.py's process and in
+    spawned workers: the key a careless client put in a URL is not logged."""
+    key = "url-leaked-key-123456"
+    monkeypatch.setenv("MODELSPHERE_API_KEY", key)
+    run_dir = trained_runs.copy("binary_one_epoch", tmp_path)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    process = start_serve_py(
+        run_dir, port, "serve.access_log=true", f"serve.workers={workers}"
+    )
+    requests = 12
+    try:
+        wait_server_ready(process, base)
+        for _ in range(requests):
+            with urllib.request.urlopen(f"{base}/v2/health/live?api_key={key}"):
+                pass
+    finally:
+        process.send_signal(signal.SIGINT)
+        output = process.communicate(timeout=60)[0]
+    assert key not in output
+    assert output.count("live?api_key=${oc.env:MODELSPHERE_API_KEY}") == requests

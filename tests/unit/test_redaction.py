@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import sys
 
 import pytest
 from omegaconf import OmegaConf
@@ -15,6 +17,8 @@ from modelsphere.core.redaction import (
     EnvironmentValues,
     RedactingFilter,
     activate,
+    redact_logs,
+    remove_filters,
     saved_config,
 )
 from modelsphere.environment_guard import refuse_literal_secrets
@@ -58,10 +62,55 @@ def test_files_written_while_active_have_the_value_replaced(cfg, tmp_path):
     assert TOKEN not in text and "${oc.env:MS_TOKEN}" in text
 
 
-def test_log_lines_have_the_value_replaced(cfg):
+@pytest.fixture()
+def active(cfg):
+    activate(EnvironmentValues.of(cfg))
+    yield
+    activate(EnvironmentValues())
+
+
+def test_log_lines_have_the_value_replaced(active):
     record = logging.LogRecord("x", logging.INFO, "f", 1, "reading %s", (TOKEN,), None)
-    RedactingFilter(EnvironmentValues.of(cfg)).filter(record)
+    RedactingFilter().filter(record)
     assert record.getMessage() == "reading ${oc.env:MS_TOKEN}"
+
+
+def test_a_logged_traceback_has_the_value_replaced(active):
+    try:
+        open(f"/nonexistent/acme-{TOKEN}.csv")
+    except OSError:
+        record = logging.LogRecord(
+            "x", logging.ERROR, "f", 1, "failed", (), sys.exc_info(), sinfo="stack"
+        )
+    RedactingFilter().filter(record)
+    text = logging.Formatter().format(record)
+    assert "FileNotFoundError" in text and "${oc.env:MS_TOKEN}" in text
+    assert TOKEN not in text
+
+
+def test_every_handler_is_covered_and_formatters_keep_their_arguments(
+    active, monkeypatch
+):
+    """uvicorn's access logger does not propagate to the root, and its formatter
+    unpacks the record's arguments: both must survive the filter."""
+    from uvicorn.logging import AccessFormatter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(AccessFormatter("%(request_line)s"))
+    access = logging.getLogger("modelsphere-test.access")
+    monkeypatch.setattr(access, "handlers", [handler])
+    monkeypatch.setattr(access, "propagate", False)
+    installed = redact_logs()
+    try:
+        access.warning(
+            '%s - "%s %s HTTP/%s" %d',
+            *("127.0.0.1:5", "GET", f"/predict?key={TOKEN}", "1.1", 404),
+        )
+    finally:
+        remove_filters(installed)
+    assert any(h is handler for h, _ in installed)
+    assert stream.getvalue() == "GET /predict?key=${oc.env:MS_TOKEN} HTTP/1.1\n"
 
 
 def test_a_name_carrying_an_environment_value_is_refused(cfg):

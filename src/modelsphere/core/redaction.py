@@ -57,6 +57,12 @@ class EnvironmentValues:
         root = cfg._get_root()
         raw = OmegaConf.to_container(root, resolve=False)
         names = {m for text in _strings(raw) for m in ENV_REFERENCE.findall(text)}
+        return cls.named(names)
+
+    @classmethod
+    def named(cls, names: Iterable[str]) -> "EnvironmentValues":
+        """The values of the variables `names` that are set (a spawned worker
+        knows the names only; it inherits the environment)."""
         values = {name: os.environ.get(name, "") for name in sorted(names)}
         return cls({name: value for name, value in values.items() if value})
 
@@ -158,29 +164,69 @@ def redact_written_data(value: Any) -> Any:
 
 
 class RedactingFilter(logging.Filter):
-    """Replaces environment values in every log record a handler emits."""
-
-    def __init__(self, env: EnvironmentValues):
-        super().__init__()
-        self.env = env
+    """Replaces the active environment values (`activate`) in every record a
+    handler emits: its message, its arguments one by one (formatters such as
+    uvicorn's access log read them), its traceback and its stack."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        redacted = self.env.redact_text(message)
-        if redacted != message:
-            record.msg, record.args = redacted, ()
+        if not _ACTIVE.values:
+            return True
+        redact = _ACTIVE.redact_text
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                redact(a) if isinstance(a, str) else a for a in record.args
+            )
+        elif isinstance(record.args, dict):
+            record.args = {
+                k: redact(a) if isinstance(a, str) else a
+                for k, a in record.args.items()
+            }
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # not %-formatted: the formatter's job
+            message = None
+        if message is not None and redact(message) != message:
+            # a value spread over the arguments, or inside one that is not a str
+            record.msg, record.args = redact(message), ()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = _TRACEBACK_FORMATTER.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
         return True
 
 
-def redact_logs(
-    env: EnvironmentValues,
-) -> List[Tuple[logging.Handler, RedactingFilter]]:
-    """Install the filter on the root logger's handlers (console, the run's log);
-    returns what was installed."""
+_TRACEBACK_FORMATTER = logging.Formatter()
+
+
+def _handlers() -> Iterator[logging.Handler]:
+    """The handlers of the root logger and of every named logger (uvicorn's
+    own do not propagate to the root)."""
+    loggers = [logging.getLogger()] + [
+        logger
+        for logger in list(logging.Logger.manager.loggerDict.values())
+        if isinstance(logger, logging.Logger)
+    ]
+    for logger in loggers:
+        yield from logger.handlers
+
+
+def redact_logs() -> List[Tuple[logging.Handler, RedactingFilter]]:
+    """Install the filter on every handler that has none yet (console, the run's
+    log, uvicorn's); returns what was installed. Call it again after a library
+    configures its logging."""
     installed = []
-    if env.values:
-        for handler in logging.getLogger().handlers:
-            log_filter = RedactingFilter(env)
+    for handler in _handlers():
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            log_filter = RedactingFilter()
             handler.addFilter(log_filter)
             installed.append((handler, log_filter))
     return installed
+
+
+def remove_filters(installed: List[Tuple[logging.Handler, RedactingFilter]]) -> None:
+    for handler, log_filter in installed:
+        handler.removeFilter(log_filter)

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
@@ -26,6 +26,7 @@ from modelsphere import __version__
 from modelsphere.core.devices import select_device
 from modelsphere.core.errors import RowError
 from modelsphere.core.fileio import read_json
+from modelsphere.core.redaction import EnvironmentValues, activate, redact_logs
 from modelsphere.data.schema import Schema
 from modelsphere.inference.predictor import (
     PREDICTION_COLUMN,
@@ -60,11 +61,13 @@ SETTINGS_ENV = "MODELSPHERE_SERVE_SETTINGS"
 @dataclass
 class ServeSettings(ServeConfig):
     """What a worker needs to serve one run: the `serve` settings (their types
-    and defaults are ServeConfig's), the run dir and the device type. Passed to
-    workers as JSON."""
+    and defaults are ServeConfig's), the run dir, the device type and the names
+    of the environment variables the config took values from (never written to
+    a log: core/redaction.py). Passed to workers as JSON."""
 
     run_dir: str = ""
     device: str = "cpu"
+    environment_names: List[str] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -371,4 +374,8 @@ def app_from_environment() -> FastAPI:
         logging.basicConfig(
             level=logging.INFO, format="[%(asctime)s][%(levelname)s] %(message)s"
         )
-    return create_app(ServeSettings.from_json(text))
+    settings = ServeSettings.from_json(text)
+    # here uvicorn has configured its loggers, in serve.py's process or a worker
+    activate(EnvironmentValues.named(settings.environment_names))
+    redact_logs()
+    return create_app(settings)

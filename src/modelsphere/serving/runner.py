@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from modelsphere.core.devices import select_device
 from modelsphere.core.errors import ModelSphereError
+from modelsphere.core.redaction import EnvironmentValues
 from modelsphere.core.runs import resolve_run_dir
 from modelsphere.models.artifact import load_artifact
 from modelsphere.serving.app import SETTINGS_ENV, ServeSettings
@@ -39,7 +40,10 @@ def settings_from_config(cfg: Any) -> ServeSettings:
     log.info("serving %s on %s (%s engine)", run_dir, device.device, cfg.serve.engine)
     serve = OmegaConf.to_container(cfg.serve, resolve=True)
     return ServeSettings(
-        run_dir=str(run_dir.resolve()), device=device.device.type, **serve
+        run_dir=str(run_dir.resolve()),
+        device=device.device.type,
+        environment_names=sorted(EnvironmentValues.of(cfg).values),
+        **serve,
     )
 
 
