@@ -417,3 +417,32 @@ def test_an_idle_service_still_drains_before_it_stops_listening(trained_runs, tm
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_a_drain_that_runs_out_says_what_it_cut(trained_runs, tmp_path):
+    """A connection still open when serve.drain_seconds ends (here a half-sent
+    request, with a read timeout longer than the drain) is closed, and the log
+    says so: a window too short for the traffic is visible."""
+    run_dir = trained_runs.copy("binary_one_epoch", tmp_path)
+    port = free_port()
+    process = start_serve_py(
+        run_dir,
+        port,
+        "serve.drain_seconds=1",
+        "serve.timeout_request_read=60",
+        "device=cpu",
+    )
+    log = ServerLog(process)
+    try:
+        log.wait_for("model ready", times=1)
+        with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
+            sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\n")
+            time.sleep(0.5)
+            process.send_signal(signal.SIGTERM)
+            process.wait(60)
+        output = log.text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert "serve.drain_seconds=1 ran out with 1 connection(s) open" in output

@@ -114,6 +114,13 @@ class DrainingServer(uvicorn.Server):
             and not self.force_exit
         ):
             await asyncio.sleep(POLL_SECONDS)
+        if self.server_state.connections:
+            log.warning(
+                "serve.drain_seconds=%g ran out with %d connection(s) open: "
+                "closing them (a request on them is cut)",
+                self.policy.drain_seconds,
+                len(self.server_state.connections),
+            )
         self.config.timeout_graceful_shutdown = max(deadline - time.monotonic(), 0)
         await super().shutdown(sockets)
 
