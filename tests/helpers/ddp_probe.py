@@ -1,7 +1,7 @@
 """One DDP epoch through `run_epoch`, recorded step by step (run under torchrun).
 
     python -m torch.distributed.run --standalone --nproc_per_node=2 \
-        tests/helpers/ddp_probe.py OUT
+        tests/helpers/ddp_probe.py OUT [replicated|shards]
 
 trains a small regression net for one epoch on 2 gloo processes and writes, per
 rank, `OUT/rank<r>.pt`: the row ids each step's forward received and the weights
@@ -30,6 +30,7 @@ from modelsphere.training.distributed import (
 )
 from modelsphere.training.epochs import EpochProgress, run_epoch
 from modelsphere.training.optimization import make_optimizer
+from modelsphere.training.sharding import BatchPlan, shard_rows
 
 ROWS = 203  # odd, and not a multiple of the batch: the last batch is short
 BATCH_SIZE = 32
@@ -72,20 +73,30 @@ def probe_data() -> SplitTensors:
     return SplitTensors(torch.cat([ids, features], dim=1), categorical, target)
 
 
-def train_probe(context: DistContext) -> tuple[nn.Module, dict]:
-    """One epoch; DDP around the net when `context` has more than one process."""
+def train_probe(
+    context: DistContext, ddp_data: str = "replicated"
+) -> tuple[nn.Module, dict]:
+    """One epoch; DDP around the net when `context` has more than one process.
+    With `ddp_data="shards"` this process holds only its shard of the rows."""
     torch.manual_seed(SEED)
     model = RecordingNet()
     train_model = DistributedDataParallel(model) if context.enabled else model
     optimizer = make_optimizer(model, lr=0.05, weight_decay=0.0)
     recorder = WeightsAfterEachStep(model)
+    plan = BatchPlan.for_run(BATCH_SIZE, context, ROWS, ddp_data)
+    data = probe_data()
+    if plan.sharded:
+        held = torch.tensor(shard_rows(ROWS, context))
+        data = SplitTensors(
+            data.numeric[held], data.categorical[held], data.target[held]
+        )
     progress = EpochProgress.start(
-        1, ROWS, torch.Generator().manual_seed(SEED), torch.device("cpu")
+        1, plan, torch.Generator().manual_seed(SEED), torch.device("cpu")
     )
     run_epoch(
         train_model,
-        probe_data(),
-        BATCH_SIZE,
+        data,
+        plan,
         optimizer,
         recorder,
         nn.MSELoss(),
@@ -93,15 +104,35 @@ def train_probe(context: DistContext) -> tuple[nn.Module, dict]:
         1.0,
         None,
         progress,
-        context=context,
     )
     return model, {
         "order": progress.order,
+        "held": data.numeric[:, 0].long(),
         "seen": model.seen,
         "weights": recorder.weights,
         "rows": progress.rows,
         "mean_loss": progress.mean_loss(),
     }
+
+
+def replay(batches: list[torch.Tensor]) -> list[torch.Tensor]:
+    """One process taking the given global batches (row ids) in turn: the
+    weights after each step, for the reference."""
+    torch.manual_seed(SEED)
+    model = RecordingNet()
+    optimizer = make_optimizer(model, lr=0.05, weight_decay=0.0)
+    recorder = WeightsAfterEachStep(model)
+    data = probe_data()
+    for rows in batches:
+        loss = nn.MSELoss()(
+            model(data.numeric[rows], data.categorical[rows])[:, 0], data.target[rows]
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(list(model.parameters()), 1.0, foreach=True)
+        optimizer.step()
+        recorder.step()
+    return recorder.weights
 
 
 def replica_check(model: nn.Module, context: DistContext) -> str:
@@ -112,10 +143,10 @@ def replica_check(model: nn.Module, context: DistContext) -> str:
     return "agree"
 
 
-def main(out: Path) -> None:
+def main(out: Path, ddp_data: str) -> None:
     context = init_distributed("cpu")
     try:
-        model, record = train_probe(context)
+        model, record = train_probe(context, ddp_data)
         record["after_training"] = replica_check(model, context)
         if context.rank == 1:  # a replica that drifted must be caught
             with torch.no_grad():
@@ -127,4 +158,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "replicated")

@@ -27,11 +27,20 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import REPO, compose_config, make_table
-from helpers.ddp_probe import BATCH_SIZE, ROWS, train_probe
+from helpers.ddp_probe import BATCH_SIZE, ROWS, replay, train_probe
+from modelsphere.core.devices import select_device
+from modelsphere.data.preprocessing import prepare_data
+from modelsphere.features.tensors import split_tensors
+from modelsphere.models.artifact import load_artifact
+from modelsphere.models.registry import build_model, spec_from_config
 from modelsphere.training.distributed import DistContext
+from modelsphere.training.epochs import evaluate_split
+from modelsphere.training.optimization import make_loss
 from modelsphere.training.run import run_training
 
 TOLERANCE = 1e-5
+# every process holds every row and shares one permutation: matches one process
+REPLICATED = "train.ddp_data=replicated"
 
 
 def settings(tmp_path: Path, outputs: str, *extra: str):
@@ -96,7 +105,9 @@ def test_two_processes_match_one_and_write_one_run_dir(tmp_path, table):
     run_training(
         compose_config(settings(tmp_path, "single", "train.max_epochs=3")), single
     )
-    result = torchrun(tmp_path, settings(tmp_path, "multi", "train.max_epochs=3"))
+    result = torchrun(
+        tmp_path, settings(tmp_path, "multi", "train.max_epochs=3", REPLICATED)
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     multi = only_run(tmp_path / "multi")
     assert (tmp_path / "multi" / "latest").resolve() == multi.resolve()
@@ -109,12 +120,20 @@ def test_a_distributed_run_resumes_like_a_single_one(tmp_path, table):
     run_training(
         compose_config(settings(tmp_path, "single", "train.max_epochs=4")), single
     )
-    first = torchrun(tmp_path, settings(tmp_path, "multi", "train.max_epochs=2"))
+    first = torchrun(
+        tmp_path, settings(tmp_path, "multi", "train.max_epochs=2", REPLICATED)
+    )
     assert first.returncode == 0, first.stdout + first.stderr
     multi = only_run(tmp_path / "multi")
     resumed = torchrun(
         tmp_path,
-        settings(tmp_path, "multi", "train.max_epochs=4", f"train.resume={multi}"),
+        settings(
+            tmp_path,
+            "multi",
+            "train.max_epochs=4",
+            f"train.resume={multi}",
+            REPLICATED,
+        ),
     )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     # The finished 2-epoch run is kept; the continued run is a new run dir.
@@ -156,3 +175,86 @@ def test_each_rank_trains_its_share_and_replicas_stay_identical(tmp_path):
     assert [rank["after_training"] for rank in ranks] == ["agree", "agree"]
     for rank in ranks:
         assert "ended training with different weights" in rank["after_drift"]
+
+
+def test_each_rank_holds_and_trains_only_its_shard(tmp_path):
+    """train.ddp_data=shards: a process holds 1/world of the rows, walks only
+    those, and the averaged gradient is that of the whole global batch (the
+    shares of a short last batch differ: 5 and 6 rows)."""
+    result = torchrun(
+        tmp_path, [str(tmp_path), "shards"], script="tests/helpers/ddp_probe.py"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    held = [set(rank["held"].tolist()) for rank in ranks]
+    assert not held[0] & held[1] and held[0] | held[1] == set(range(ROWS))
+    assert [len(h) for h in held] == [ROWS // 2, ROWS - ROWS // 2]
+    steps = -(-(ROWS - ROWS // 2) // (BATCH_SIZE // 2))
+    global_batches = []
+    for step in range(steps):
+        mine, theirs = (rank["seen"][step] for rank in ranks)
+        assert set(mine.tolist()) <= held[0] and set(theirs.tolist()) <= held[1]
+        global_batches.append(torch.cat([mine, theirs]))
+        assert torch.equal(
+            ranks[0]["weights"][step], ranks[1]["weights"][step]
+        ), f"replicas differ after step {step}: gradients were not averaged"
+    for rank, rows in zip(ranks, held):  # every held row once per epoch
+        assert sorted(torch.cat(rank["seen"]).tolist()) == sorted(rows)
+        assert rank["rows"] == len(rows)
+    assert [len(b) for b in global_batches] == [BATCH_SIZE] * (steps - 1) + [11]
+    reference = replay(global_batches)  # one process taking those batches
+    for step in range(steps):
+        assert torch.allclose(
+            reference[step], ranks[0]["weights"][step], atol=TOLERANCE
+        ), step
+    assert [rank["after_training"] for rank in ranks] == ["agree", "agree"]
+
+
+def test_a_sharded_run_holds_half_the_rows_and_reports_whole_split_metrics(
+    tmp_path, table
+):
+    # balanced class weights: counted over the whole training split, not a shard
+    balanced = "train.class_weights=balanced"
+    result = torchrun(
+        tmp_path, settings(tmp_path, "multi", "train.max_epochs=2", balanced)
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    run_dir = only_run(tmp_path / "multi")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    training = metrics["training"]
+    cfg = compose_config(settings(tmp_path, "multi", balanced))
+    data = prepare_data(cfg.data, cfg.paths.data_dir)
+    n_train = data.split_rows("train")
+    assert training["ddp_data"] == "shards"
+    assert training["rows_held_per_process"] == [n_train // 2, n_train - n_train // 2]
+    assert len(training["peak_rss_mib_per_process"]) == 2
+    assert all(mib > 0 for mib in training["peak_rss_mib_per_process"])
+    for epoch in metrics["history"]:  # each process trained on its shard only
+        assert epoch["rows_per_process"] == training["rows_held_per_process"]
+    # Validation and test were scored in shards and gathered: the metrics are
+    # those of the whole split, as one process computes them with these weights.
+    artifact = load_artifact(run_dir)
+    model = build_model(artifact.spec)
+    model.load_state_dict(artifact.state_dict)
+    train = split_tensors(data, "train", artifact.feature_state, torch.device("cpu"))
+    loss_fn = make_loss(artifact.task, train.target, "balanced")
+    # the bin edges were placed on the whole split's rows, as one process does
+    assert artifact.spec == spec_from_config(
+        cfg.model, artifact.feature_state, artifact.task, train=train, seed=cfg.seed
+    )
+    for split in ("val", "test"):
+        whole = split_tensors(data, split, artifact.feature_state, torch.device("cpu"))
+        expected = evaluate_split(
+            model,
+            whole,
+            artifact.feature_state,
+            artifact.task,
+            select_device("cpu"),
+            cfg.train.eval_batch_size,
+            loss_fn,
+        )
+        assert metrics["final"][split]["rows"] == data.split_rows(split)
+        for name, value in expected.items():
+            assert metrics["final"][split][name] == pytest.approx(
+                value, abs=TOLERANCE
+            ), (split, name)

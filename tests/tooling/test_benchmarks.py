@@ -68,3 +68,27 @@ def test_preprocess_scale_benchmark_smoke(tmp_path, monkeypatch):
         assert result["peak_rss_mib"] > 50  # a Python process with torch/pandas
     assert payload["target"]["met"] is None  # 10M rows not measured here
     assert "| 3,000 | preprocessing |" in (tmp_path / "smoke.md").read_text()
+
+
+def test_distributed_scale_benchmark_smoke(tmp_path, monkeypatch):
+    argv = ["distributed_scale.py", "--rows", "3000", "--numeric", "4"]
+    argv += ["--epochs", "1", "--batch-size", "256", "--out", str(tmp_path)]
+    argv += ["--name", "smoke", "--work-dir", str(tmp_path / "work")]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_module(
+        "benchmarks.distributed_scale", run_name="__main__", alter_sys=True
+    )
+    payload = json.loads((tmp_path / "smoke.json").read_text())
+    results = payload["results"]
+    single = results["1 process x 2 threads"]
+    shards = results["2 processes x 1 thread, shards"]
+    replicated = results["2 processes x 1 thread, replicated"]
+    (n_train,) = single["rows_held_per_process"]
+    assert shards["rows_held_per_process"] == [n_train // 2, n_train - n_train // 2]
+    assert replicated["rows_held_per_process"] == [n_train, n_train]
+    assert shards["ddp_data"] == "shards" and single["processes"] == 1
+    for result in results.values():
+        assert result["rows_per_second"] > 0
+        assert all(mib > 50 for mib in result["peak_rss_mib_per_process"])
+    assert payload["targets"]["rows_per_process"]["met"] is True
+    assert "| 2 processes x 1 thread, shards |" in (tmp_path / "smoke.md").read_text()

@@ -35,6 +35,9 @@ class ProcessedData:
     def split_sha256(self, split: str) -> str:
         return self.manifest["splits"][split]["sha256"]
 
+    def split_rows(self, split: str) -> int:
+        return int(self.manifest["splits"][split]["rows"])
+
 
 def arrow_schema(schema: Schema) -> pa.Schema:
     """The typed layout of a processed split."""

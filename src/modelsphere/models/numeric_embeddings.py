@@ -145,6 +145,17 @@ def numeric_modules(spec: ModelSpec) -> Tuple[Optional[nn.Module], int]:
     return numeric_embedding(spec)
 
 
+def bin_fit_rows(
+    n_rows: int, settings: Dict[str, Any], seed: int
+) -> Optional[torch.Tensor]:
+    """The rows of an `n_rows`-row training split the bin edges are placed on,
+    in the order used; None: all of them, in order."""
+    if n_rows <= settings["subsample"]:
+        return None
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(n_rows, generator=generator)[: settings["subsample"]]
+
+
 def fit_bin_edges(
     numeric: torch.Tensor,
     target: torch.Tensor,
@@ -156,10 +167,8 @@ def fit_bin_edges(
     `settings["subsample"]` rows of it, drawn with `seed`): `n_bins` quantiles,
     or with `bins: tree` the split points of a decision tree per column."""
     numeric, target = numeric.detach().cpu().float(), target.detach().cpu()
-    if len(numeric) > settings["subsample"]:
-        generator = torch.Generator().manual_seed(seed)
-        rows = torch.randperm(len(numeric), generator=generator)
-        rows = rows[: settings["subsample"]]
+    rows = bin_fit_rows(len(numeric), settings, seed)
+    if rows is not None:
         numeric, target = numeric[rows], target[rows]
     if len(numeric) < 3:
         raise ModelSphereError(

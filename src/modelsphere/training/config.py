@@ -20,6 +20,7 @@ from modelsphere.core.config import (
 from modelsphere.data.config import DataConfig
 from modelsphere.models.config import ModelConfig
 from modelsphere.training.optimization import CLASS_WEIGHTS, SCHEDULERS
+from modelsphere.training.sharding import DDP_DATA
 
 DATA_HINT = "For your own CSV: data=csv data.path=my.csv data.target=label"
 
@@ -46,6 +47,9 @@ class TrainConfig:
     # auto: roc_auc (binary), log_loss (multiclass), rmse (regression)
     monitor: str = "auto"
     class_weights: str = setting("none", choices=CLASS_WEIGHTS)
+    # under DDP: shards (each process holds 1/world of every split) or
+    # replicated (each holds all; matches one process up to float rounding)
+    ddp_data: str = setting("shards", choices=DDP_DATA)
     resume: Optional[str] = None  # a run dir to continue from its last checkpoint
     plot: bool = True  # training_curve.png in the run dir
 

@@ -45,6 +45,9 @@ class DistContext:
         return self.rank == 0
 
 
+SINGLE_PROCESS = DistContext()
+
+
 def launched_rank() -> int:
     """This process's rank as torchrun set it (0 when not under torchrun)."""
     return int(os.environ.get("RANK", "0"))
@@ -100,6 +103,19 @@ def gather_counts(count: int, context: DistContext, device) -> List[int]:
     every = [torch.zeros_like(mine) for _ in range(context.world_size)]
     dist.all_gather(every, mine)
     return [int(value) for value in every]
+
+
+def gather_rows(tensor: torch.Tensor, context: DistContext) -> torch.Tensor:
+    """Every rank's rows of `tensor`, concatenated in rank order (the tensor
+    itself in a single process). Ranks may hold different numbers of rows."""
+    if not context.enabled:
+        return tensor
+    counts = gather_counts(tensor.shape[0], context, tensor.device)
+    padded = tensor.new_zeros((max(counts), *tensor.shape[1:]))
+    padded[: tensor.shape[0]] = tensor
+    every = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(every, padded)
+    return torch.cat([part[:count] for part, count in zip(every, counts)])
 
 
 def check_replicas_agree(model: nn.Module, context: DistContext) -> None:

@@ -16,37 +16,49 @@ import torch
 from torch import nn
 
 from modelsphere.core.devices import DeviceChoice, autocast
+from modelsphere.core.errors import ModelSphereError
 from modelsphere.features.tensors import SplitTensors
 from modelsphere.models.outputs import outputs_to_scores, predict_outputs
-from modelsphere.training.distributed import DistContext, all_reduce
+from modelsphere.training.distributed import (
+    SINGLE_PROCESS,
+    DistContext,
+    all_reduce,
+    gather_rows,
+)
 from modelsphere.training.metrics import compute_metrics
+from modelsphere.training.sharding import BatchPlan
 
 NO_BAD_BATCH = -1
-SINGLE_PROCESS = DistContext()
 
 
 @dataclass
 class EpochProgress:
     epoch: int
-    order: torch.Tensor  # the permutation of training rows for this epoch
+    order: torch.Tensor  # this epoch's permutation of the rows this process walks
     next_step: int  # the next batch to train
     total: torch.Tensor  # sum of per-row training losses so far (on the device)
     first_bad: torch.Tensor  # first batch with a non-finite loss, or NO_BAD_BATCH
+    population: int  # the training rows of all processes together
     rows: int = 0  # rows this process's forward has trained on so far
+    seed: int = 0  # what the shard permutations came from (train.ddp_data=shards)
+    shards: Optional[Tuple[int, ...]] = None  # the rows each rank held (shards)
 
     @classmethod
-    def start(cls, epoch: int, n_rows: int, generator: torch.Generator, device):
-        order = torch.randperm(n_rows, generator=generator).to(device)
+    def start(cls, epoch: int, plan: BatchPlan, generator: torch.Generator, device):
+        order, seed = plan.order(generator, device)
         return cls(
             epoch,
             order,
             0,
             torch.zeros((), device=device),
             torch.full((), NO_BAD_BATCH, device=device),
+            plan.population,
+            seed=seed,
+            shards=plan.shards,
         )
 
     def mean_loss(self) -> float:
-        return float(self.total) / len(self.order)
+        return float(self.total) / self.population
 
     def bad_batch(self) -> int:
         return int(self.first_bad)
@@ -58,32 +70,49 @@ class EpochProgress:
             "next_step": self.next_step,
             "total": self.total.cpu(),
             "first_bad": self.first_bad.cpu(),
+            "population": self.population,
+            "seed": self.seed,
+            "shards": list(self.shards) if self.shards is not None else None,
         }
 
     @classmethod
     def from_payload(cls, payload: Dict[str, Any], device) -> "EpochProgress":
+        shards = payload.get("shards")
         return cls(
             payload["epoch"],
             payload["order"].to(device),
             payload["next_step"],
             payload["total"].to(device),
             payload["first_bad"].to(device),
+            payload.get("population", len(payload["order"])),
+            seed=payload.get("seed", 0),
+            shards=tuple(shards) if shards is not None else None,
         )
 
-    def count_resumed_rows(self, batch_size: int, context: DistContext) -> None:
-        """Credit this process with its share of the batches trained before an
-        interruption (a checkpoint holds one progress for every rank)."""
-        n_rows = len(self.order)
-        self.rows = 0
-        for start in range(0, min(self.next_step * batch_size, n_rows), batch_size):
-            rows = min(batch_size, n_rows - start)
-            self.rows += len(range(context.rank, rows, context.world_size))
+    def resume_on(self, plan: BatchPlan) -> None:
+        """Take up an epoch a checkpoint saved (it holds rank 0's progress): this
+        process's own permutation and the rows it had trained on; the loss so
+        far stays with rank 0, which summed every rank's."""
+        if self.shards != plan.shards:
+            held = "every row" if self.shards is None else f"shards {self.shards}"
+            raise ModelSphereError(
+                f"the checkpoint stopped in epoch {self.epoch} of a run whose "
+                f"processes held {held} of the training split; this run holds "
+                f"{'every row' if plan.shards is None else f'shards {plan.shards}'}"
+                ": resume it with the same number of processes and train.ddp_data"
+                ", or from its last completed epoch"
+            )
+        if plan.sharded:
+            self.order = plan.shard_order(self.seed, self.order.device)
+        self.rows = plan.rows_before(self.next_step)
+        if not plan.context.is_main:
+            self.total.zero_()
 
 
 def run_epoch(
     model: nn.Module,
     data: SplitTensors,
-    batch_size: int,
+    plan: BatchPlan,
     optimizer: torch.optim.Optimizer,
     scheduler,
     loss_fn: nn.Module,
@@ -92,26 +121,25 @@ def run_epoch(
     scaler: Optional[torch.amp.GradScaler],
     progress: EpochProgress,
     should_stop: Callable[[], bool] = lambda: False,
-    context: DistContext = SINGLE_PROCESS,
 ) -> bool:
     """Train from `progress.next_step` to the end of the epoch; return False if
     `should_stop()` said to stop first (progress then says where).
 
     The loss sum and the first bad batch are accumulated on the device: one host
-    sync per epoch, not one per batch. Under DDP each rank takes every
-    world_size-th row of each global batch and weights its mean loss by its share,
-    so the averaged gradient is the single-process gradient of that batch.
+    sync per epoch, not one per batch. Under DDP each process takes its rows of
+    the step's global batch (`plan`, training/sharding.py) and weights its mean
+    loss by its share, so the averaged gradient is the gradient of the global
+    batch's mean loss.
     """
     model.train()
+    context = plan.context
     params = [p for p in model.parameters() if p.requires_grad]
-    starts = range(progress.next_step * batch_size, len(data), batch_size)
-    for step, start in enumerate(starts, progress.next_step):
+    for step in range(progress.next_step, plan.steps()):
         if stop_agreed(should_stop, context, progress.total.device):
             progress.next_step = step
             all_reduce(progress.total, "sum", context)
             return False
-        global_index = progress.order[start : start + batch_size]
-        index = global_index[context.rank :: context.world_size]
+        index, global_rows = plan.batch(progress.order, step)
         with autocast(device):
             outputs = model(data.numeric[index], data.categorical[index])
             loss = batch_loss(loss_fn, outputs, data.target[index])
@@ -119,8 +147,7 @@ def run_epoch(
             if index.shape[0] == 0:  # a short last batch: take part with no rows
                 loss = outputs.sum() * 0.0
             else:
-                share = index.shape[0] * context.world_size / global_index.shape[0]
-                loss = loss * share
+                loss = loss * (index.shape[0] * context.world_size / global_rows)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -141,13 +168,13 @@ def run_epoch(
         progress.rows += rows
         detached = loss.detach().float()
         if context.enabled:
-            detached = detached * global_index.shape[0] / (rows * context.world_size)
+            detached = detached * global_rows / (rows * context.world_size)
         progress.total += detached * rows
         newly_bad = (progress.first_bad == NO_BAD_BATCH) & ~torch.isfinite(detached)
         progress.first_bad = torch.where(
             newly_bad, torch.full_like(progress.first_bad, step), progress.first_bad
         )
-    progress.next_step = -(-len(data) // batch_size)
+    progress.next_step = plan.steps()
     if context.enabled:
         all_reduce(progress.total, "sum", context)
         progress.first_bad = _first_bad_across_ranks(progress.first_bad, context)
@@ -183,11 +210,12 @@ def train_one_epoch(
     scaler: Optional[torch.amp.GradScaler],
 ) -> Tuple[float, int]:
     """A whole epoch from a fresh permutation: (mean loss, first bad batch)."""
-    progress = EpochProgress.start(0, len(data), generator, data.target.device)
+    plan = BatchPlan(batch_size, SINGLE_PROCESS, len(data))
+    progress = EpochProgress.start(0, plan, generator, data.target.device)
     run_epoch(
         model,
         data,
-        batch_size,
+        plan,
         optimizer,
         scheduler,
         loss_fn,
@@ -215,15 +243,27 @@ def batch_loss(
 
 
 def evaluate_split(
-    model, data: SplitTensors, feature_state, task, device, batch_size, loss_fn
+    model,
+    data: SplitTensors,
+    feature_state,
+    task,
+    device,
+    batch_size,
+    loss_fn,
+    shards: DistContext = SINGLE_PROCESS,
 ) -> Dict[str, float]:
+    """The split's metrics. When the processes of `shards` each hold a shard of
+    the split (in rank order), each scores its own and the outputs are gathered:
+    every process returns the metrics of the whole split."""
     outputs = predict_outputs(model, data.numeric, data.categorical, batch_size, device)
+    outputs = gather_rows(outputs.contiguous(), shards)
+    target = gather_rows(data.target, shards)
     scores = outputs_to_scores(outputs, task, feature_state)
-    target = data.target
+    encoded = target
     if task == "regression":
         stats = feature_state["target"]
         target = target * stats["std"] + stats["mean"]
     metrics = compute_metrics(task, scores, target)
     with torch.inference_mode():
-        metrics["loss"] = float(batch_loss(loss_fn, outputs, data.target))
+        metrics["loss"] = float(batch_loss(loss_fn, outputs, encoded))
     return metrics

@@ -8,6 +8,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from modelsphere.training.distributed import SINGLE_PROCESS, DistContext, all_reduce
+
 
 def choose_batch_size(n_train: int, train_cfg: Any) -> int:
     """The configured batch size, or the largest power of two giving about
@@ -65,23 +67,34 @@ def make_scheduler(optimizer, train_cfg: Any, steps_per_epoch: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def make_loss(task: str, train_target: torch.Tensor, class_weights: str) -> nn.Module:
-    """BCE-with-logits, cross-entropy or MSE (on the standardised target)."""
+def make_loss(
+    task: str,
+    train_target: torch.Tensor,
+    class_weights: str,
+    shards: DistContext = SINGLE_PROCESS,
+) -> nn.Module:
+    """BCE-with-logits, cross-entropy or MSE (on the standardised target).
+    Balanced class weights count the classes of the whole training split: over
+    every process of `shards` when each holds a shard of it."""
     if task == "regression":
         return nn.MSELoss()
     if task == "binary":
         pos_weight = None
         if class_weights == "balanced":
-            positives = train_target.float().sum()
-            pos_weight = (
-                (len(train_target) - positives) / positives.clamp_min(1)
-            ).reshape(1)
+            counts = _class_counts(train_target, 2, shards)
+            pos_weight = (counts[0] / counts[1].clamp_min(1)).reshape(1)
         return _BinaryLoss(pos_weight)
     weight = None
     if class_weights == "balanced":
-        counts = torch.bincount(train_target).float().clamp_min(1)
-        weight = len(train_target) / (len(counts) * counts)
+        n_classes = all_reduce(train_target.max().reshape(1).long() + 1, "max", shards)
+        counts = _class_counts(train_target, int(n_classes), shards)
+        weight = counts.sum() / (len(counts) * counts.clamp_min(1))
     return nn.CrossEntropyLoss(weight=weight)
+
+
+def _class_counts(target: torch.Tensor, n_classes: int, shards: DistContext):
+    counts = torch.bincount(target.long(), minlength=n_classes).float()
+    return all_reduce(counts, "sum", shards)
 
 
 class _BinaryLoss(nn.Module):

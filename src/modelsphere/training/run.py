@@ -39,8 +39,9 @@ from modelsphere.core.runs import CONFIG_FILE, CURVE_FILE, METRICS_FILE, update_
 from modelsphere.data.preprocessing import prepare_data
 from modelsphere.data.splits import SPLITS, ProcessedData
 from modelsphere.features.fit import fit_feature_state_from_split
-from modelsphere.features.tensors import split_tensors
+from modelsphere.features.tensors import SplitTensors, split_tensors
 from modelsphere.models.artifact import save_artifact
+from modelsphere.models.numeric_embeddings import bin_fit_rows
 from modelsphere.training import plots
 from modelsphere.training.checkpoint import LoopState, load_checkpoint, save_checkpoint
 from modelsphere.training.config import validate_train_app
@@ -66,8 +67,14 @@ from modelsphere.training.interrupts import (
 )
 from modelsphere.training.metrics import is_improvement
 from modelsphere.training.resume import command_line_overrides, plan_resume
-from modelsphere.training.summary import data_record, metrics_summary, short_metrics
-from modelsphere.training.trainer import Trainer, build_trainer
+from modelsphere.training.summary import (
+    data_record,
+    metrics_summary,
+    peak_rss_kib,
+    short_metrics,
+)
+from modelsphere.training.sharding import shard_rows
+from modelsphere.training.trainer import Trainer, TrainingData, build_trainer
 
 log = logging.getLogger(__name__)
 
@@ -113,29 +120,48 @@ def _train(cfg, run_dir: Path, resume, device: DeviceChoice, context) -> float:
 
     data = prepare_data(cfg.data, cfg.paths.data_dir)
     # Both passes stream the split files a row group at a time: the only
-    # full-size copies in memory are the model-ready tensors.
+    # full-size copies in memory are the model-ready tensors (under DDP with
+    # train.ddp_data=shards, this process's shard of them).
     feature_state = fit_feature_state_from_split(data, cfg.model.features, cfg.seed)
+    sharded = context.enabled and cfg.train.ddp_data == "shards"
     tensors = {
-        split: split_tensors(data, split, feature_state, device.device)
+        split: split_tensors(
+            data,
+            split,
+            feature_state,
+            device.device,
+            shard_rows(data.split_rows(split), context) if sharded else None,
+        )
         for split in SPLITS
     }
-    trainer = build_trainer(
-        cfg, feature_state, data.schema.task, tensors, device, context
+    train = TrainingData(
+        held=tensors["train"],
+        fit_sample=(
+            _fit_sample(cfg, data, feature_state, device)
+            if sharded
+            else tensors["train"]
+        ),
+        n_rows=data.split_rows("train"),
     )
+    trainer = build_trainer(
+        cfg, feature_state, data.schema.task, train, device, context
+    )
+    del train
     loop = LoopState.fresh(cfg.seed)
     if resume is not None:
         loop = LoopState.restore(
             resume, trainer.model, trainer.optimizer, trainer.scheduler, trainer.scaler
         )
         if loop.partial is not None:
-            loop.partial.count_resumed_rows(trainer.batch_size, context)
-            if not main:
-                loop.partial.total.zero_()  # rank 0 holds the summed loss so far
+            loop.partial.resume_on(trainer.plan)
 
     started = time.perf_counter()
     with stop_requests() as stop:
         _fit(cfg, run_dir, trainer, tensors, feature_state, loop, stop)
     check_replicas_agree(trainer.model, context)
+    where = tensors["train"].target.device
+    rows_held = gather_counts(len(tensors["train"]), context, where)
+    peak_kib = gather_counts(peak_rss_kib(), context, where)
 
     model = trainer.model
     if loop.best_state is not None:
@@ -149,6 +175,7 @@ def _train(cfg, run_dir: Path, resume, device: DeviceChoice, context) -> float:
             device,
             cfg.train.eval_batch_size,
             trainer.loss_fn,
+            trainer.shards,
         )
         for split in ("val", "test")
     }
@@ -163,6 +190,13 @@ def _train(cfg, run_dir: Path, resume, device: DeviceChoice, context) -> float:
             device,
         )
         summary["training"]["processes"] = context.world_size
+        summary["training"]["ddp_data"] = (
+            cfg.train.ddp_data if context.enabled else "single process"
+        )
+        summary["training"]["rows_held_per_process"] = rows_held
+        summary["training"]["peak_rss_mib_per_process"] = [
+            round(kib / 1024, 1) for kib in peak_kib
+        ]
         atomic_write_json(run_dir / METRICS_FILE, summary)
         extra = {
             "metrics": summary["final"],
@@ -204,14 +238,14 @@ def _fit(cfg, run_dir: Path, trainer: Trainer, tensors, feature_state, loop, sto
         if loop.stopped_early:
             break
         progress = loop.partial or EpochProgress.start(
-            epoch, len(train), loop.generator, train.target.device
+            epoch, trainer.plan, loop.generator, train.target.device
         )
         loop.partial = None
         epoch_start = time.perf_counter()
         finished = run_epoch(
             trainer.train_model,
             train,
-            trainer.batch_size,
+            trainer.plan,
             trainer.optimizer,
             trainer.scheduler,
             trainer.loss_fn,
@@ -220,7 +254,6 @@ def _fit(cfg, run_dir: Path, trainer: Trainer, tensors, feature_state, loop, sto
             trainer.scaler,
             progress,
             stop,
-            trainer.context,
         )
         if not finished:
             loop.partial = progress
@@ -236,11 +269,12 @@ def _fit(cfg, run_dir: Path, trainer: Trainer, tensors, feature_state, loop, sto
             trainer.device,
             cfg.train.eval_batch_size,
             trainer.loss_fn,
+            trainer.shards,
         )
         if math.isnan(val[monitor]):
             raise ModelSphereError(
                 f"val_{monitor} is undefined in epoch {epoch} (NaN): the validation "
-                f"split ({len(val_split)} rows) may hold a single class; use a "
+                f"split ({val['rows']} rows) may hold a single class; use a "
                 "larger data.split.val_fraction or train.monitor=loss"
             )
         loop.record(
@@ -328,6 +362,17 @@ def _interrupt(cfg, run_dir, trainer, loop, stop: StopRequest, progress) -> None
         f"train.resume={run_dir}",
         stop.signum or signal.SIGTERM,
     )
+
+
+def _fit_sample(cfg, data, feature_state, device: DeviceChoice) -> SplitTensors:
+    """The training rows the model's data-dependent settings are fitted on
+    (piecewise-linear bin edges: a seeded sample of the whole split), read by
+    every process that holds only a shard: the same spec in every process, and
+    the same as a single process would fit."""
+    if cfg.model.numeric_embedding != "piecewise_linear":
+        return split_tensors(data, "train", feature_state, device.device, rows=[])
+    rows = bin_fit_rows(data.split_rows("train"), cfg.model.piecewise, cfg.seed)
+    return split_tensors(data, "train", feature_state, device.device, rows)
 
 
 # ----------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """What a training run reports: the metrics.json summary, the record of the data
-it trained on, and the short form of the test metrics for the log."""
+it trained on, each process's peak memory, and the short form of the test
+metrics for the log."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Dict
 
 from modelsphere.data.splits import SPLITS, ProcessedData
@@ -31,6 +33,17 @@ def metrics_summary(
         },
         "history": loop.history,
     }
+
+
+def peak_rss_kib() -> int:
+    """This process's peak resident memory so far, in KiB (0 where the platform
+    does not report it)."""
+    try:
+        import resource
+    except ImportError:  # not on this platform (Windows)
+        return 0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak // 1024 if sys.platform == "darwin" else peak  # bytes on macOS
 
 
 def data_record(data: ProcessedData) -> Dict[str, Any]:

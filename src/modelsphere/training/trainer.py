@@ -5,7 +5,6 @@ size and the metric to monitor."""
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +15,12 @@ from torch.nn.parallel import DistributedDataParallel
 from modelsphere.core.devices import DeviceChoice, make_grad_scaler
 from modelsphere.models.registry import build_model, spec_from_config
 from modelsphere.models.spec import ModelSpec
-from modelsphere.training.distributed import DistContext, check_batch_size
+from modelsphere.features.tensors import SplitTensors
+from modelsphere.training.distributed import (
+    SINGLE_PROCESS,
+    DistContext,
+    check_batch_size,
+)
 from modelsphere.training.metrics import resolve_monitor
 from modelsphere.training.optimization import (
     choose_batch_size,
@@ -24,6 +28,7 @@ from modelsphere.training.optimization import (
     make_optimizer,
     make_scheduler,
 )
+from modelsphere.training.sharding import BatchPlan
 
 log = logging.getLogger(__name__)
 
@@ -35,57 +40,89 @@ class Trainer:
     model: nn.Module  # the plain module: evaluation, checkpoints, the artifact
     train_model: nn.Module  # what trains: the model, or DDP around it
     context: DistContext
+    plan: BatchPlan  # which rows each process trains on at each step
     spec: ModelSpec
     optimizer: torch.optim.Optimizer
     scheduler: Any
     loss_fn: nn.Module
     scaler: Any
     device: DeviceChoice
-    batch_size: int
     task: str
     monitor: str
     mode: str
 
+    @property
+    def batch_size(self) -> int:
+        return self.plan.batch_size
 
-def build_trainer(cfg, feature_state, task, tensors, device, context) -> Trainer:
+    @property
+    def shards(self) -> DistContext:
+        """The processes that each hold a shard of every split (evaluation
+        gathers their scores), or a single process when each holds it all."""
+        return self.context if self.plan.sharded else SINGLE_PROCESS
+
+
+@dataclass
+class TrainingData:
+    """The training split as this process holds it, the rows the model's
+    data-dependent settings are fitted on, and the size of the whole split."""
+
+    held: SplitTensors
+    fit_sample: SplitTensors
+    n_rows: int
+
+
+def build_trainer(
+    cfg, feature_state, task, train: TrainingData, device, context
+) -> Trainer:
     torch.manual_seed(cfg.seed)
     spec = spec_from_config(
-        cfg.model, feature_state, task, train=tensors["train"], seed=cfg.seed
+        cfg.model, feature_state, task, train=train.fit_sample, seed=cfg.seed
     )
     model = build_model(spec).to(device.device)
     train_model = model
     if context.enabled:
         ids = [device.device.index] if device.device.type == "cuda" else None
         train_model = DistributedDataParallel(model, device_ids=ids)
-    batch_size = choose_batch_size(len(tensors["train"]), cfg.train)
+    batch_size = choose_batch_size(train.n_rows, cfg.train)
     check_batch_size(batch_size, context)
-    steps_per_epoch = math.ceil(len(tensors["train"]) / batch_size)
+    plan = BatchPlan.for_run(
+        batch_size,
+        context,
+        train.n_rows,
+        cfg.train.ddp_data,
+        chosen=cfg.train.batch_size is None,
+    )
     optimizer = make_optimizer(model, cfg.train.lr, cfg.train.weight_decay)
     monitor, mode = resolve_monitor(task, cfg.train.monitor)
+    shards = context if plan.sharded else SINGLE_PROCESS
     trainer = Trainer(
         model=model,
         train_model=train_model,
         context=context,
+        plan=plan,
         spec=spec,
         optimizer=optimizer,
-        scheduler=make_scheduler(optimizer, cfg.train, steps_per_epoch),
-        loss_fn=make_loss(task, tensors["train"].target, cfg.train.class_weights),
+        scheduler=make_scheduler(optimizer, cfg.train, plan.steps()),
+        loss_fn=make_loss(task, train.held.target, cfg.train.class_weights, shards),
         scaler=make_grad_scaler(device),
         device=device,
-        batch_size=batch_size,
         task=task,
         monitor=monitor,
         mode=mode,
     )
     log.info(
-        "training %s on %d rows (%d val, %d test), %d parameters, "
-        "batch %d, %d steps/epoch",
+        "training %s on %d rows, %d parameters, batch %d, %d steps/epoch%s",
         spec.name,
-        len(tensors["train"]),
-        len(tensors["val"]),
-        len(tensors["test"]),
+        train.n_rows,
         sum(p.numel() for p in model.parameters()),
-        batch_size,
-        steps_per_epoch,
+        plan.batch_size,
+        plan.steps(),
+        (
+            f"; each of {context.world_size} processes holds its shard "
+            f"({plan.rows_held()} rows here)"
+            if plan.sharded
+            else ""
+        ),
     )
     return trainer

@@ -1,0 +1,230 @@
+"""Distributed training on one machine: 1 against 2 processes, and what each holds.
+
+    python -m benchmarks.distributed_scale               # 1M rows x 64 numeric columns
+    python -m benchmarks.distributed_scale --rows 20000  # smoke size
+
+The same model trained on the same processed table (`data=synthetic`, numeric
+columns only, binary target) three ways, each a process tree started as a user
+starts it (`python train.py` or `torchrun ... train.py`):
+
+- one process with `device.num_threads=2`;
+- `torchrun --standalone --nproc_per_node=2`, `device.num_threads=1` each,
+  `train.ddp_data=shards` (each process holds half of every split);
+- the same with `train.ddp_data=replicated` (each holds every row).
+
+On a 2-core machine, 2 processes x 1 thread against 1 process x 2 threads is the
+like-for-like comparison. Figures come from each run's own `metrics.json`: rows/s
+of the last epoch (every process together, and per process), the training rows
+each process held, and each process's peak RSS (getrusage); wall seconds are the
+whole command's (interpreter start-up, data loading and evaluation included).
+Results go to benchmarks/results/distributed_scale.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, List
+
+from benchmarks.common import REPO, add_output_arguments, machine, write_results
+from benchmarks.preprocess_scale import code_and_versions
+
+# The issue's target: with 2 processes holding shards, each process's peak RSS
+# at most this fraction of the single process's.
+TARGET_RSS_RATIO = 0.6
+PROCESSES = 2
+RUNS = {  # name -> (processes, threads per process, train.ddp_data)
+    "1 process x 2 threads": (1, 2, None),
+    "2 processes x 1 thread, shards": (PROCESSES, 1, "shards"),
+    "2 processes x 1 thread, replicated": (PROCESSES, 1, "replicated"),
+}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--numeric", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--work-dir", type=Path, default=None)
+    parser.add_argument("--keep", action="store_true", help="keep the generated data")
+    add_output_arguments(parser, "distributed_scale")
+    parser.add_argument("--label", default="", help="what code this measures")
+    return parser.parse_args()
+
+
+def overrides(args, work: Path) -> List[str]:
+    return [
+        "data=synthetic",
+        f"data.synthetic.rows={args.rows}",
+        f"data.synthetic.n_numeric={args.numeric}",
+        "data.synthetic.n_categorical=0",
+        "data.synthetic.missing_fraction=0",
+        f"paths.data_dir={work / 'data'}",
+        "device=cpu",
+        "model.numeric_embedding=none",
+        f"train.batch_size={args.batch_size}",
+        f"train.max_epochs={args.epochs}",
+        "train.early_stopping_patience=null",
+        "train.plot=false",
+    ]
+
+
+def run(command: List[str], env: Dict[str, str]) -> float:
+    started = time.perf_counter()
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(command)} failed ({result.returncode}):\n"
+            f"{(result.stdout + result.stderr)[-3000:]}"
+        )
+    return time.perf_counter() - started
+
+
+def train(name: str, args, work: Path) -> Dict[str, Any]:
+    processes, threads, ddp_data = RUNS[name]
+    outputs = work / "outputs" / name.replace(" ", "_").replace(",", "")
+    settings = overrides(args, work) + [
+        f"paths.outputs_dir={outputs}",
+        f"device.num_threads={threads}",
+    ]
+    if ddp_data is not None:
+        settings.append(f"train.ddp_data={ddp_data}")
+    launcher = [sys.executable]
+    if processes > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone"]
+        launcher += [f"--nproc_per_node={processes}"]
+    # torchrun sets OMP_NUM_THREADS=1 itself; the setting above is what counts
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    seconds = run(launcher + [str(REPO / "train.py"), *settings], env)
+    (run_dir,) = list((outputs / "train").iterdir())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    training, last = metrics["training"], metrics["history"][-1]
+    return {
+        "processes": processes,
+        "threads_per_process": threads,
+        "ddp_data": training.get("ddp_data"),
+        "wall_seconds": seconds,
+        "rows_per_second": last["rows_per_second"],
+        "rows_per_second_per_process": last["rows_per_second"] / processes,
+        "rows_per_process": last["rows_per_process"],
+        "rows_held_per_process": training["rows_held_per_process"],
+        "peak_rss_mib_per_process": training["peak_rss_mib_per_process"],
+        "test_roc_auc": metrics["final"]["test"]["roc_auc"],
+    }
+
+
+def targets(results: Dict[str, Any]) -> Dict[str, Any]:
+    single = results["1 process x 2 threads"]
+    sharded = results["2 processes x 1 thread, shards"]
+    n_train = single["rows_held_per_process"][0]
+    batch = sharded["rows_per_process"]
+    ratio = max(sharded["peak_rss_mib_per_process"]) / max(
+        single["peak_rss_mib_per_process"]
+    )
+    return {
+        "rows_per_process": {
+            "goal": "each process trains on ceil(N/2) rows per epoch, +- one batch",
+            "measured": batch,
+            "n_train": n_train,
+            "met": all(abs(rows - -(-n_train // 2)) <= 1024 for rows in batch),
+        },
+        "peak_rss_ratio": {
+            "goal": f"per-process peak RSS with 2 shard-holding processes <= "
+            f"{TARGET_RSS_RATIO}x one process's",
+            "measured": round(ratio, 3),
+            "met": ratio <= TARGET_RSS_RATIO,
+        },
+    }
+
+
+def main() -> None:
+    args = parse_args()
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="distributed_scale_"))
+    work.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()
+    try:
+        env = dict(os.environ)
+        setup = [sys.executable, str(REPO / "data_preprocessing.py")]
+        preprocess_seconds = run(setup + overrides(args, work), env)
+        results = {name: train(name, args, work) for name in RUNS}
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    payload = {
+        "benchmark": "distributed_scale",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "load_average_1m": {"start": load_before[0], "end": os.getloadavg()[0]},
+        "label": args.label,
+        **code_and_versions(),
+        "setup": {
+            "rows": args.rows,
+            "numeric_columns": args.numeric,
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "model": "the MLP without numeric embeddings (model.numeric_embedding="
+            "none)",
+            "preprocessing_seconds": preprocess_seconds,
+        },
+        "results": results,
+        "targets": targets(results),
+    }
+    write_results(args.out, args.name, payload, render_markdown)
+    print(json.dumps(payload["targets"], indent=2))
+
+
+def render_markdown(payload) -> str:
+    machine, setup, load = (
+        payload["machine"],
+        payload["setup"],
+        payload["load_average_1m"],
+    )
+    code = payload["code"]
+    lines = [
+        "# Distributed training on one machine: 1 against 2 processes",
+        "",
+        f"{payload['date']}, {machine['processor']}, {machine['cpu_count']} CPUs, "
+        f"{machine['memory_gib']} GiB, Python {machine['python']}, torch "
+        f"{payload['versions']['torch']}; 1-minute load average "
+        f"{load['start']:.1f} at the start, {load['end']:.1f} at the end.",
+        "",
+        f"Code: {payload['label'] or code['package']} (commit "
+        f"{(code.get('commit') or 'unknown')[:10]}"
+        f"{', with uncommitted changes' if code.get('dirty') else ''}).",
+        "",
+        f"{setup['rows']:,} synthetic rows x {setup['numeric_columns']} numeric "
+        f"columns (binary target), {setup['model']}, batch {setup['batch_size']}, "
+        f"{setup['epochs']} epochs, on the CPU. Rows/s: the last epoch, every "
+        "process together; peak RSS: each process's own (getrusage); wall: the "
+        "whole command.",
+        "",
+        "| run | rows/s | rows/s per process | training rows held per process "
+        "| peak RSS per process (MiB) | wall (s) | test ROC AUC |",
+        "|---|---:|---:|---|---|---:|---:|",
+    ]
+    for name, result in payload["results"].items():
+        held = ", ".join(f"{rows:,}" for rows in result["rows_held_per_process"])
+        rss = ", ".join(f"{mib:,.0f}" for mib in result["peak_rss_mib_per_process"])
+        lines.append(
+            f"| {name} | {result['rows_per_second']:,.0f} "
+            f"| {result['rows_per_second_per_process']:,.0f} | {held} | {rss} "
+            f"| {result['wall_seconds']:.1f} | {result['test_roc_auc']:.4f} |"
+        )
+    lines.append("")
+    for goal in payload["targets"].values():
+        verdict = "met" if goal["met"] else "NOT met"
+        lines.append(f"- {goal['goal']}: {goal['measured']} (**{verdict}**)")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

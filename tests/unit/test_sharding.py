@@ -1,0 +1,129 @@
+"""How the processes of a DDP run share the data (training/sharding.py), checked
+without collectives: the plan's arithmetic, the epoch progress a resumed
+process rebuilds, and a split read for some of its rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import compose_config, make_table
+from modelsphere.core.errors import ModelSphereError
+from modelsphere.data import splits
+from modelsphere.features import tensors
+from modelsphere.data.preprocessing import prepare_data
+from modelsphere.features.fit import fit_feature_state_from_split
+from modelsphere.features.tensors import split_tensors
+from modelsphere.training.distributed import DistContext
+from modelsphere.training.epochs import EpochProgress
+from modelsphere.training.sharding import BatchPlan, shard_rows, shard_sizes
+
+ROWS = 203
+BATCH = 32
+
+
+def ranks(world: int = 2):
+    return [DistContext(rank=r, world_size=world) for r in range(world)]
+
+
+def test_shards_are_disjoint_cover_the_split_and_differ_by_at_most_one_row():
+    for n_rows, world in [(203, 2), (10, 3), (2, 4), (0, 2)]:
+        held = [shard_rows(n_rows, c) for c in ranks(world)]
+        assert [len(r) for r in held] == list(shard_sizes(n_rows, world))
+        assert [i for r in held for i in r] == list(range(n_rows))
+        assert max(map(len, held)) - min(map(len, held)) <= 1
+
+
+def test_each_step_takes_every_process_share_of_one_global_batch():
+    plans = [BatchPlan.for_run(BATCH, c, ROWS, "shards") for c in ranks()]
+    generator_state = torch.Generator().manual_seed(3).get_state()
+    orders = []
+    for plan in plans:  # each process draws from the same generator state
+        generator = torch.Generator()
+        generator.set_state(generator_state)
+        orders.append(plan.order(generator, "cpu")[0])
+    assert plans[0].steps() == plans[1].steps() == -(-102 // 16)
+    trained = [[], []]
+    for step in range(plans[0].steps()):
+        sizes = []
+        for rank, plan in enumerate(plans):
+            index, everyone = plan.batch(orders[rank], step)
+            trained[rank] += index.tolist()
+            sizes.append(len(index))
+        assert everyone == sum(sizes)  # both processes know the global batch
+        assert everyone == (BATCH if step < plans[0].steps() - 1 else 5 + 6)
+    for rank, plan in enumerate(plans):  # each process walks its shard once
+        assert sorted(trained[rank]) == list(range(plan.rows_held()))
+    # Each shard has its own permutation: with one shared by equal shards,
+    # row i and row N/2+i would share every batch of every epoch.
+    equal = [BatchPlan.for_run(BATCH, c, 2 * 101, "shards") for c in ranks()]
+    same_seed = [plan.order(torch.Generator().manual_seed(3), "cpu") for plan in equal]
+    assert not torch.equal(same_seed[0][0], same_seed[1][0])
+
+
+def test_a_batch_the_processes_cannot_share_equally_is_refused():
+    with pytest.raises(ModelSphereError, match="batch_size=33 does not divide"):
+        BatchPlan.for_run(33, ranks()[0], ROWS, "shards")
+    chosen = BatchPlan.for_run(64, ranks(3)[0], ROWS, "shards", chosen=True)
+    assert chosen.batch_size == 63  # a size chosen for the data is rounded
+    assert BatchPlan.for_run(33, ranks()[0], ROWS, "replicated").batch_size == 33
+
+
+@pytest.mark.parametrize("ddp_data", ["shards", "replicated"])
+def test_a_resumed_process_rebuilds_its_own_permutation(ddp_data):
+    """A checkpoint holds rank 0's progress; rank 1 must take up its own."""
+    plans = [BatchPlan.for_run(BATCH, c, ROWS, ddp_data) for c in ranks()]
+    started = [
+        EpochProgress.start(1, plan, torch.Generator().manual_seed(5), "cpu")
+        for plan in plans
+    ]
+    saved = started[0].payload()
+    saved["next_step"] = 3
+    for rank, plan in enumerate(plans):
+        resumed = EpochProgress.from_payload(saved, "cpu")
+        resumed.resume_on(plan)
+        assert torch.equal(resumed.order, started[rank].order)
+        assert resumed.rows == plan.rows_before(3) > 0
+        assert float(resumed.total) == 0.0 or rank == 0
+
+
+def test_a_mid_epoch_checkpoint_resumes_with_the_same_shards_only():
+    two = BatchPlan.for_run(BATCH, ranks(2)[0], ROWS, "shards")
+    saved = EpochProgress.start(1, two, torch.Generator(), "cpu").payload()
+    for other in (
+        BatchPlan.for_run(BATCH, ranks(4)[0], ROWS, "shards"),
+        BatchPlan.for_run(BATCH, ranks(2)[0], ROWS, "replicated"),
+    ):
+        with pytest.raises(ModelSphereError, match="same number of processes"):
+            EpochProgress.from_payload(saved, "cpu").resume_on(other)
+
+
+def test_a_split_read_for_some_rows_equals_those_rows_of_the_whole(
+    tmp_path, monkeypatch
+):
+    def in_small_chunks(data, split):  # rows are picked across several chunks
+        return splits.iter_split_frames(data, split, chunk_rows=64)
+
+    monkeypatch.setattr(tensors, "iter_split_frames", in_small_chunks)
+    make_table(rows=300).to_csv(tmp_path / "t.csv", index=False)
+    cfg = compose_config(
+        [
+            "data=csv",
+            f"data.path={tmp_path / 't.csv'}",
+            "data.target=label",
+            f"paths.data_dir={tmp_path / 'data'}",
+        ]
+    )
+    data = prepare_data(cfg.data, cfg.paths.data_dir)
+    state = fit_feature_state_from_split(data, cfg.model.features, cfg.seed)
+    whole = split_tensors(data, "train", state, torch.device("cpu"))
+    rows = np.random.default_rng(0).permutation(len(whole))[:50]
+    for wanted in (rows, range(40, 170), []):
+        part = split_tensors(data, "train", state, torch.device("cpu"), wanted)
+        index = torch.as_tensor(np.asarray(wanted, dtype=np.int64))
+        assert torch.equal(part.numeric, whole.numeric[index])
+        assert torch.equal(part.categorical, whole.categorical[index])
+        assert torch.equal(part.target, whole.target[index])
+    with pytest.raises(ModelSphereError, match="asked of the train split"):
+        split_tensors(data, "train", state, torch.device("cpu"), [len(whole)])
