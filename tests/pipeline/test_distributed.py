@@ -18,6 +18,7 @@ weights and 1e-5 in the metrics, which is what the test allows.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import REPO, compose_config, make_table
+from helpers import REPO, compose_config, free_port, make_table
 from helpers.ddp_probe import BATCH_SIZE, ROWS, replay, train_probe
 from modelsphere.core.devices import select_device
 from modelsphere.data.preprocessing import prepare_data
@@ -39,6 +40,7 @@ from modelsphere.training.optimization import make_loss
 from modelsphere.training.run import run_training
 
 TOLERANCE = 1e-5
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 # every process holds every row and shares one permutation: matches one process
 REPLICATED = "train.ddp_data=replicated"
 
@@ -258,3 +260,56 @@ def test_a_sharded_run_holds_half_the_rows_and_reports_whole_split_metrics(
             assert metrics["final"][split][name] == pytest.approx(
                 value, abs=TOLERANCE
             ), (split, name)
+
+
+def srun(overrides, tasks: int = 2, **changes: str):
+    """`srun --ntasks=<tasks> python train.py ...` on this machine: one process
+    per task with the variables srun sets (the node list is this host; the
+    port is chosen free here instead of derived from the job id)."""
+    port = str(free_port())
+    processes = []
+    for rank in range(tasks):
+        env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARIABLES}
+        env.update(
+            SLURM_JOB_ID="4242",
+            SLURM_STEP_ID="0",
+            SLURM_PROCID=str(rank),
+            SLURM_NTASKS=str(tasks),
+            SLURM_LOCALID=str(rank),
+            SLURM_NODELIST="localhost",
+            MASTER_PORT=port,
+        )
+        env.update(changes)
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, str(REPO / "train.py"), *overrides],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outputs = [process.communicate(timeout=300)[0] for process in processes]
+    return [process.returncode for process in processes], outputs
+
+
+def test_srun_tasks_train_one_distributed_run_without_torchrun(tmp_path, table):
+    codes, outputs = srun(settings(tmp_path, "multi", "train.max_epochs=1"))
+    assert codes == [0, 0], "\n".join(outputs)[-4000:]
+    assert "distributed (slurm): rank 0 of 2" in outputs[0]
+    run_dir = only_run(tmp_path / "multi")
+    training = json.loads((run_dir / "metrics.json").read_text())["training"]
+    assert training["processes"] == 2
+    held = training["rows_held_per_process"]
+    assert abs(held[0] - held[1]) <= 1  # each task holds its half
+
+
+def test_slurm_variables_that_disagree_stop_every_task_with_one_line(tmp_path, table):
+    codes, outputs = srun(
+        settings(tmp_path, "multi"), SLURM_NTASKS="2", SLURM_PROCID="2"
+    )
+    assert codes == [2, 2]
+    for output in outputs:
+        assert "SLURM_PROCID=2 is not a task of SLURM_NTASKS=2" in output
+        assert "Traceback" not in output

@@ -18,7 +18,6 @@ naming resolvers.
 from __future__ import annotations
 
 import dataclasses
-import os
 import secrets
 import tempfile
 import typing
@@ -32,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from modelsphere.core.devices import AMP_DTYPES, DEVICE_NAMES
 from modelsphere.core.errors import ModelSphereError
+from modelsphere.core.launch import launched_rank
 from modelsphere.core.redaction import saved_config
 
 CHECKS = "modelsphere.checks"  # the key of a field's checks in its metadata
@@ -190,10 +190,10 @@ def _new_run_id() -> str:
 
 
 def _run_dir(outputs_dir: str, job_name: str) -> str:
-    """This invocation's run dir. Under torchrun only rank 0 gets one in
+    """This invocation's run dir. Under torchrun or srun only rank 0 gets one in
     outputs/ (the run's); the other ranks log to a scratch dir, so a distributed
     run leaves one run dir, not one per process."""
-    rank = int(os.environ.get("RANK", "0"))
+    rank = launched_rank()
     if rank > 0:
         scratch = Path(tempfile.gettempdir()) / "modelsphere-ranks"
         return str(scratch / f"{job_name}-rank{rank}-{_new_run_id()}")

@@ -1,8 +1,9 @@
-"""DistributedDataParallel under torchrun: who this process is, and the few
-collective operations the training loop needs.
+"""DistributedDataParallel under torchrun or srun: who this process is, and the
+few collective operations the training loop needs.
 
 `torchrun --nproc_per_node=N train.py ...` starts N processes with RANK,
-WORLD_SIZE and LOCAL_RANK set. Every process trains on its share of each global
+WORLD_SIZE and LOCAL_RANK set; `srun python train.py` starts one per SLURM task
+(core/launch.py reads either). Every process trains on its share of each global
 batch (the batch of the single-process run, split row-wise across ranks), DDP
 averages the gradients, losses are summed across ranks, and only rank 0 writes
 the run dir. Backend: nccl on CUDA, gloo on the CPU. Without torchrun, nothing
@@ -21,6 +22,7 @@ import torch.distributed as dist
 from torch import nn
 
 from modelsphere.core.errors import ModelSphereError
+from modelsphere.core.launch import launch_from_environment
 
 log = logging.getLogger(__name__)
 
@@ -48,19 +50,15 @@ class DistContext:
 SINGLE_PROCESS = DistContext()
 
 
-def launched_rank() -> int:
-    """This process's rank as torchrun set it (0 when not under torchrun)."""
-    return int(os.environ.get("RANK", "0"))
-
-
 def init_distributed(device_type: str) -> DistContext:
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
+    launch = launch_from_environment()
+    if launch.world_size <= 1:
         return DistContext()
+    os.environ.update(launch.rendezvous_environment())  # srun: as torchrun would
     context = DistContext(
-        rank=int(os.environ["RANK"]),
-        world_size=world_size,
-        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        rank=launch.rank,
+        world_size=launch.world_size,
+        local_rank=launch.local_rank,
     )
     backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cuda":
@@ -68,7 +66,11 @@ def init_distributed(device_type: str) -> DistContext:
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
     log.info(
-        "distributed: rank %d of %d (%s backend)", context.rank, world_size, backend
+        "distributed (%s): rank %d of %d (%s backend)",
+        launch.launcher,
+        context.rank,
+        context.world_size,
+        backend,
     )
     if not context.is_main:  # rank 0 speaks for the run; others only warn
         logging.getLogger("modelsphere").setLevel(logging.WARNING)
