@@ -127,3 +127,22 @@ def test_a_split_read_for_some_rows_equals_those_rows_of_the_whole(
         assert torch.equal(part.target, whole.target[index])
     with pytest.raises(ModelSphereError, match="asked of the train split"):
         split_tensors(data, "train", state, torch.device("cpu"), [len(whole)])
+
+
+def test_a_split_file_that_disagrees_with_its_manifest_is_refused(tmp_path):
+    make_table(rows=120).to_csv(tmp_path / "t.csv", index=False)
+    cfg = compose_config(
+        [
+            "data=csv",
+            f"data.path={tmp_path / 't.csv'}",
+            "data.target=label",
+            f"paths.data_dir={tmp_path / 'data'}",
+        ]
+    )
+    data = prepare_data(cfg.data, cfg.paths.data_dir)
+    state = fit_feature_state_from_split(data, cfg.model.features, cfg.seed)
+    n_rows = data.split_rows("train")
+    for claimed in (n_rows - 1, n_rows + 1):  # the arrays are sized from it
+        data.manifest["splits"]["train"]["rows"] = claimed
+        with pytest.raises(ModelSphereError, match="where the processed data's"):
+            split_tensors(data, "train", state, torch.device("cpu"))

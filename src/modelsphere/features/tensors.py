@@ -34,37 +34,50 @@ def split_tensors(
     device: torch.device,
     rows: Optional[Sequence[int]] = None,
 ) -> SplitTensors:
-    """A split's model inputs and targets, transformed chunk by chunk; with
+    """A split's model inputs and targets, transformed chunk by chunk into arrays
+    of their final size (no second copy while they are put together); with
     `rows`, only those rows (positions in the split, in the order given): the
     other rows are read a chunk at a time and never transformed or kept."""
-    numeric, categorical, target = [], [], []
+    n_rows = data.split_rows(split)
     target_name = feature_state["target"]["name"]
-    wanted = None if rows is None else np.asarray(rows, dtype=np.int64)
-    ascending = wanted if wanted is None else np.sort(wanted)
-    offset = 0
-    for frame in iter_split_frames(data, split):
-        if ascending is not None:
-            start, offset = offset, offset + len(frame)
-            lo, hi = np.searchsorted(ascending, [start, offset])
-            frame = frame.iloc[ascending[lo:hi] - start]
-        arrays = transform_features(frame, feature_state)
-        numeric.append(arrays.numeric)
-        categorical.append(arrays.categorical)
-        target.append(
-            encode_target(frame[target_name], feature_state, f"{split} split")
-        )
-    parts = [_concatenate(p) for p in (numeric, categorical, target)]
-    if wanted is not None:
-        if len(ascending) and (ascending[-1] >= offset or ascending[0] < 0):
+    if rows is None:
+        ascending = order = None
+    else:
+        wanted = np.asarray(rows, dtype=np.int64)
+        order = np.argsort(wanted, kind="stable")  # output slot of each, sorted
+        ascending = wanted[order]
+        if len(wanted) and (ascending[0] < 0 or ascending[-1] >= n_rows):
             raise ModelSphereError(
                 f"rows {int(ascending[0])}..{int(ascending[-1])} asked of the "
-                f"{split} split, which has {offset} rows"
+                f"{split} split, which has {n_rows} rows"
             )
-        if not np.array_equal(ascending, wanted):  # back to the order asked for
-            where = np.searchsorted(ascending, wanted)
-            parts = [part[where] for part in parts]
-    return SplitTensors(*(torch.from_numpy(part).to(device) for part in parts))
-
-
-def _concatenate(parts):
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+    size = n_rows if rows is None else len(ascending)
+    filled = offset = 0
+    out = None
+    for frame in iter_split_frames(data, split):
+        start, offset = offset, offset + len(frame)
+        if ascending is not None:
+            lo, hi = np.searchsorted(ascending, [start, offset])
+            frame = frame.iloc[ascending[lo:hi] - start]
+            slots = order[lo:hi]
+        else:
+            slots = slice(filled, filled + len(frame))
+        arrays = transform_features(frame, feature_state)
+        parts = (
+            arrays.numeric,
+            arrays.categorical,
+            encode_target(frame[target_name], feature_state, f"{split} split"),
+        )
+        if out is None:
+            out = [np.empty((size, *p.shape[1:]), dtype=p.dtype) for p in parts]
+        if filled + len(frame) > size:
+            break
+        for buffer, part in zip(out, parts):
+            buffer[slots] = part
+        filled += len(frame)
+    if filled != size or offset != n_rows:
+        raise ModelSphereError(
+            f"{data.split_path(split)}: {offset} rows where the processed data's "
+            f"manifest says {n_rows}: run data_preprocessing.py again"
+        )
+    return SplitTensors(*(torch.from_numpy(part).to(device) for part in out))
