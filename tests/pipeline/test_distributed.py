@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
@@ -40,6 +43,7 @@ from modelsphere.training.optimization import make_loss
 from modelsphere.training.run import run_training
 
 TOLERANCE = 1e-5
+NODE_TIMEOUT = 120  # seconds for a 2-epoch run on two "nodes"
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 # every process holds every row and shares one permutation: matches one process
 REPLICATED = "train.ddp_data=replicated"
@@ -313,3 +317,76 @@ def test_slurm_variables_that_disagree_stop_every_task_with_one_line(tmp_path, t
     for output in outputs:
         assert "SLURM_PROCID=2 is not a task of SLURM_NTASKS=2" in output
         assert "Traceback" not in output
+
+
+@contextmanager
+def two_network_namespaces() -> Iterator[list]:
+    """Two "nodes" on this machine: network namespaces joined by a veth pair,
+    each seeing only its own loopback and its end of the pair. Yields
+    (namespace, interface, address) per node; removed on exit."""
+    tag = os.getpid() % 100_000
+    nodes = [
+        (f"msn{tag}{side}", f"msv{tag}{side}", f"10.213.{tag % 250}.{number}")
+        for number, side in ((1, "a"), (2, "b"))
+    ]
+    (ns_a, link_a, _), (ns_b, link_b, _) = nodes
+    setup = [
+        ["ip", "netns", "add", ns_a],
+        ["ip", "netns", "add", ns_b],
+        ["ip", "link", "add", link_a, "type", "veth", "peer", "name", link_b],
+    ]
+    for namespace, link, address in nodes:
+        setup += [
+            ["ip", "link", "set", link, "netns", namespace],
+            ["ip", "-n", namespace, "addr", "add", f"{address}/24", "dev", link],
+            ["ip", "-n", namespace, "link", "set", link, "up"],
+            ["ip", "-n", namespace, "link", "set", "lo", "up"],
+        ]
+    try:
+        for command in setup:
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                pytest.skip(f"network namespaces unavailable: {done.stderr.strip()}")
+        yield nodes
+    finally:
+        for namespace, _, _ in nodes:
+            subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
+
+
+@pytest.mark.skipif(
+    shutil.which("ip") is None or os.geteuid() != 0,
+    reason="two network namespaces need iproute2 and root",
+)
+def test_two_nodes_in_their_own_network_namespaces_train_one_run(tmp_path, table):
+    """torchrun --nnodes=2 with the c10d rendezvous, one agent per "node": the
+    processes reach each other only through the veth pair."""
+    with two_network_namespaces() as nodes:
+        host, run_id = nodes[0][2], nodes[0][0]  # one rendezvous for both agents
+        agents = []
+        for number, (namespace, link, address) in enumerate(nodes):
+            command = ["ip", "netns", "exec", namespace, "env"]
+            command += [f"GLOO_SOCKET_IFNAME={link}", sys.executable]
+            command += ["-m", "torch.distributed.run", "--nnodes=2"]
+            command += ["--nproc_per_node=1", "--rdzv_backend=c10d"]
+            command += [f"--rdzv_endpoint={host}:29400", f"--rdzv_id={run_id}"]
+            command += [f"--rdzv_conf=is_host={int(number == 0)}"]
+            command += [f"--local-addr={address}", str(REPO / "train.py")]
+            command += settings(tmp_path, "multi", "train.max_epochs=2")
+            log = tmp_path / f"node{number}.log"  # files: no pipe fills up
+            with open(log, "w") as sink:
+                agents.append(
+                    subprocess.Popen(
+                        command, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT
+                    )
+                )
+        for agent in agents:
+            agent.wait(timeout=NODE_TIMEOUT)
+        outputs = [(tmp_path / f"node{n}.log").read_text() for n in range(2)]
+    assert [agent.returncode for agent in agents] == [0, 0], "\n".join(outputs)[-4000:]
+    logs = "\n".join(outputs)
+    assert "rank 0 of 2" in logs and "rank 1 of 2" in logs
+    run_dir = only_run(tmp_path / "multi")
+    training = json.loads((run_dir / "metrics.json").read_text())["training"]
+    assert training["processes"] == 2
+    held = training["rows_held_per_process"]
+    assert abs(held[0] - held[1]) <= 1  # each node's process holds its half
