@@ -8,6 +8,9 @@ import argparse
 import json
 import os
 import platform
+import subprocess
+import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict
 
@@ -37,6 +40,35 @@ def machine() -> Dict[str, Any]:
         "python": platform.python_version(),
         "load_average_1m": os.getloadavg()[0],
     }
+
+
+def run_record(benchmark: str, load_start: float, label: str) -> Dict[str, Any]:
+    """The fields every result file opens with: which benchmark, when, on which
+    machine under which load, and which code and package versions it measured."""
+    return {
+        "benchmark": benchmark,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "load_average_1m": {"start": load_start, "end": os.getloadavg()[0]},
+        "label": label,
+        **code_and_versions(),
+    }
+
+
+def code_and_versions() -> Dict[str, Any]:
+    """Package versions and the modelsphere code the steps ran (in a subprocess,
+    as the steps import it: PYTHONPATH can point them at another checkout)."""
+    code = (
+        "import json, modelsphere; from pathlib import Path; "
+        "from modelsphere.core.provenance import git_state, package_versions; "
+        "where = Path(modelsphere.__file__).parent; "
+        "print(json.dumps({'versions': package_versions(), "
+        "'code': {'package': str(where), **git_state(where)}}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    return json.loads(result.stdout)
 
 
 def cpu_model() -> str:

@@ -30,12 +30,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, List
 
-from benchmarks.common import REPO, add_output_arguments, machine, write_results
-from benchmarks.preprocess_scale import code_and_versions
+from benchmarks.common import REPO, add_output_arguments, run_record, write_results
 
 # The target: with 2 processes holding shards, each process's peak RSS
 # at most this fraction of the single process's.
@@ -160,12 +158,7 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     payload = {
-        "benchmark": "distributed_scale",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "load_average_1m": {"start": load_before[0], "end": os.getloadavg()[0]},
-        "label": args.label,
-        **code_and_versions(),
+        **run_record("distributed_scale", load_before[0], args.label),
         "setup": {
             "rows": args.rows,
             "numeric_columns": args.numeric,

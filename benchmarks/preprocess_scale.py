@@ -34,11 +34,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, List
 
-from benchmarks.common import REPO, add_output_arguments, machine, write_results
+from benchmarks.common import REPO, add_output_arguments, run_record, write_results
 from benchmarks.processes import GNU_TIME
 from benchmarks.processes import measured as run_measured
 from benchmarks.processes import predict_command, raw_csv_command
@@ -200,12 +199,7 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     payload = {
-        "benchmark": "preprocess_scale",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "load_average_1m": {"start": load_before[0], "end": os.getloadavg()[0]},
-        "label": args.label,
-        **code_and_versions(),
+        **run_record("preprocess_scale", load_before[0], args.label),
         "setup": {
             "data": "data=synthetic (8 numeric, 3 categorical, id, binary target)",
             "rows": args.rows,
@@ -237,22 +231,6 @@ def target(sizes: Dict[str, Any]) -> Dict[str, Any]:
     out["max_peak_rss_mib"] = peaks
     out["met"] = all(peak < TARGET_PEAK_RSS_MIB for peak in peaks.values())
     return out
-
-
-def code_and_versions() -> Dict[str, Any]:
-    """Package versions and the modelsphere code the steps ran (in a subprocess,
-    as the steps import it: PYTHONPATH can point them at another checkout)."""
-    code = (
-        "import json, modelsphere; from pathlib import Path; "
-        "from modelsphere.core.provenance import git_state, package_versions; "
-        "where = Path(modelsphere.__file__).parent; "
-        "print(json.dumps({'versions': package_versions(), "
-        "'code': {'package': str(where), **git_state(where)}}))"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    )
-    return json.loads(result.stdout)
 
 
 def render_markdown(payload) -> str:

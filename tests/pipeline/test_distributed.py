@@ -294,8 +294,22 @@ def srun(overrides, tasks: int = 2, **changes: str):
                 text=True,
             )
         )
-    outputs = [process.communicate(timeout=300)[0] for process in processes]
+    with all_stopped(processes):
+        outputs = [process.communicate(timeout=300)[0] for process in processes]
     return [process.returncode for process in processes], outputs
+
+
+@contextmanager
+def all_stopped(processes) -> Iterator[None]:
+    """Every process is killed if still running when the block ends (a test
+    that times out leaves none waiting on a rendezvous)."""
+    try:
+        yield
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
 
 
 def test_srun_tasks_train_one_distributed_run_without_torchrun(tmp_path, table):
@@ -379,8 +393,9 @@ def test_two_nodes_in_their_own_network_namespaces_train_one_run(tmp_path, table
                         command, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT
                     )
                 )
-        for agent in agents:
-            agent.wait(timeout=NODE_TIMEOUT)
+        with all_stopped(agents):
+            for agent in agents:
+                agent.wait(timeout=NODE_TIMEOUT)
         outputs = [(tmp_path / f"node{n}.log").read_text() for n in range(2)]
     assert [agent.returncode for agent in agents] == [0, 0], "\n".join(outputs)[-4000:]
     logs = "\n".join(outputs)

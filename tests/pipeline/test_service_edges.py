@@ -339,6 +339,17 @@ class Load:
             time.sleep(0.05)
 
 
+@contextmanager
+def killed_if_left(process) -> Iterator[None]:
+    """serve.py is killed if it is still running when the block ends."""
+    try:
+        yield
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 class ServerLog:
     """serve.py's output, read line by line on a thread while it runs."""
 
@@ -374,7 +385,7 @@ def test_sigterm_under_load_drains_without_dropping_a_request(
         "device=cpu",
     )
     log = ServerLog(process)
-    try:
+    with killed_if_left(process):
         log.wait_for("model ready", times=workers)  # every worker's
         with Load(port, clients=8) as load:
             time.sleep(1.5)
@@ -382,10 +393,6 @@ def test_sigterm_under_load_drains_without_dropping_a_request(
             process.send_signal(signal.SIGTERM)
             process.wait(60)
         output = log.text()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     assert ok_before > 0
     assert load.counts["failed"] == 0, (load.counts, load.failures[:5])
     assert load.counts["ok"] > ok_before  # served during the drain too
@@ -400,7 +407,7 @@ def test_an_idle_service_still_drains_before_it_stops_listening(trained_runs, tm
     run_dir = trained_runs.copy("binary_one_epoch", tmp_path)
     port = free_port()
     process = start_serve_py(run_dir, port, "serve.drain_seconds=3", "device=cpu")
-    try:
+    with killed_if_left(process):
         wait_server_ready(process, f"http://127.0.0.1:{port}")
         process.send_signal(signal.SIGTERM)
         time.sleep(1)  # well inside the drain
@@ -413,10 +420,6 @@ def test_an_idle_service_still_drains_before_it_stops_listening(trained_runs, tm
         )
         assert status == 503 and "draining" in body["error"]
         process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 def test_a_drain_that_runs_out_says_what_it_cut(trained_runs, tmp_path):
@@ -433,7 +436,7 @@ def test_a_drain_that_runs_out_says_what_it_cut(trained_runs, tmp_path):
         "device=cpu",
     )
     log = ServerLog(process)
-    try:
+    with killed_if_left(process):
         log.wait_for("model ready", times=1)
         with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
             sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\n")
@@ -441,8 +444,4 @@ def test_a_drain_that_runs_out_says_what_it_cut(trained_runs, tmp_path):
             process.send_signal(signal.SIGTERM)
             process.wait(60)
         output = log.text()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     assert "serve.drain_seconds=1 ran out with 1 connection(s) open" in output

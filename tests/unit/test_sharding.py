@@ -99,14 +99,9 @@ def test_a_mid_epoch_checkpoint_resumes_with_the_same_shards_only():
             EpochProgress.from_payload(saved, "cpu").resume_on(other)
 
 
-def test_a_split_read_for_some_rows_equals_those_rows_of_the_whole(
-    tmp_path, monkeypatch
-):
-    def in_small_chunks(data, split):  # rows are picked across several chunks
-        return splits.iter_split_frames(data, split, chunk_rows=64)
-
-    monkeypatch.setattr(tensors, "iter_split_frames", in_small_chunks)
-    make_table(rows=300).to_csv(tmp_path / "t.csv", index=False)
+def processed_table(tmp_path, rows: int):
+    """A small table preprocessed into splits, and its fitted feature state."""
+    make_table(rows=rows).to_csv(tmp_path / "t.csv", index=False)
     cfg = compose_config(
         [
             "data=csv",
@@ -116,7 +111,17 @@ def test_a_split_read_for_some_rows_equals_those_rows_of_the_whole(
         ]
     )
     data = prepare_data(cfg.data, cfg.paths.data_dir)
-    state = fit_feature_state_from_split(data, cfg.model.features, cfg.seed)
+    return data, fit_feature_state_from_split(data, cfg.model.features, cfg.seed)
+
+
+def test_a_split_read_for_some_rows_equals_those_rows_of_the_whole(
+    tmp_path, monkeypatch
+):
+    def in_small_chunks(data, split):  # rows are picked across several chunks
+        return splits.iter_split_frames(data, split, chunk_rows=64)
+
+    monkeypatch.setattr(tensors, "iter_split_frames", in_small_chunks)
+    data, state = processed_table(tmp_path, rows=300)
     whole = split_tensors(data, "train", state, torch.device("cpu"))
     rows = np.random.default_rng(0).permutation(len(whole))[:50]
     for wanted in (rows, range(40, 170), []):
@@ -130,17 +135,7 @@ def test_a_split_read_for_some_rows_equals_those_rows_of_the_whole(
 
 
 def test_a_split_file_that_disagrees_with_its_manifest_is_refused(tmp_path):
-    make_table(rows=120).to_csv(tmp_path / "t.csv", index=False)
-    cfg = compose_config(
-        [
-            "data=csv",
-            f"data.path={tmp_path / 't.csv'}",
-            "data.target=label",
-            f"paths.data_dir={tmp_path / 'data'}",
-        ]
-    )
-    data = prepare_data(cfg.data, cfg.paths.data_dir)
-    state = fit_feature_state_from_split(data, cfg.model.features, cfg.seed)
+    data, state = processed_table(tmp_path, rows=120)
     n_rows = data.split_rows("train")
     for claimed in (n_rows - 1, n_rows + 1):  # the arrays are sized from it
         data.manifest["splits"]["train"]["rows"] = claimed
