@@ -219,16 +219,17 @@ def test_each_rank_holds_and_trains_only_its_shard(tmp_path):
 def test_a_sharded_run_holds_half_the_rows_and_reports_whole_split_metrics(
     tmp_path, table
 ):
-    # balanced class weights: counted over the whole training split, not a shard
-    balanced = "train.class_weights=balanced"
+    # balanced class weights: counted over the whole training split, not a
+    # shard; bin edges placed on a seeded sample of it (50 of its rows)
+    balanced = ["train.class_weights=balanced", "model.piecewise.subsample=50"]
     result = torchrun(
-        tmp_path, settings(tmp_path, "multi", "train.max_epochs=2", balanced)
+        tmp_path, settings(tmp_path, "multi", "train.max_epochs=2", *balanced)
     )
     assert result.returncode == 0, result.stdout + result.stderr
     run_dir = only_run(tmp_path / "multi")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     training = metrics["training"]
-    cfg = compose_config(settings(tmp_path, "multi", balanced))
+    cfg = compose_config(settings(tmp_path, "multi", *balanced))
     data = prepare_data(cfg.data, cfg.paths.data_dir)
     n_train = data.split_rows("train")
     assert training["ddp_data"] == "shards"

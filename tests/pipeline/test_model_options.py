@@ -265,3 +265,17 @@ def test_the_cli_path_does_not_import_the_optional_architectures():
         "assert not loaded, loaded"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_batchnorm_is_refused_a_step_of_one_row_before_training(tmp_path):
+    """BatchNorm cannot train on one row (under DDP the other processes would
+    wait for that one forever): a batch size leaving a 1-row step is refused."""
+    from modelsphere.data.preprocessing import prepare_data
+
+    make_table().to_csv(tmp_path / "tiny_binary.csv", index=False)
+    cfg = compose_config(csv_overrides(tmp_path / "tiny_binary.csv", tmp_path))
+    n_train = prepare_data(cfg.data, cfg.paths.data_dir).split_rows("train")
+    norm = "model.normalization=batchnorm"
+    with pytest.raises(ModelSphereError, match="batchnorm needs 2 or more rows"):
+        train_tiny(tmp_path, norm, f"train.batch_size={n_train - 1}")
+    train_tiny(tmp_path, norm, f"train.batch_size={n_train - 2}")  # 2 rows: fine

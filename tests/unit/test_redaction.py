@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import sys
+from urllib.parse import quote, quote_plus
 
 import pytest
 from omegaconf import OmegaConf
@@ -75,17 +76,32 @@ def test_log_lines_have_the_value_replaced(active):
     assert record.getMessage() == "reading ${oc.env:MS_TOKEN}"
 
 
-def test_a_logged_traceback_has_the_value_replaced(active):
+def test_a_logged_traceback_and_stack_have_the_value_replaced(active):
     try:
         open(f"/nonexistent/acme-{TOKEN}.csv")
     except OSError:
         record = logging.LogRecord(
-            "x", logging.ERROR, "f", 1, "failed", (), sys.exc_info(), sinfo="stack"
+            "x", logging.ERROR, "f", 1, "failed", (), sys.exc_info(), sinfo=TOKEN
         )
     RedactingFilter().filter(record)
     text = logging.Formatter().format(record)
     assert "FileNotFoundError" in text and "${oc.env:MS_TOKEN}" in text
-    assert TOKEN not in text
+    assert TOKEN not in text and record.stack_info == "${oc.env:MS_TOKEN}"
+
+
+def test_a_value_in_a_url_is_replaced_however_it_was_encoded(monkeypatch):
+    key = "ab+c/d=efgh12"  # a base64 key: its URL forms differ from it
+    monkeypatch.setenv("MS_KEY", key)
+    activate(EnvironmentValues.of(OmegaConf.create({"k": "${oc.env:MS_KEY}"})))
+    try:
+        for sent in (quote(key, safe=""), quote_plus(key), quote(key).lower()):
+            record = logging.LogRecord(
+                "x", logging.INFO, "f", 1, "GET /live?key=%s", (sent,), None
+            )
+            RedactingFilter().filter(record)
+            assert record.getMessage() == "GET /live?key=${oc.env:MS_KEY}", sent
+    finally:
+        activate(EnvironmentValues())
 
 
 def test_every_handler_is_covered_and_formatters_keep_their_arguments(

@@ -62,6 +62,40 @@ def test_each_step_takes_every_process_share_of_one_global_batch():
     assert not torch.equal(same_seed[0][0], same_seed[1][0])
 
 
+def test_a_shard_that_runs_out_takes_part_with_no_rows():
+    """193 rows: shards of 96 and 97, so rank 0 has no row in the last step."""
+    plans = [BatchPlan.for_run(BATCH, c, 193, "shards") for c in ranks()]
+    orders = [plan.order(torch.Generator().manual_seed(1), "cpu")[0] for plan in plans]
+    last = plans[0].steps() - 1
+    (mine, everyone), (theirs, _) = (
+        plan.batch(order, last) for plan, order in zip(plans, orders)
+    )
+    assert (len(mine), len(theirs), everyone) == (0, 1, 1)
+
+
+@pytest.mark.parametrize(
+    "rows, batch, ddp_data, world, smallest",
+    [
+        (33, 32, "replicated", 1, 1),  # one process, a last batch of one row
+        (64, 32, "replicated", 1, 32),
+        (195, 32, "shards", 2, 1),  # shards of 97 and 98: a 1-row tail on rank 0
+        (194, 32, "shards", 2, 1),  # 97 and 97
+        (196, 32, "shards", 2, 2),
+        (97, 32, "replicated", 2, 1),  # the last global batch has 1 row
+    ],
+)
+def test_the_smallest_forward_of_a_plan(rows, batch, ddp_data, world, smallest):
+    """What model.normalization=batchnorm is checked against (it cannot train
+    on one row)."""
+    plan = BatchPlan.for_run(batch, ranks(world)[0], rows, ddp_data)
+    assert plan.smallest_share() == smallest
+
+
+def test_fewer_training_rows_than_processes_is_refused():
+    with pytest.raises(ModelSphereError, match="fewer than the 4 processes"):
+        BatchPlan.for_run(BATCH, ranks(4)[0], 3, "shards")
+
+
 def test_a_batch_the_processes_cannot_share_equally_is_refused():
     with pytest.raises(ModelSphereError, match="batch_size=33 does not divide"):
         BatchPlan.for_run(33, ranks()[0], ROWS, "shards")
@@ -124,7 +158,8 @@ def test_a_split_read_for_some_rows_equals_those_rows_of_the_whole(
     data, state = processed_table(tmp_path, rows=300)
     whole = split_tensors(data, "train", state, torch.device("cpu"))
     rows = np.random.default_rng(0).permutation(len(whole))[:50]
-    for wanted in (rows, range(40, 170), []):
+    # shuffled, a range past the first chunks, repeated rows, none
+    for wanted in (rows, range(150, 200), [5, 5, 3], []):
         part = split_tensors(data, "train", state, torch.device("cpu"), wanted)
         index = torch.as_tensor(np.asarray(wanted, dtype=np.int64))
         assert torch.equal(part.numeric, whole.numeric[index])

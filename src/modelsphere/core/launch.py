@@ -6,9 +6,9 @@
   SLURM_PROCID (the rank), SLURM_NTASKS (the world size), SLURM_LOCALID (the
   rank on its node), SLURM_NODELIST and SLURM_STEP_ID (a job step started by
   srun; a batch script itself has none and is one process). The rendezvous is
-  the first host of the node list, on a port every task derives from the job id
-  (MASTER_ADDR and MASTER_PORT, when set, are used instead), so no launcher is
-  needed between SLURM and the training processes.
+  the first host of the node list, on a port every task derives from the job
+  and step ids (MASTER_ADDR and MASTER_PORT, when set, are used instead), so no
+  launcher is needed between SLURM and the training processes.
 
 When both are set (torchrun started by srun, one per node), torchrun's win.
 Variables that disagree stop the run with one line naming them.
@@ -23,9 +23,11 @@ from typing import List, Mapping, Optional
 
 from modelsphere.core.errors import ModelSphereError
 
-# Every task of a SLURM job derives the same rendezvous port from the job id.
+# Every task of a SLURM job step derives the same rendezvous port from the job
+# and step ids, below Linux's ephemeral ports (32768 and up).
 SLURM_PORT_BASE = 15000
-SLURM_PORT_SPAN = 20000
+SLURM_PORT_SPAN = 17000
+SLURM_STEPS_APART = 31  # consecutive jobs' ports lie this far apart
 NODE_RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
 
 
@@ -53,14 +55,20 @@ class Launch:
 
 
 def launch_from_environment(environ: Mapping[str, str] = os.environ) -> Launch:
-    if "WORLD_SIZE" in environ:
+    srun_step = "SLURM_STEP_ID" in environ and "SLURM_NTASKS" in environ
+    if "WORLD_SIZE" in environ and "RANK" not in environ and not srun_step:
+        raise ModelSphereError(
+            f"WORLD_SIZE={environ['WORLD_SIZE']} is set without RANK: start the "
+            "processes with torchrun (which sets both) or srun"
+        )
+    if "WORLD_SIZE" in environ and "RANK" in environ:
         return Launch(
             rank=_integer(environ, "RANK", "0"),
             world_size=_integer(environ, "WORLD_SIZE"),
             local_rank=_integer(environ, "LOCAL_RANK", "0"),
             launcher="torchrun",
         )
-    if "SLURM_STEP_ID" not in environ or "SLURM_NTASKS" not in environ:
+    if not srun_step:
         return Launch()
     world_size = _integer(environ, "SLURM_NTASKS")
     if world_size <= 1:
@@ -84,7 +92,8 @@ def launch_from_environment(environ: Mapping[str, str] = os.environ) -> Launch:
         port = _integer(environ, "MASTER_PORT")
     else:
         job = _integer(environ, "SLURM_JOB_ID", "0")
-        port = SLURM_PORT_BASE + job % SLURM_PORT_SPAN
+        step = _integer(environ, "SLURM_STEP_ID")  # two steps of one job differ
+        port = SLURM_PORT_BASE + (job * SLURM_STEPS_APART + step) % SLURM_PORT_SPAN
     return Launch(
         rank=rank,
         world_size=world_size,
@@ -106,29 +115,34 @@ def launched_rank(environ: Mapping[str, str] = os.environ) -> int:
 
 def expand_nodelist(nodelist: str) -> List[str]:
     """SLURM's compressed host list as host names: `gpu[01-03,7],login` ->
-    gpu01, gpu02, gpu03, gpu7, login."""
+    gpu01, gpu02, gpu03, gpu7, login (several bracket groups in one name too)."""
     hosts: List[str] = []
-    for item in re.findall(r"[^,\[]+(?:\[[^\]]*\])?[^,]*", nodelist):
-        match = re.fullmatch(r"([^\[]*)\[([^\]]*)\](.*)", item)
-        if match is None:
-            hosts.append(item)
-            continue
-        prefix, ranges, suffix = match.groups()
-        for part in ranges.split(","):
-            bounds = NODE_RANGE.match(part)
-            if bounds is None:
-                raise ModelSphereError(
-                    f"SLURM_NODELIST={nodelist!r}: {part!r} is not a number or a "
-                    "range of numbers"
-                )
-            first, last = bounds.group(1), bounds.group(2) or bounds.group(1)
-            for number in range(int(first), int(last) + 1):
-                hosts.append(f"{prefix}{number:0{len(first)}d}{suffix}")
+    for item in re.findall(r"(?:[^,\[]|\[[^\]]*\])+", nodelist):
+        hosts += _expand_host(item, nodelist)
     if not hosts:
         raise ModelSphereError(
             "SLURM_NODELIST is empty: srun sets it to the job's hosts; the first "
             "is where the processes meet"
         )
+    return hosts
+
+
+def _expand_host(item: str, nodelist: str) -> List[str]:
+    match = re.fullmatch(r"([^\[]*)\[([^\]]*)\](.*)", item)
+    if match is None:
+        return [item]
+    prefix, ranges, rest = match.groups()
+    hosts = []
+    for part in ranges.split(","):
+        bounds = NODE_RANGE.match(part)
+        if bounds is None:
+            raise ModelSphereError(
+                f"SLURM_NODELIST={nodelist!r}: {part!r} is not a number or a "
+                "range of numbers"
+            )
+        first, last = bounds.group(1), bounds.group(2) or bounds.group(1)
+        for number in range(int(first), int(last) + 1):
+            hosts += _expand_host(f"{prefix}{number:0{len(first)}d}{rest}", nodelist)
     return hosts
 
 

@@ -16,6 +16,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
+from urllib.parse import quote, quote_plus
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -44,6 +45,18 @@ def _strings(value: Any) -> Iterator[str]:
             yield from _strings(item)
 
 
+def _written_forms(value: str) -> List[str]:
+    """`value` and its percent-encoded forms (upper and lower case hex), longest
+    first."""
+    encoded = {quote(value, safe=""), quote(value), quote_plus(value)}
+    forms = {value} | encoded | {_lower_hex(form) for form in encoded}
+    return sorted(forms, key=len, reverse=True)
+
+
+def _lower_hex(text: str) -> str:
+    return re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), text)
+
+
 @dataclass
 class EnvironmentValues:
     """The values of the environment variables a config refers to, by name."""
@@ -70,11 +83,14 @@ class EnvironmentValues:
         return [name for name, value in self.values.items() if value in text]
 
     def redact_text(self, text: str) -> str:
-        """`text` with each value replaced by `${oc.env:NAME}` (longest first)."""
+        """`text` with each value replaced by `${oc.env:NAME}` (longest first),
+        as it is and as a URL would carry it (percent-encoded: an access log
+        records a query string as the client sent it)."""
         for name in sorted(self.values, key=lambda n: -len(self.values[n])):
             value = self.values[name]
             if len(value) >= MIN_REDACTED_CHARS:
-                text = text.replace(value, "${oc.env:%s}" % name)
+                for form in _written_forms(value):
+                    text = text.replace(form, "${oc.env:%s}" % name)
         return text
 
     def redact(self, value: Any) -> Any:
@@ -185,12 +201,14 @@ class RedactingFilter(logging.Filter):
             }
         try:
             message = record.getMessage()
-        except (TypeError, ValueError):  # not %-formatted: the formatter's job
+        except Exception:  # noqa: BLE001 - a bad record is the handler's to report
             message = None
         if message is not None and redact(message) != message:
             # a value spread over the arguments, or inside one that is not a str
             record.msg, record.args = redact(message), ()
         if record.exc_info and not record.exc_text:
+            # formatted here (as logging.Formatter does) so it can be redacted;
+            # a handler's own formatException is not used for it
             record.exc_text = _TRACEBACK_FORMATTER.formatException(record.exc_info)
         if record.exc_text:
             record.exc_text = redact(record.exc_text)

@@ -76,8 +76,9 @@ def split_tensors(
             buffer[slots] = part
         filled += len(frame)
     if filled != size or offset != n_rows:
+        found = f"{offset}" if offset <= n_rows else f"more than {n_rows}"
         raise ModelSphereError(
-            f"{data.split_path(split)}: {offset} rows where the processed data's "
+            f"{data.split_path(split)}: {found} rows where the processed data's "
             f"manifest says {n_rows}: run data_preprocessing.py again"
         )
     return SplitTensors(*(torch.from_numpy(part).to(device) for part in out))

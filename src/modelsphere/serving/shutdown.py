@@ -114,7 +114,7 @@ class DrainingServer(uvicorn.Server):
             and not self.force_exit
         ):
             await asyncio.sleep(POLL_SECONDS)
-        if self.server_state.connections:
+        if self.server_state.connections and not self.force_exit:
             log.warning(
                 "serve.drain_seconds=%g ran out with %d connection(s) open: "
                 "closing them (a request on them is cut)",

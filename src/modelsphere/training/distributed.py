@@ -4,10 +4,9 @@ few collective operations the training loop needs.
 `torchrun --nproc_per_node=N train.py ...` starts N processes with RANK,
 WORLD_SIZE and LOCAL_RANK set; `srun python train.py` starts one per SLURM task
 (core/launch.py reads either). Every process trains on its share of each global
-batch (the batch of the single-process run, split row-wise across ranks), DDP
-averages the gradients, losses are summed across ranks, and only rank 0 writes
-the run dir. Backend: nccl on CUDA, gloo on the CPU. Without torchrun, nothing
-here does anything.
+batch (training/sharding.py says which rows), DDP averages the gradients, losses
+are summed across ranks, and only rank 0 writes the run dir. Backend: nccl on
+CUDA, gloo on the CPU. In a single process, nothing here does anything.
 """
 
 from __future__ import annotations
@@ -61,8 +60,8 @@ def init_distributed(device_type: str) -> DistContext:
         local_rank=launch.local_rank,
     )
     backend = "nccl" if device_type == "cuda" else "gloo"
-    if device_type == "cuda":
-        torch.cuda.set_device(context.local_rank)
+    if device_type == "cuda":  # srun --gpus-per-task=1: each task sees one GPU
+        torch.cuda.set_device(context.local_rank % torch.cuda.device_count())
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
     log.info(

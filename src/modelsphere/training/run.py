@@ -364,13 +364,15 @@ def _interrupt(cfg, run_dir, trainer, loop, stop: StopRequest, progress) -> None
     )
 
 
-def _fit_sample(cfg, data, feature_state, device: DeviceChoice) -> SplitTensors:
+def _fit_sample(
+    cfg, data, feature_state, device: DeviceChoice
+) -> Optional[SplitTensors]:
     """The training rows the model's data-dependent settings are fitted on
     (piecewise-linear bin edges: a seeded sample of the whole split), read by
     every process that holds only a shard: the same spec in every process, and
     the same as a single process would fit."""
     if cfg.model.numeric_embedding != "piecewise_linear":
-        return split_tensors(data, "train", feature_state, device.device, rows=[])
+        return None
     rows = bin_fit_rows(data.split_rows("train"), cfg.model.piecewise, cfg.seed)
     return split_tensors(data, "train", feature_state, device.device, rows)
 
@@ -383,7 +385,8 @@ def _setup(cfg: DictConfig) -> Tuple[DeviceChoice, DistContext]:
     device = select_device(cfg.device.name, cfg.device.amp, cfg.device.amp_dtype)
     context = init_distributed(device.device.type)
     if context.enabled and device.device.type == "cuda":
-        device = replace(device, device=torch.device("cuda", context.local_rank))
+        index = context.local_rank % torch.cuda.device_count()  # a GPU per task
+        device = replace(device, device=torch.device("cuda", index))
     log.info("device: %s (%s)", device.device, device.reason)
     configure_threads(cfg.device.num_threads)
     if cfg.device.deterministic:

@@ -74,6 +74,11 @@ class BatchPlan:
                 f"(train.ddp_data=shards): use a multiple of {context.world_size}, "
                 "or train.ddp_data=replicated"
             )
+        if n_rows < context.world_size:
+            raise ModelSphereError(
+                f"the training split has {n_rows} row(s), fewer than the "
+                f"{context.world_size} processes that would each hold a shard of it"
+            )
         return cls(batch_size, context, n_rows, shard_sizes(n_rows, context.world_size))
 
     @property
@@ -120,6 +125,21 @@ class BatchPlan:
         global_index = order[step * self.batch_size : (step + 1) * self.batch_size]
         rank, world = self.context.rank, self.context.world_size
         return global_index[rank::world], global_index.shape[0]
+
+    def smallest_share(self) -> int:
+        """The fewest rows any process's forward takes in a step where it takes
+        any (a shard that ran out takes part with none, which is harmless)."""
+        world = self.context.world_size
+        if self.sharded:
+            tails = [rows % self.local_batch for rows in self.shards]
+            return min([self.local_batch] + [tail for tail in tails if tail])
+        last = self.population - (self.steps() - 1) * self.batch_size
+        shares = [
+            len(range(rank, rows, world))
+            for rows in (min(self.batch_size, self.population), last)
+            for rank in range(world)
+        ]
+        return min([share for share in shares if share] or [0])
 
     def rows_before(self, step: int) -> int:
         """The rows this process trained on in the steps before `step`."""

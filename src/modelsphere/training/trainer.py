@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -15,6 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 from modelsphere.core.devices import DeviceChoice, make_grad_scaler
 from modelsphere.models.registry import build_model, spec_from_config
 from modelsphere.models.spec import ModelSpec
+from modelsphere.core.errors import ModelSphereError
 from modelsphere.features.tensors import SplitTensors
 from modelsphere.training.distributed import (
     SINGLE_PROCESS,
@@ -68,7 +69,7 @@ class TrainingData:
     data-dependent settings are fitted on, and the size of the whole split."""
 
     held: SplitTensors
-    fit_sample: SplitTensors
+    fit_sample: Optional[SplitTensors]  # None: the model fits nothing on data
     n_rows: int
 
 
@@ -93,6 +94,14 @@ def build_trainer(
         cfg.train.ddp_data,
         chosen=cfg.train.batch_size is None,
     )
+    if cfg.model.normalization == "batchnorm" and plan.smallest_share() == 1:
+        raise ModelSphereError(
+            f"model.normalization=batchnorm needs 2 or more rows in every forward, "
+            f"but with train.batch_size={plan.batch_size} on {train.n_rows} training "
+            f"rows and {context.world_size} process(es) one step would give a "
+            "process a single row: pick another train.batch_size, or "
+            "model.normalization=layernorm"
+        )
     optimizer = make_optimizer(model, cfg.train.lr, cfg.train.weight_decay)
     monitor, mode = resolve_monitor(task, cfg.train.monitor)
     shards = context if plan.sharded else SINGLE_PROCESS
