@@ -73,7 +73,7 @@ from modelsphere.training.summary import (
     peak_rss_kib,
     short_metrics,
 )
-from modelsphere.training.sharding import shard_rows
+from modelsphere.training.sharding import holds_shards, shard_rows
 from modelsphere.training.trainer import Trainer, TrainingData, build_trainer
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ def _train(cfg, run_dir: Path, resume, device: DeviceChoice, context) -> float:
     # full-size copies in memory are the model-ready tensors (under DDP with
     # train.ddp_data=shards, this process's shard of them).
     feature_state = fit_feature_state_from_split(data, cfg.model.features, cfg.seed)
-    sharded = context.enabled and cfg.train.ddp_data == "shards"
+    sharded = holds_shards(context, cfg.train.ddp_data)
     tensors = {
         split: split_tensors(
             data,

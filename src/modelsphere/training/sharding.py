@@ -22,7 +22,7 @@ from typing import Optional, Tuple
 import torch
 
 from modelsphere.core.errors import ModelSphereError
-from modelsphere.training.distributed import DistContext
+from modelsphere.training.distributed import SINGLE_PROCESS, DistContext
 
 DDP_DATA = ("shards", "replicated")  # train.ddp_data
 SEED_BOUND = 2**62  # an epoch's seed for the shard permutations is drawn below
@@ -40,6 +40,11 @@ def shard_rows(n_rows: int, context: DistContext) -> range:
     """This rank's rows of a split of `n_rows` rows."""
     start = n_rows * context.rank // context.world_size
     return range(start, n_rows * (context.rank + 1) // context.world_size)
+
+
+def holds_shards(context: DistContext, ddp_data: str) -> bool:
+    """Whether each process of this run holds only its shard of every split."""
+    return context.enabled and ddp_data == "shards"
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,7 @@ class BatchPlan:
         """The plan of a run; `chosen`: the batch size was chosen for the data
         (train.batch_size=null), so it may be rounded to a multiple of the
         processes."""
-        if not context.enabled or ddp_data == "replicated":
+        if not holds_shards(context, ddp_data):
             return cls(batch_size, context, n_rows)
         if chosen:
             batch_size -= batch_size % context.world_size
@@ -84,6 +89,13 @@ class BatchPlan:
     @property
     def sharded(self) -> bool:
         return self.shards is not None
+
+    @property
+    def shard_context(self) -> DistContext:
+        """The processes that each hold a shard of every split (evaluation
+        gathers their scores, class counts are summed over them), or a single
+        process when each holds it all."""
+        return self.context if self.sharded else SINGLE_PROCESS
 
     @property
     def local_batch(self) -> int:

@@ -18,7 +18,6 @@ from modelsphere.models.spec import ModelSpec
 from modelsphere.core.errors import ModelSphereError
 from modelsphere.features.tensors import SplitTensors
 from modelsphere.training.distributed import (
-    SINGLE_PROCESS,
     DistContext,
     check_batch_size,
 )
@@ -58,9 +57,7 @@ class Trainer:
 
     @property
     def shards(self) -> DistContext:
-        """The processes that each hold a shard of every split (evaluation
-        gathers their scores), or a single process when each holds it all."""
-        return self.context if self.plan.sharded else SINGLE_PROCESS
+        return self.plan.shard_context
 
 
 @dataclass
@@ -104,7 +101,6 @@ def build_trainer(
         )
     optimizer = make_optimizer(model, cfg.train.lr, cfg.train.weight_decay)
     monitor, mode = resolve_monitor(task, cfg.train.monitor)
-    shards = context if plan.sharded else SINGLE_PROCESS
     trainer = Trainer(
         model=model,
         train_model=train_model,
@@ -113,7 +109,9 @@ def build_trainer(
         spec=spec,
         optimizer=optimizer,
         scheduler=make_scheduler(optimizer, cfg.train, plan.steps()),
-        loss_fn=make_loss(task, train.held.target, cfg.train.class_weights, shards),
+        loss_fn=make_loss(
+            task, train.held.target, cfg.train.class_weights, plan.shard_context
+        ),
         scaler=make_grad_scaler(device),
         device=device,
         task=task,
