@@ -144,7 +144,7 @@ def replica_check(model: nn.Module, context: DistContext) -> str:
 
 
 def main(out: Path, ddp_data: str) -> None:
-    context = init_distributed("cpu")
+    context = init_distributed("cpu", 300.0)
     try:
         model, record = train_probe(context, ddp_data)
         record["after_training"] = replica_check(model, context)

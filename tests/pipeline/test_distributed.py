@@ -20,9 +20,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
-from contextlib import contextmanager
+import time
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Iterator
 
@@ -33,10 +35,13 @@ from safetensors.torch import load_file
 from helpers import REPO, compose_config, free_port, make_table
 from helpers.ddp_probe import BATCH_SIZE, ROWS, replay, train_probe
 from modelsphere.core.devices import select_device
+from modelsphere.core.errors import ModelSphereError
+from modelsphere.core.runs import CHECKPOINT_FILE
 from modelsphere.data.preprocessing import prepare_data
 from modelsphere.features.tensors import split_tensors
 from modelsphere.models.artifact import load_artifact
 from modelsphere.models.registry import build_model, spec_from_config
+from modelsphere.training.checkpoint import load_checkpoint
 from modelsphere.training.distributed import DistContext
 from modelsphere.training.epochs import evaluate_split
 from modelsphere.training.optimization import make_loss
@@ -267,13 +272,14 @@ def test_a_sharded_run_holds_half_the_rows_and_reports_whole_split_metrics(
             ), (split, name)
 
 
-def srun(overrides, tasks: int = 2, **changes: str):
+def start_srun(overrides, tasks: int = 2, ranks=None, **changes: str):
     """`srun --ntasks=<tasks> python train.py ...` on this machine: one process
-    per task with the variables srun sets (the node list is this host; the
-    port is chosen free here instead of derived from the job id)."""
+    per task (or only those in `ranks`) with the variables srun sets (the node
+    list is this host; the port is chosen free here instead of derived from the
+    job id)."""
     port = str(free_port())
     processes = []
-    for rank in range(tasks):
+    for rank in range(tasks) if ranks is None else ranks:
         env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARIABLES}
         env.update(
             SLURM_JOB_ID="4242",
@@ -283,8 +289,10 @@ def srun(overrides, tasks: int = 2, **changes: str):
             SLURM_LOCALID=str(rank),
             SLURM_NODELIST="localhost",
             MASTER_PORT=port,
+            PYTHONUNBUFFERED="1",
         )
         env.update(changes)
+        env = {k: v for k, v in env.items() if v is not None}  # None: unset
         processes.append(
             subprocess.Popen(
                 [sys.executable, str(REPO / "train.py"), *overrides],
@@ -295,6 +303,12 @@ def srun(overrides, tasks: int = 2, **changes: str):
                 text=True,
             )
         )
+    return processes
+
+
+def srun(overrides, tasks: int = 2, ranks=None, **changes: str):
+    """As `start_srun`, waiting for every task: (exit codes, outputs)."""
+    processes = start_srun(overrides, tasks, ranks, **changes)
     with all_stopped(processes):
         outputs = [process.communicate(timeout=300)[0] for process in processes]
     return [process.returncode for process in processes], outputs
@@ -332,6 +346,105 @@ def test_slurm_variables_that_disagree_stop_every_task_with_one_line(tmp_path, t
     for output in outputs:
         assert "SLURM_PROCID=2 is not a task of SLURM_NTASKS=2" in output
         assert "Traceback" not in output
+
+
+# A run long enough to be stopped in the middle; its epochs take milliseconds.
+LONG = ("train.max_epochs=3000",)
+FAULT_TIMEOUT_S = 10  # train.ddp_timeout_s in the fault tests
+WAIT_S = 120
+
+
+def wait_for_epoch(processes, outputs: Path) -> Path:
+    """The run dir, once its checkpoint holds a finished epoch."""
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        for process in processes:
+            assert process.poll() is None, process.communicate()[0][-3000:]
+        for path in (outputs / "train").glob(f"*/{CHECKPOINT_FILE}"):
+            with suppress(ModelSphereError):
+                if load_checkpoint(path.parent)["epoch"] >= 1:
+                    return path.parent
+        time.sleep(0.05)
+    raise AssertionError("no epoch finished")
+
+
+@pytest.mark.parametrize("fault", [signal.SIGKILL, signal.SIGSTOP])
+def test_a_rank_that_dies_or_hangs_stops_the_other_with_one_line(
+    tmp_path, table, fault
+):
+    """Rank 1 is killed (its connections close) or frozen (rank 0's next
+    collective waits out train.ddp_timeout_s): rank 0 stops on its own, with
+    one line, and the checkpoint it last wrote still loads."""
+    overrides = settings(
+        tmp_path, "multi", *LONG, f"train.ddp_timeout_s={FAULT_TIMEOUT_S}"
+    )
+    processes = start_srun(overrides)
+    with all_stopped(processes):
+        run_dir = wait_for_epoch(processes, tmp_path / "multi")
+        processes[1].send_signal(fault)
+        output = processes[0].communicate(timeout=FAULT_TIMEOUT_S + WAIT_S)[0]
+    assert processes[0].returncode == 2, output[-3000:]
+    assert "process 0 of 2 lost the other processes" in output
+    assert f"train.ddp_timeout_s={FAULT_TIMEOUT_S}" in output
+    assert f"resume with: python train.py train.resume={run_dir}" in output
+    assert "Traceback" not in output
+    assert load_checkpoint(run_dir)["epoch"] >= 1
+
+
+@pytest.mark.parametrize(
+    "where", [{"MASTER_ADDR": "127.0.0.1"}, {"SLURM_NODELIST": "no-such-host.invalid"}]
+)
+def test_an_unreachable_rendezvous_stops_with_one_line(tmp_path, table, where):
+    """Rank 1 started alone: nobody listens at the rendezvous, or its host
+    does not resolve; the wait is bounded by train.ddp_timeout_s."""
+    overrides = settings(tmp_path, "multi", "train.ddp_timeout_s=3")
+    codes, outputs = srun(overrides, ranks=[1], **where)
+    assert codes == [2], outputs[0][-3000:]
+    host = where.get("MASTER_ADDR") or where["SLURM_NODELIST"]
+    assert f"process 1 of 2 could not reach the rendezvous at {host}:" in outputs[0]
+    assert "within train.ddp_timeout_s=3 s" in outputs[0]
+    assert "Traceback" not in outputs[0]
+
+
+def fake_scontrol(tmp_path: Path) -> dict:
+    """An `scontrol` that records its arguments: what SLURM would be asked."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "scontrol"
+    script.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.log"}\n')
+    script.chmod(0o755)
+    return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+
+
+def test_a_preempted_slurm_job_requeues_itself_and_resumes(tmp_path, table):
+    """SLURM warns one task (SIGUSR1) before pre-empting the job: every task
+    stops at the same batch, rank 0 saves, records the run dir and requeues the
+    job once; the requeued job (same command, SLURM_RESTART_COUNT=1) resumes
+    that run dir by itself and finishes it."""
+    overrides = settings(tmp_path, "multi", "train.max_epochs=20")
+    path = fake_scontrol(tmp_path)
+    processes = start_srun(overrides, **path)
+    with all_stopped(processes):
+        run_dir = wait_for_epoch(processes, tmp_path / "multi")
+        processes[1].send_signal(signal.SIGUSR1)  # rank 0 hears it from rank 1
+        outputs = [process.communicate(timeout=WAIT_S)[0] for process in processes]
+    codes = [process.returncode for process in processes]
+    assert codes == [128 + signal.SIGUSR1] * 2, outputs[0][-3000:]
+    assert "SLURM job 4242 requeued" in outputs[0]
+    assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"
+    marker = tmp_path / "multi" / ".requeue" / "slurm-4242.json"
+    assert json.loads(marker.read_text())["run_dir"] == str(run_dir.resolve())
+    stopped = json.loads((run_dir / "metrics.json").read_text())
+    assert stopped["status"] == "interrupted"
+    assert stopped["interrupted"]["signal"] == "SIGUSR1"
+
+    codes, outputs = srun(overrides, SLURM_RESTART_COUNT="1", **path)
+    assert codes == [0, 0], outputs[0][-3000:]
+    assert f"resuming {run_dir.resolve()}" in outputs[0]
+    finished = json.loads((run_dir / "metrics.json").read_text())
+    assert finished["status"] == "completed"
+    assert [row["epoch"] for row in finished["history"]] == list(range(1, 21))
+    assert not marker.exists()  # a later step of the job starts afresh
 
 
 @contextmanager

@@ -79,15 +79,22 @@ def assert_identical_runs(a: Path, b: Path) -> None:
     assert final[0] == final[1]
 
 
-def start_training(table: Path, base: Path, run_dir: Path) -> subprocess.Popen:
+def train_command(table: Path, base: Path, run_dir: Path):
+    return [sys.executable, str(REPO / "train.py"), *overrides(table, base)] + [
+        f"hydra.run.dir={run_dir}"
+    ]
+
+
+def start_training(
+    table: Path, base: Path, run_dir: Path, **env: str
+) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, str(REPO / "train.py"), *overrides(table, base)]
-        + [f"hydra.run.dir={run_dir}"],
+        train_command(table, base, run_dir),
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        env=dict(os.environ, PYTHONUNBUFFERED="1", **env),
     )
 
 
@@ -168,17 +175,108 @@ def test_signal_saves_marks_interrupted_and_says_how_to_resume(table, tmp_path, 
     assert_identical_runs(reference, run_dir)
 
 
+def fake_scontrol(base: Path) -> str:
+    """A PATH whose `scontrol` records its arguments in base/scontrol.log."""
+    bin_dir = base / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "scontrol"
+    script.write_text(f'#!/bin/sh\necho "$@" >> {base / "scontrol.log"}\n')
+    script.chmod(0o755)
+    return f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+
+
+def test_slurm_preemption_requeues_and_the_requeued_job_resumes_exactly(
+    table, tmp_path
+):
+    """SIGUSR1 (sbatch --signal=USR1@<s>) inside a SLURM job: a checkpoint of
+    the epoch in progress, `scontrol requeue <job>`, and the requeued job,
+    given the very same command, ends bitwise-identical to an uninterrupted run."""
+    reference = reference_run(table, tmp_path)
+    run_dir = tmp_path / "outputs" / "train" / "preempted"
+    slurm = {"SLURM_JOB_ID": "99", "PATH": fake_scontrol(tmp_path)}
+    process = start_training(table, tmp_path, run_dir, **slurm)
+    wait_for_checkpoint(process, run_dir, epochs=1)
+    process.send_signal(signal.SIGUSR1)
+    output = process.communicate(timeout=60)[0]
+    assert process.returncode == 128 + signal.SIGUSR1, output
+    assert "SLURM job 99 requeued" in output and "Traceback" not in output
+    assert (tmp_path / "scontrol.log").read_text() == "requeue 99\n"
+    requeued = subprocess.run(
+        train_command(table, tmp_path, run_dir),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, SLURM_RESTART_COUNT="1", **slurm),
+        timeout=WAIT_SECONDS,
+    )
+    assert requeued.returncode == 0, requeued.stderr[-3000:]
+    said = requeued.stdout + requeued.stderr  # a fresh start would end the same
+    assert f"SLURM job 99 was requeued (restart 1): resuming {run_dir}" in said
+    assert f"resuming {run_dir} from its last checkpoint" in said
+    assert_identical_runs(reference, run_dir)
+    # Outside a requeued job the same command starts a new run.
+    assert not (tmp_path / "outputs" / ".requeue" / "slurm-99.json").exists()
+
+
+def test_sigusr1_outside_slurm_saves_and_stops_like_sigterm(table, tmp_path):
+    run_dir = tmp_path / "outputs" / "train" / "usr1"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    process = subprocess.Popen(
+        train_command(table, tmp_path, run_dir),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(env, PYTHONUNBUFFERED="1"),
+    )
+    wait_for_checkpoint(process, run_dir, epochs=1)
+    process.send_signal(signal.SIGUSR1)
+    output = process.communicate(timeout=60)[0]
+    assert process.returncode == 128 + signal.SIGUSR1, output
+    assert f"Resume with: python train.py train.resume={run_dir}" in output
+    assert "requeue" not in output
+
+
+def test_a_handler_installed_before_training_does_the_requeue(
+    table, tmp_path, monkeypatch
+):
+    """Under submitit (hydra/launcher=slurm*), its own USR2 handler requeues
+    its job: training saves first, records the run dir, then hands over."""
+    calls = []
+
+    def submitit_like(signum, frame):
+        calls.append(signum)
+        raise SystemExit(-1)  # submitit exits once the job is requeued
+
+    @contextlib.contextmanager
+    def preempted_after_two_checks():
+        request = StopAfter(2, signal.SIGUSR2)
+        request.previous = {signal.SIGUSR2: submitit_like}
+        yield request
+
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    monkeypatch.setattr(training, "stop_requests", preempted_after_two_checks)
+    run_dir = tmp_path / "outputs" / "train" / "submitit"
+    with pytest.raises(SystemExit):
+        run_training(compose_config(overrides(table, tmp_path)), run_dir)
+    assert calls == [signal.SIGUSR2]
+    assert load_checkpoint(run_dir)["partial"]["next_step"] == 2
+    marker = tmp_path / "outputs" / ".requeue" / "slurm-7.json"
+    assert json.loads(marker.read_text())["run_dir"] == str(run_dir.resolve())
+
+
 class StopAfter(StopRequest):
     """A stop request that fires after `calls` checks."""
 
-    def __init__(self, calls: int):
+    def __init__(self, calls: int, signum: int = signal.SIGTERM):
         super().__init__()
         self.calls = calls
+        self.stop_with = signum
 
     def __call__(self) -> bool:
         self.calls -= 1
         if self.calls < 0:
-            self.signum = signal.SIGTERM
+            self.signum = self.stop_with
         return self.signum is not None
 
 

@@ -239,6 +239,55 @@ def test_slurm_launcher_config_composes(tmp_path):
     assert cfg.hydra.callbacks.leaderboard._target_ == "modelsphere.sweeps.Leaderboard"
 
 
+def test_multi_node_launcher_submits_one_job_of_one_task_per_gpu(tmp_path, monkeypatch):
+    """hydra/launcher=slurm_ddp, turned into the sbatch script submitit would
+    submit (as Hydra's SlurmLauncher maps its settings): nodes x GPUs tasks
+    started by srun, each one training process, and USR2 before the limit."""
+    needs_plugin("hydra_plugins.hydra_submitit_launcher")
+    import submitit
+    from hydra.utils import get_class
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+
+    bin_dir = tmp_path / "bin"  # submitit looks for srun before it starts
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\n")
+    (bin_dir / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(
+            config_name="config",
+            overrides=[
+                "hydra/launcher=slurm_ddp",
+                "hydra.launcher.nodes=3",
+                "hydra.launcher.tasks_per_node=2",
+                f"hydra.sweep.dir={tmp_path}",
+            ],
+            return_hydra_config=True,
+        )
+    settings = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    launcher = get_class(settings.pop("_target_"))(**settings)
+    params = dict(launcher.params)
+    executor = submitit.AutoExecutor(
+        folder=params.pop("submitit_folder"),
+        cluster="slurm",
+        slurm_max_num_timeout=params.pop("max_num_timeout"),
+    )
+    base = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor.update_parameters(
+        **{k if k in base else f"slurm_{k}": v for k, v in params.items()}
+    )
+    script = executor._executor._make_submission_file_text("python job.py", "0")
+    for line in (
+        "#SBATCH --nodes=3",
+        "#SBATCH --ntasks-per-node=2",
+        "#SBATCH --gpus-per-node=2",  # one GPU per task
+        f"#SBATCH --signal=USR2@{params['signal_delay_s']}",
+    ):
+        assert line in script, script
+    assert "\nsrun " in script
+    assert executor._executor.max_num_timeout > 0  # requeued at the time limit
+
+
 def test_optuna_preset_composes_a_search_space(tmp_path):
     needs_plugin("hydra_plugins.hydra_optuna_sweeper")
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):

@@ -50,6 +50,12 @@ class TrainConfig:
     # under DDP: shards (each process holds 1/world of every split) or
     # replicated (each holds all; matches one process up to float rounding)
     ddp_data: str = setting("shards", choices=DDP_DATA)
+    # under DDP: seconds to wait for the other processes (the rendezvous, and
+    # each collective operation) before stopping with a message
+    ddp_timeout_s: float = setting(300.0, gt=0)
+    # under SLURM: SIGUSR1/SIGUSR2 (sbatch --signal) save a checkpoint and requeue
+    # the job, which then resumes by itself; false: save and stop only
+    slurm_requeue: bool = True
     resume: Optional[str] = None  # a run dir to continue from its last checkpoint
     plot: bool = True  # training_curve.png in the run dir
 

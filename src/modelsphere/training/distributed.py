@@ -7,6 +7,11 @@ WORLD_SIZE and LOCAL_RANK set; `srun python train.py` starts one per SLURM task
 batch (training/sharding.py says which rows), DDP averages the gradients, losses
 are summed across ranks, and only rank 0 writes the run dir. Backend: nccl on
 CUDA, gloo on the CPU. In a single process, nothing here does anything.
+
+Every wait on the other processes is bounded by `train.ddp_timeout_s`: reaching
+the rendezvous, and each collective operation. A process whose peer died (its
+connection closes) or hung (the wait runs out) stops with one line saying so,
+and the last checkpoint stays as it was.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import List
 
 import torch
@@ -49,7 +55,9 @@ class DistContext:
 SINGLE_PROCESS = DistContext()
 
 
-def init_distributed(device_type: str) -> DistContext:
+def init_distributed(device_type: str, timeout_s: float) -> DistContext:
+    """Join the other processes (waiting at most `timeout_s` for them, and at
+    most that long in each collective operation later)."""
     launch = launch_from_environment()
     if launch.world_size <= 1:
         return DistContext()
@@ -63,7 +71,19 @@ def init_distributed(device_type: str) -> DistContext:
     if device_type == "cuda":  # srun --gpus-per-task=1: each task sees one GPU
         torch.cuda.set_device(context.local_rank % torch.cuda.device_count())
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend)
+        try:
+            dist.init_process_group(
+                backend=backend, timeout=timedelta(seconds=timeout_s)
+            )
+        except dist.DistError as exc:
+            raise ModelSphereError(
+                f"process {context.rank} of {context.world_size} could not reach "
+                f"the rendezvous at {os.environ.get('MASTER_ADDR')}:"
+                f"{os.environ.get('MASTER_PORT')} within train.ddp_timeout_s="
+                f"{timeout_s:g} s ({first_line(exc)}): check that every process "
+                "was started, that the host name resolves from here and that the "
+                "port is open"
+            ) from None
     log.info(
         "distributed (%s): rank %d of %d (%s backend)",
         launch.launcher,
@@ -74,6 +94,34 @@ def init_distributed(device_type: str) -> DistContext:
     if not context.is_main:  # rank 0 speaks for the run; others only warn
         logging.getLogger("modelsphere").setLevel(logging.WARNING)
     return context
+
+
+def first_line(exc: BaseException) -> str:
+    """An error's first line: torch's own carry a C++ stack below it."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def is_peer_failure(exc: BaseException, context: DistContext) -> bool:
+    """Whether `exc` is a collective operation that failed because another
+    process died, hung past the timeout, or became unreachable (gloo reports it
+    as a RuntimeError from its transport; NCCL as a DistError)."""
+    if not context.enabled or not isinstance(exc, RuntimeError):
+        return False
+    return isinstance(exc, dist.DistError) or "gloo" in str(exc)
+
+
+def peer_failure(
+    exc: BaseException, context: DistContext, timeout_s: float, then: str
+) -> ModelSphereError:
+    """The one-line error of a run whose peers failed (see `is_peer_failure`);
+    `then` says what is left to resume from."""
+    return ModelSphereError(
+        f"process {context.rank} of {context.world_size} lost the other processes "
+        f"({first_line(exc)}): one of them stopped, waited more than "
+        f"train.ddp_timeout_s={timeout_s:g} s, or the network between them "
+        f"failed (see its own log); {then}"
+    )
 
 
 def check_batch_size(batch_size: int, context: DistContext) -> None:

@@ -29,6 +29,7 @@ from modelsphere.training.metrics import compute_metrics
 from modelsphere.training.sharding import BatchPlan
 
 NO_BAD_BATCH = -1
+ANY_SIGNAL = 1  # a stop request that names no signal (signal numbers are > 1)
 
 
 @dataclass
@@ -182,12 +183,18 @@ def run_epoch(
 
 
 def stop_agreed(should_stop, context: DistContext, device) -> bool:
-    """A stop request on any rank stops every rank at the same batch."""
+    """A stop request on any rank stops every rank at the same batch, and a
+    rank that got no signal itself takes its peer's (rank 0, which requeues a
+    pre-empted SLURM job, then knows it was pre-empted)."""
     wanted = should_stop()
     if not context.enabled:
         return wanted
-    flag = torch.tensor([1 if wanted else 0], device=device)
-    return bool(all_reduce(flag, "max", context).item())
+    own = getattr(should_stop, "signum", None)
+    flag = torch.tensor([(own or ANY_SIGNAL) if wanted else 0], device=device)
+    agreed = int(all_reduce(flag, "max", context).item())
+    if agreed > ANY_SIGNAL and own is None and hasattr(should_stop, "signum"):
+        should_stop.signum = agreed
+    return agreed > 0
 
 
 def _first_bad_across_ranks(first_bad: torch.Tensor, context: DistContext):

@@ -1,10 +1,12 @@
-"""Stopping a training run cleanly on SIGINT or SIGTERM.
+"""Stopping a training run cleanly on SIGINT, SIGTERM or SLURM's warning.
 
 While training, the first signal sets a flag: the loop stops after the current
 batch, saves a checkpoint holding the epoch in progress, marks the run interrupted
 and exits with 128 + the signal number and a message saying how to resume. A
 second Ctrl-C stops at once (KeyboardInterrupt). SIGKILL cannot be caught: the
 last epoch's checkpoint, written atomically, is what a resume starts from.
+SIGUSR1/SIGUSR2 (SLURM's warning before pre-emption) do the same and then
+requeue the job (training/preemption.py).
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ import contextlib
 import logging
 import signal
 import threading
-from typing import Iterator, Optional
+from typing import Any, Dict, Iterator, Optional
 
 from modelsphere.core.errors import ModelSphereError
+from modelsphere.training.preemption import PREEMPTION_SIGNALS
 
 log = logging.getLogger(__name__)
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, *PREEMPTION_SIGNALS)
 
 
 class TrainingInterrupted(ModelSphereError):
@@ -33,6 +36,8 @@ class TrainingInterrupted(ModelSphereError):
 class StopRequest:
     def __init__(self):
         self.signum: Optional[int] = None
+        # the handlers installed before training, by signal (submitit's, say)
+        self.previous: Dict[int, Any] = {}
 
     def __call__(self) -> bool:
         return self.signum is not None
@@ -41,10 +46,13 @@ class StopRequest:
     def name(self) -> str:
         return signal.Signals(self.signum).name if self.signum else ""
 
+    def previous_handler(self) -> Any:
+        return self.previous.get(self.signum) if self.signum else None
+
 
 @contextlib.contextmanager
 def stop_requests() -> Iterator[StopRequest]:
-    """Catch SIGINT/SIGTERM into a flag while the block runs (main thread only)."""
+    """Catch the stop signals into a flag while the block runs (main thread only)."""
     request = StopRequest()
     if threading.current_thread() is not threading.main_thread():
         yield request
@@ -60,11 +68,11 @@ def stop_requests() -> Iterator[StopRequest]:
             signal.Signals(signum).name,
         )
 
-    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    request.previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     for sig in STOP_SIGNALS:
         signal.signal(sig, handler)
     try:
         yield request
     finally:
-        for sig, old in previous.items():
+        for sig, old in request.previous.items():
             signal.signal(sig, old)

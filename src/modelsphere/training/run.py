@@ -6,11 +6,13 @@ and every epoch walks a seeded random permutation in index slices (no per-row
 DataLoader); AdamW
 with a cosine schedule, gradient clipping, early stopping on a validation metric
 with the best weights restored; AMP on CUDA only. A checkpoint is written after
-every epoch, and mid-epoch on SIGINT/SIGTERM, so `train.resume` continues exactly.
+every epoch, and mid-epoch on SIGINT/SIGTERM, so `train.resume` continues exactly;
+a SLURM job warned of pre-emption also requeues itself and resumes by itself.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -35,7 +37,13 @@ from modelsphere.core.fileio import (
     remove_stale_temp_files,
 )
 from modelsphere.core.provenance import provenance
-from modelsphere.core.runs import CONFIG_FILE, CURVE_FILE, METRICS_FILE, update_latest
+from modelsphere.core.runs import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    CURVE_FILE,
+    METRICS_FILE,
+    update_latest,
+)
 from modelsphere.data.preprocessing import prepare_data
 from modelsphere.data.splits import SPLITS, ProcessedData
 from modelsphere.features.fit import fit_feature_state_from_split
@@ -51,6 +59,8 @@ from modelsphere.training.distributed import (
     check_replicas_agree,
     gather_counts,
     init_distributed,
+    is_peer_failure,
+    peer_failure,
     shutdown,
 )
 from modelsphere.training.epochs import (
@@ -66,6 +76,14 @@ from modelsphere.training.interrupts import (
     stop_requests,
 )
 from modelsphere.training.metrics import is_improvement
+from modelsphere.training.preemption import (
+    forget_requeue,
+    is_preemption,
+    record_requeue,
+    requeue,
+    requeued_run,
+    slurm_job_id,
+)
 from modelsphere.training.resume import command_line_overrides, plan_resume
 from modelsphere.training.summary import (
     data_record,
@@ -93,6 +111,10 @@ def run_training(
     With `train.resume`, `overrides` (default: the command line's, under Hydra)
     decide what the resumed run may change (training/resume.py)."""
     run_dir = Path(run_dir)
+    requeued = None if cfg.train.resume else requeued_run(cfg.paths.outputs_dir)
+    if requeued is not None:  # a pre-empted SLURM job, run again
+        cfg = copy.deepcopy(cfg)
+        cfg.train.resume = str(requeued)
     resume = load_checkpoint(cfg.train.resume) if cfg.train.resume else None
     if resume is not None:
         if overrides is None:
@@ -105,8 +127,25 @@ def run_training(
     device, context = _setup(cfg)
     try:
         return _train(cfg, run_dir, resume, device, context)
+    except RuntimeError as exc:
+        if not is_peer_failure(exc, context):
+            raise
+        raise peer_failure(
+            exc, context, cfg.train.ddp_timeout_s, _resume_hint(run_dir, context)
+        ) from None
     finally:
         shutdown(context)
+
+
+def _resume_hint(run_dir: Path, context: DistContext) -> str:
+    if not context.is_main:
+        return "rank 0 keeps the run's checkpoints"
+    if not (run_dir / CHECKPOINT_FILE).is_file():
+        return "no epoch had finished, so no checkpoint was written"
+    return (
+        f"the last checkpoint written is kept in {run_dir}; resume with: "
+        f"python train.py train.resume={run_dir}"
+    )
 
 
 def _train(cfg, run_dir: Path, resume, device: DeviceChoice, context) -> float:
@@ -218,6 +257,7 @@ def _train(cfg, run_dir: Path, resume, device: DeviceChoice, context) -> float:
                 loop.history, trainer.monitor, loop.best_epoch, run_dir / CURVE_FILE
             )
         update_latest(cfg.paths.outputs_dir, run_dir)
+        forget_requeue(cfg.paths.outputs_dir)
         log.info(
             "best val_%s %.4f at epoch %d; test %s; run dir %s",
             trainer.monitor,
@@ -356,12 +396,31 @@ def _interrupt(cfg, run_dir, trainer, loop, stop: StopRequest, progress) -> None
     summary["interrupted"] = {"signal": stop.name or "a peer rank's", "at": where}
     if trainer.context.is_main:
         atomic_write_json(run_dir / METRICS_FILE, summary)
+    then = f"Resume with: python train.py train.resume={run_dir}"
+    job_id = slurm_job_id()
+    if is_preemption(stop.signum) and job_id and cfg.train.slurm_requeue:
+        then = _requeue(cfg, run_dir, trainer.context, stop, job_id) + f". {then}"
     raise TrainingInterrupted(
         f"training interrupted by {stop.name or 'a signal'} at {where}; the "
-        f"checkpoint is saved in {run_dir}. Resume with: python train.py "
-        f"train.resume={run_dir}",
+        f"checkpoint is saved in {run_dir}. {then}",
         stop.signum or signal.SIGTERM,
     )
+
+
+def _requeue(cfg, run_dir: Path, context: DistContext, stop, job_id: str) -> str:
+    """Rank 0 records the run dir for the requeued job and requeues it; the
+    others wait for that, so none leaves the job step before the requeue."""
+    outcome = "rank 0 requeues the SLURM job"
+    if context.is_main:
+        record_requeue(cfg.paths.outputs_dir, run_dir, job_id)
+        outcome = requeue(job_id, stop.signum, stop.previous_handler())
+        log.warning("%s; it will resume %s by itself", outcome, run_dir)
+    try:
+        barrier(context)
+    except RuntimeError as exc:  # rank 0 left with the job's own handler
+        if not is_peer_failure(exc, context):
+            raise
+    return outcome
 
 
 def _fit_sample(
@@ -383,7 +442,7 @@ def _fit_sample(
 
 def _setup(cfg: DictConfig) -> Tuple[DeviceChoice, DistContext]:
     device = select_device(cfg.device.name, cfg.device.amp, cfg.device.amp_dtype)
-    context = init_distributed(device.device.type)
+    context = init_distributed(device.device.type, cfg.train.ddp_timeout_s)
     if context.enabled and device.device.type == "cuda":
         index = context.local_rank % torch.cuda.device_count()  # a GPU per task
         device = replace(device, device=torch.device("cuda", index))
