@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import signal
 import socket
 import threading
@@ -445,3 +446,47 @@ def test_a_drain_that_runs_out_says_what_it_cut(trained_runs, tmp_path):
             process.wait(60)
         output = log.text()
     assert "serve.drain_seconds=1 ran out with 1 connection(s) open" in output
+
+
+# ----------------------------------------------------------------------------
+# 7. Metrics of several workers add up
+
+
+def scraped_count(port: int, route: str) -> float:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
+    connection.request("GET", "/metrics")
+    text = connection.getresponse().read().decode()
+    connection.close()
+    series = f'modelsphere_requests_total{{method="GET",route="{route}",status="200"}}'
+    values = [line.split()[-1] for line in text.splitlines() if line.startswith(series)]
+    return float(values[0]) if values else 0.0
+
+
+def test_two_workers_report_the_requests_of_both(trained_runs, tmp_path):
+    """Requests spread over 2 workers by concurrent connections; every scrape,
+    whichever worker answers it, counts all of them."""
+    run_dir = trained_runs.copy("binary_one_epoch", tmp_path)
+    port = free_port()
+    process = start_serve_py(run_dir, port, "serve.workers=2", "device=cpu")
+    requests, clients = 48, 8
+    with killed_if_left(process):
+        wait_server_ready(process, f"http://127.0.0.1:{port}")
+
+        def client() -> None:
+            for _ in range(requests // clients):
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
+                connection.request("GET", "/v2/health/live")
+                assert connection.getresponse().status == 200
+                connection.close()
+
+        threads = [threading.Thread(target=client) for _ in range(clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        counts = [scraped_count(port, "/v2/health/live") for _ in range(8)]
+        process.send_signal(signal.SIGINT)
+        output = process.communicate(timeout=60)[0]
+    assert counts == [float(requests)] * len(counts)
+    shared = output.split("metrics of the 2 workers are summed in ")[1].split()[0]
+    assert not os.path.exists(shared)  # the workers' files are removed at exit

@@ -25,6 +25,7 @@ from modelsphere.serving.config import validate_serve_app
 from modelsphere.serving.protocol import ConnectionLimits
 from modelsphere.serving.shutdown import ShutdownPolicy
 from modelsphere.serving.shutdown import serve as serve_until_stopped
+from modelsphere.serving.telemetry import worker_metrics
 
 log = logging.getLogger(__name__)
 
@@ -91,5 +92,7 @@ def run_service(cfg: Any) -> None:
         drain_seconds=serve.drain_seconds,
         limits=ConnectionLimits(request_read_seconds=serve.timeout_request_read),
     )
-    if not serve_until_stopped(config, policy):
+    with worker_metrics(serve.workers):
+        started = serve_until_stopped(config, policy)
+    if not started:
         raise ModelSphereError("the service did not start: see the log above")

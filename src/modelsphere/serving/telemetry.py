@@ -1,11 +1,19 @@
 """Prometheus metrics: requests, latency, errors and rows scored, per route.
 
 Each app has its own registry (so tests can build several apps). With several
-uvicorn workers every worker counts its own requests: scrape each worker, or set
-PROMETHEUS_MULTIPROC_DIR as prometheus_client documents for multi-process mode.
+uvicorn workers (`serve.workers`), whichever worker answers a scrape reports the
+whole service: serve.py gives the workers one directory for prometheus_client's
+multi-process mode (`worker_metrics`), every worker writes its counts there, and
+`/metrics` sums them over the workers, the ones already gone included.
 """
 
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
 import time
+from typing import Iterator
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -13,8 +21,15 @@ from prometheus_client import (
     Counter,
     Histogram,
     generate_latest,
+    multiprocess,
 )
 from starlette.responses import Response
+
+log = logging.getLogger(__name__)
+
+# prometheus_client's switch to multi-process mode: read when it is imported,
+# so it must be set before the workers start.
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 LATENCY_BUCKETS = (
     0.0005,
@@ -62,7 +77,29 @@ class Telemetry:
         )
 
     def render(self) -> Response:
-        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+        registry = self.registry
+        if os.environ.get(MULTIPROCESS_ENV):  # every worker's counts, summed
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@contextlib.contextmanager
+def worker_metrics(workers: int) -> Iterator[None]:
+    """While the block runs, workers started from this process count into one
+    fresh directory (removed afterwards), so their metrics add up. A directory
+    the user set in PROMETHEUS_MULTIPROC_DIR is used as it is, and kept."""
+    if workers <= 1 or os.environ.get(MULTIPROCESS_ENV):
+        yield
+        return
+    directory = tempfile.mkdtemp(prefix="modelsphere-metrics-")
+    os.environ[MULTIPROCESS_ENV] = directory
+    log.info("metrics of the %d workers are summed in %s", workers, directory)
+    try:
+        yield
+    finally:
+        os.environ.pop(MULTIPROCESS_ENV, None)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 class MetricsMiddleware:
