@@ -38,6 +38,7 @@ from modelsphere.core.devices import select_device
 from modelsphere.core.errors import ModelSphereError
 from modelsphere.core.runs import CHECKPOINT_FILE
 from modelsphere.data.preprocessing import prepare_data
+from modelsphere.data.splits import split_row_groups
 from modelsphere.features.tensors import split_tensors
 from modelsphere.models.artifact import load_artifact
 from modelsphere.models.registry import build_model, spec_from_config
@@ -221,12 +222,19 @@ def test_each_rank_holds_and_trains_only_its_shard(tmp_path):
     assert [rank["after_training"] for rank in ranks] == ["agree", "agree"]
 
 
+STREAMED = ("train.loading=stream", "data.write_row_group_rows=50")
+
+
+@pytest.mark.parametrize("loading", [(), STREAMED], ids=["memory", "stream"])
 def test_a_sharded_run_holds_half_the_rows_and_reports_whole_split_metrics(
-    tmp_path, table
+    tmp_path, table, loading
 ):
+    """In memory, each process holds its half of every split; streamed, each
+    reads only its own row groups. Either way the metrics are the whole split's."""
     # balanced class weights: counted over the whole training split, not a
     # shard; bin edges placed on a seeded sample of it (50 of its rows)
     balanced = ["train.class_weights=balanced", "model.piecewise.subsample=50"]
+    balanced += [*loading, "train.shuffle_buffer_rows=100"]
     result = torchrun(
         tmp_path, settings(tmp_path, "multi", "train.max_epochs=2", *balanced)
     )
@@ -238,7 +246,14 @@ def test_a_sharded_run_holds_half_the_rows_and_reports_whole_split_metrics(
     data = prepare_data(cfg.data, cfg.paths.data_dir)
     n_train = data.split_rows("train")
     assert training["ddp_data"] == "shards"
-    assert training["rows_held_per_process"] == [n_train // 2, n_train - n_train // 2]
+    if loading:
+        groups = split_row_groups(data, "train")
+        assert len(groups) >= 4 and training["loading"] == "stream"
+        halves = [sum(groups[0::2]), sum(groups[1::2])]
+        assert training["rows_held_per_process"] == halves
+    else:
+        halves = [n_train // 2, n_train - n_train // 2]
+        assert training["rows_held_per_process"] == halves
     assert len(training["peak_rss_mib_per_process"]) == 2
     assert all(mib > 0 for mib in training["peak_rss_mib_per_process"])
     for epoch in metrics["history"]:  # each process trained on its shard only
@@ -519,3 +534,11 @@ def test_two_nodes_in_their_own_network_namespaces_train_one_run(tmp_path, table
     assert training["processes"] == 2
     held = training["rows_held_per_process"]
     assert abs(held[0] - held[1]) <= 1  # each node's process holds its half
+
+
+def test_a_streamed_split_is_not_replicated(tmp_path, table):
+    codes, outputs = srun(settings(tmp_path, "multi", REPLICATED, *STREAMED))
+    assert codes == [2, 2], outputs[0][-3000:]
+    for output in outputs:
+        assert "train.ddp_data=replicated asks every process to hold" in output
+        assert "Traceback" not in output

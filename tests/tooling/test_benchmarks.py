@@ -74,6 +74,7 @@ def test_distributed_scale_benchmark_smoke(tmp_path, monkeypatch):
     argv = ["distributed_scale.py", "--rows", "3000", "--numeric", "4"]
     argv += ["--epochs", "1", "--batch-size", "256", "--out", str(tmp_path)]
     argv += ["--name", "smoke", "--work-dir", str(tmp_path / "work")]
+    argv += ["--row-group-rows", "500"]
     monkeypatch.setattr(sys, "argv", argv)
     runpy.run_module(
         "benchmarks.distributed_scale", run_name="__main__", alter_sys=True
@@ -92,3 +93,25 @@ def test_distributed_scale_benchmark_smoke(tmp_path, monkeypatch):
         assert all(mib > 50 for mib in result["peak_rss_mib_per_process"])
     assert payload["targets"]["rows_per_process"]["met"] is True
     assert "| 2 processes x 1 thread, shards |" in (tmp_path / "smoke.md").read_text()
+    streamed = results["2 processes x 1 thread, streamed"]
+    assert results["1 process x 2 threads, streamed"]["loading"] == "stream"
+    assert (
+        streamed["loading"] == "stream" and sum(streamed["rows_per_process"]) == n_train
+    )
+    assert payload["targets"]["stream_speed"]["measured"] > 0
+
+
+def test_stream_scale_benchmark_smoke(tmp_path, monkeypatch):
+    argv = ["stream_scale.py", "--rows", "6000", "--numeric", "4"]
+    argv += ["--budget-mib", "0.01", "--row-group-rows", "1000"]
+    argv += ["--buffer-rows", "2000", "--batch-size", "256", "--out", str(tmp_path)]
+    argv += ["--name", "smoke", "--work-dir", str(tmp_path / "work")]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_module("benchmarks.stream_scale", run_name="__main__", alter_sys=True)
+    payload = json.loads((tmp_path / "smoke.json").read_text())
+    training = payload["results"]["training"]
+    assert training["loading"] == "stream"  # the budget is far below the split
+    assert training["tensors_mib_in_memory"] > 0.01
+    assert training["rows_per_second"] > 0 and training["peak_rss_mib"] > 50
+    assert payload["targets"]["peak_rss"]["met"] is True
+    assert "(stream)" in (tmp_path / "smoke.md").read_text()

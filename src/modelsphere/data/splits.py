@@ -11,6 +11,7 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from modelsphere.core.errors import ModelSphereError
 from modelsphere.data.schema import Schema
@@ -154,3 +155,35 @@ def iter_split_frames(
 def load_split(processed: ProcessedData, split: str) -> pd.DataFrame:
     path = _checked_split_path(processed, split)
     return read_split_columns(path, processed.schema, processed.format)
+
+
+def split_row_groups(processed: ProcessedData, split: str) -> List[int]:
+    """The rows of each Parquet row group of a split, in file order (read from
+    the file's footer, not its data)."""
+    path = _checked_split_path(processed, split)
+    if not format_named(processed.format).row_groups:
+        raise ModelSphereError(
+            f"{path}: a {processed.format} split has no row groups to stream; "
+            "write the splits as Parquet (data.format=parquet) and run "
+            "data_preprocessing.py again"
+        )
+    metadata = pq.ParquetFile(path).metadata
+    return [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
+
+
+def read_row_groups(
+    processed: ProcessedData,
+    split: str,
+    groups: List[int],
+    columns: Optional[List[str]] = None,
+) -> pd.DataFrame:
+    """Some row groups of a Parquet split (in the order given), typed like
+    `read_split_columns`."""
+    path = _checked_split_path(processed, split)
+    layout = arrow_schema(processed.schema)
+    names = columns or layout.names
+    parquet = pq.ParquetFile(path)
+    tables = [parquet.read_row_group(group, columns=names) for group in groups]
+    if not tables:
+        return _split_frame(pa.schema([layout.field(n) for n in names]).empty_table())
+    return _split_frame(pa.concat_tables(tables))

@@ -26,6 +26,17 @@ class SplitTensors:
     def __len__(self) -> int:
         return self.target.shape[0]
 
+    def parts(self):
+        return self.numeric, self.categorical, self.target
+
+
+def frame_tensors(frame, feature_state, device: torch.device, where: str):
+    """Model inputs and targets of the rows of one frame of a split."""
+    arrays = transform_features(frame, feature_state)
+    target = encode_target(frame[feature_state["target"]["name"]], feature_state, where)
+    parts = (arrays.numeric, arrays.categorical, target)
+    return SplitTensors(*(torch.from_numpy(part).to(device) for part in parts))
+
 
 def split_tensors(
     data: ProcessedData,

@@ -21,6 +21,7 @@ from modelsphere.data.config import DataConfig
 from modelsphere.models.config import ModelConfig
 from modelsphere.training.optimization import CLASS_WEIGHTS, SCHEDULERS
 from modelsphere.training.sharding import DDP_DATA
+from modelsphere.training.streaming import LOADINGS
 
 DATA_HINT = "For your own CSV: data=csv data.path=my.csv data.target=label"
 
@@ -50,6 +51,12 @@ class TrainConfig:
     # under DDP: shards (each process holds 1/world of every split) or
     # replicated (each holds all; matches one process up to float rounding)
     ddp_data: str = setting("shards", choices=DDP_DATA)
+    # how this process holds the training split: memory (tensors), stream (its
+    # Parquet row groups through a shuffle buffer, a window at a time), or auto:
+    # stream when the tensors would pass train.memory_budget_mib
+    loading: str = setting("auto", choices=LOADINGS)
+    memory_budget_mib: Optional[float] = setting(None, gt=0)  # null: half the RAM
+    shuffle_buffer_rows: int = setting(262_144, ge=1)  # rows of a streamed window
     # under DDP: seconds to wait for the other processes (the rendezvous, and
     # each collective operation) before stopping with a message
     ddp_timeout_s: float = setting(300.0, gt=0)

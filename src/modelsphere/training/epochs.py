@@ -10,7 +10,7 @@ next batch and ends bitwise-identical to an uninterrupted one on the CPU.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Tuple
 
 import torch
 from torch import nn
@@ -29,6 +29,7 @@ from modelsphere.training.metrics import compute_metrics
 from modelsphere.training.sharding import BatchPlan
 
 NO_BAD_BATCH = -1
+Batch = Tuple[SplitTensors, int]  # a process's rows of a step, the global batch size
 ANY_SIGNAL = 1  # a stop request that names no signal (signal numbers are > 1)
 
 
@@ -43,6 +44,7 @@ class EpochProgress:
     rows: int = 0  # rows this process's forward has trained on so far
     seed: int = 0  # what the shard permutations came from (train.ddp_data=shards)
     shards: Optional[Tuple[int, ...]] = None  # the rows each rank held (shards)
+    streamed: bool = False  # walked row groups of the split file, not rows in memory
 
     @classmethod
     def start(cls, epoch: int, plan: BatchPlan, generator: torch.Generator, device):
@@ -56,6 +58,7 @@ class EpochProgress:
             plan.population,
             seed=seed,
             shards=plan.shards,
+            streamed=plan.streamed,
         )
 
     def mean_loss(self) -> float:
@@ -74,6 +77,7 @@ class EpochProgress:
             "population": self.population,
             "seed": self.seed,
             "shards": list(self.shards) if self.shards is not None else None,
+            "streamed": self.streamed,
         }
 
     @classmethod
@@ -88,12 +92,23 @@ class EpochProgress:
             payload.get("population", len(payload["order"])),
             seed=payload.get("seed", 0),
             shards=tuple(shards) if shards is not None else None,
+            streamed=bool(payload.get("streamed", False)),
         )
 
     def resume_on(self, plan: BatchPlan) -> None:
         """Take up an epoch a checkpoint saved (it holds rank 0's progress): this
         process's own permutation and the rows it had trained on; the loss so
         far stays with rank 0, which summed every rank's."""
+        if self.streamed != plan.streamed:
+            was, now = (
+                "streamed" if flag else "held in memory"
+                for flag in (self.streamed, plan.streamed)
+            )
+            raise ModelSphereError(
+                f"the checkpoint stopped in epoch {self.epoch} of a run whose "
+                f"training split was {was}; this run's is {now}: resume it with "
+                "the same train.loading, or from its last completed epoch"
+            )
         if self.shards != plan.shards:
             held = "every row" if self.shards is None else f"shards {self.shards}"
             raise ModelSphereError(
@@ -135,20 +150,23 @@ def run_epoch(
     model.train()
     context = plan.context
     params = [p for p in model.parameters() if p.requires_grad]
+    batches = batches_of(data, plan, progress)
     for step in range(progress.next_step, plan.steps()):
         if stop_agreed(should_stop, context, progress.total.device):
             progress.next_step = step
             all_reduce(progress.total, "sum", context)
+            batches.close()  # a streamed split stops reading ahead
             return False
-        index, global_rows = plan.batch(progress.order, step)
+        batch, global_rows = next(batches)
         with autocast(device):
-            outputs = model(data.numeric[index], data.categorical[index])
-            loss = batch_loss(loss_fn, outputs, data.target[index])
+            outputs = model(batch.numeric, batch.categorical)
+            loss = batch_loss(loss_fn, outputs, batch.target)
+        rows = len(batch)
         if context.enabled:
-            if index.shape[0] == 0:  # a short last batch: take part with no rows
+            if rows == 0:  # a short last batch: take part with no rows
                 loss = outputs.sum() * 0.0
             else:
-                loss = loss * (index.shape[0] * context.world_size / global_rows)
+                loss = loss * (rows * context.world_size / global_rows)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -163,9 +181,8 @@ def run_epoch(
         else:
             optimizer.step()
         scheduler.step()
-        if index.shape[0] == 0:
+        if rows == 0:
             continue
-        rows = index.shape[0]
         progress.rows += rows
         detached = loss.detach().float()
         if context.enabled:
@@ -175,11 +192,32 @@ def run_epoch(
         progress.first_bad = torch.where(
             newly_bad, torch.full_like(progress.first_bad, step), progress.first_bad
         )
+    batches.close()
     progress.next_step = plan.steps()
     if context.enabled:
         all_reduce(progress.total, "sum", context)
         progress.first_bad = _first_bad_across_ranks(progress.first_bad, context)
     return True
+
+
+def batches_of(data, plan: BatchPlan, progress: EpochProgress) -> Iterator[Batch]:
+    """The epoch's batches from `progress.next_step` on, each with the size of
+    its global batch: slices of the tensors in memory, or what a streamed split
+    (training/streaming.py) reads."""
+    if plan.streamed:
+        return data.batches(plan, progress)
+    return _memory_batches(data, plan, progress)
+
+
+def _memory_batches(
+    data: SplitTensors, plan: BatchPlan, progress: EpochProgress
+) -> Iterator[Batch]:
+    for step in range(progress.next_step, plan.steps()):
+        index, global_rows = plan.batch(progress.order, step)
+        batch = SplitTensors(
+            data.numeric[index], data.categorical[index], data.target[index]
+        )
+        yield batch, global_rows
 
 
 def stop_agreed(should_stop, context: DistContext, device) -> bool:
@@ -261,10 +299,17 @@ def evaluate_split(
 ) -> Dict[str, float]:
     """The split's metrics. When the processes of `shards` each hold a shard of
     the split (in rank order), each scores its own and the outputs are gathered:
-    every process returns the metrics of the whole split."""
-    outputs = predict_outputs(model, data.numeric, data.categorical, batch_size, device)
-    outputs = gather_rows(outputs.contiguous(), shards)
-    target = gather_rows(data.target, shards)
+    every process returns the metrics of the whole split. `data`: the split's
+    tensors, or a streamed split read a row group at a time (its `chunks()`)."""
+    parts: Iterable[SplitTensors] = data.chunks() if hasattr(data, "chunks") else [data]
+    outputs, targets = [], []
+    for part in parts:
+        outputs.append(
+            predict_outputs(model, part.numeric, part.categorical, batch_size, device)
+        )
+        targets.append(part.target)
+    outputs = gather_rows(_joined(outputs).contiguous(), shards)
+    target = gather_rows(_joined(targets), shards)
     scores = outputs_to_scores(outputs, task, feature_state)
     encoded = target
     if task == "regression":
@@ -274,3 +319,7 @@ def evaluate_split(
     with torch.inference_mode():
         metrics["loss"] = float(batch_loss(loss_fn, outputs, encoded))
     return metrics
+
+
+def _joined(parts):
+    return parts[0] if len(parts) == 1 else torch.cat(parts)

@@ -1,6 +1,7 @@
 """What `train.resume=<run dir>` may do, decided before anything is written.
 
-A resumed run keeps its own saved config: only the device, where outputs go and
+A resumed run keeps its own saved config: only the device, how this machine
+holds the data (`train.loading`, `train.memory_budget_mib`), where outputs go and
 a new `train.max_epochs` come from the command line. Any other override that
 differs from the run's own setting would be silently dropped, so it is refused
 by name (one that repeats the run's setting, as a re-issued command does, is
@@ -28,8 +29,17 @@ log = logging.getLogger(__name__)
 
 FINISHED_STATUS = "completed"
 MAX_EPOCHS_KEY = "train.max_epochs"
+# How this machine holds the data: a resumed run takes them from the command line
+# (a checkpoint taken mid-epoch still resumes only as it was taken).
+MACHINE_KEYS = ("train.loading", "train.memory_budget_mib")
 # Overrides a resumed run takes from the command line (a key, or a key's group).
-RESUME_KEYS = ("train.resume", MAX_EPOCHS_KEY, "device", "paths.outputs_dir")
+RESUME_KEYS = (
+    "train.resume",
+    MAX_EPOCHS_KEY,
+    "device",
+    "paths.outputs_dir",
+    *MACHINE_KEYS,
+)
 
 
 @dataclass
@@ -132,6 +142,8 @@ def plan_resume(
     if max_epochs != saved.train.max_epochs:
         log.info("resume: max_epochs %d -> %d", saved.train.max_epochs, max_epochs)
     saved.device = cfg.device
+    for key in MACHINE_KEYS:
+        OmegaConf.update(saved, key, OmegaConf.select(cfg, key), merge=False)
     saved.train.max_epochs = max_epochs
     saved.train.resume = str(resumed)
     if finished:

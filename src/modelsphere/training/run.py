@@ -45,7 +45,7 @@ from modelsphere.core.runs import (
     update_latest,
 )
 from modelsphere.data.preprocessing import prepare_data
-from modelsphere.data.splits import SPLITS, ProcessedData
+from modelsphere.data.splits import SPLITS, ProcessedData, split_row_groups
 from modelsphere.features.fit import fit_feature_state_from_split
 from modelsphere.features.tensors import SplitTensors, split_tensors
 from modelsphere.models.artifact import save_artifact
@@ -92,6 +92,13 @@ from modelsphere.training.summary import (
     short_metrics,
 )
 from modelsphere.training.sharding import holds_shards, shard_rows
+from modelsphere.training.streaming import (
+    StreamedEvalSplit,
+    StreamedTrainSplit,
+    StreamPlan,
+    choose_loading,
+    tensor_bytes_per_row,
+)
 from modelsphere.training.trainer import Trainer, TrainingData, build_trainer
 
 log = logging.getLogger(__name__)
@@ -160,28 +167,62 @@ def _train(cfg, run_dir: Path, resume, device: DeviceChoice, context) -> float:
     data = prepare_data(cfg.data, cfg.paths.data_dir)
     # Both passes stream the split files a row group at a time: the only
     # full-size copies in memory are the model-ready tensors (under DDP with
-    # train.ddp_data=shards, this process's shard of them).
+    # train.ddp_data=shards, this process's shard of them), and none at all when
+    # the training split is streamed (training/streaming.py).
     feature_state = fit_feature_state_from_split(data, cfg.model.features, cfg.seed)
     sharded = holds_shards(context, cfg.train.ddp_data)
-    tensors = {
-        split: split_tensors(
-            data,
-            split,
-            feature_state,
-            device.device,
-            shard_rows(data.split_rows(split), context) if sharded else None,
-        )
-        for split in SPLITS
-    }
-    train = TrainingData(
-        held=tensors["train"],
-        fit_sample=(
-            _fit_sample(cfg, data, feature_state, device)
-            if sharded
-            else tensors["train"]
-        ),
-        n_rows=data.split_rows("train"),
+    n_train = data.split_rows("train")
+    streamed, why = choose_loading(
+        cfg.train.loading,
+        cfg.train.memory_budget_mib,
+        -(-n_train // context.world_size) if sharded else n_train,
+        tensor_bytes_per_row(data, feature_state, device.device),
     )
+    log.info("training split %s: %s", "streamed" if streamed else "in memory", why)
+    if streamed and context.enabled and not sharded:
+        raise ModelSphereError(
+            f"the training split is streamed ({why}), and each process streams "
+            "its own row groups, but train.ddp_data=replicated asks every process "
+            "to hold every row: use train.ddp_data=shards, or train.loading=memory"
+        )
+    if streamed:
+        source = StreamedTrainSplit(data, feature_state, device.device)
+        tensors = {"train": source}
+        for split in ("val", "test"):
+            tensors[split] = StreamedEvalSplit(
+                data, split, feature_state, device.device, context
+            )
+        group_rows = tuple(split_row_groups(data, "train"))
+        train = TrainingData(
+            target=(
+                source.targets(_stream_plan(cfg, context, group_rows))
+                if cfg.train.class_weights != "none"
+                else torch.zeros(0, dtype=torch.int64)
+            ),
+            fit_sample=_fit_sample(cfg, data, feature_state, device),
+            n_rows=n_train,
+            group_rows=group_rows,
+        )
+    else:
+        tensors = {
+            split: split_tensors(
+                data,
+                split,
+                feature_state,
+                device.device,
+                shard_rows(data.split_rows(split), context) if sharded else None,
+            )
+            for split in SPLITS
+        }
+        train = TrainingData(
+            target=tensors["train"].target,
+            fit_sample=(
+                _fit_sample(cfg, data, feature_state, device)
+                if sharded
+                else tensors["train"]
+            ),
+            n_rows=n_train,
+        )
     trainer = build_trainer(
         cfg, feature_state, data.schema.task, train, device, context
     )
@@ -198,8 +239,8 @@ def _train(cfg, run_dir: Path, resume, device: DeviceChoice, context) -> float:
     with stop_requests() as stop:
         _fit(cfg, run_dir, trainer, tensors, feature_state, loop, stop)
     check_replicas_agree(trainer.model, context)
-    where = tensors["train"].target.device
-    rows_held = gather_counts(len(tensors["train"]), context, where)
+    where = device.device
+    rows_held = gather_counts(trainer.plan.rows_held(), context, where)
     peak_kib = gather_counts(peak_rss_kib(), context, where)
 
     model = trainer.model
@@ -233,6 +274,7 @@ def _train(cfg, run_dir: Path, resume, device: DeviceChoice, context) -> float:
             cfg.train.ddp_data if context.enabled else "single process"
         )
         summary["training"]["rows_held_per_process"] = rows_held
+        summary["training"]["loading"] = "stream" if streamed else "memory"
         summary["training"]["peak_rss_mib_per_process"] = [
             round(kib / 1024, 1) for kib in peak_kib
         ]
@@ -278,7 +320,7 @@ def _fit(cfg, run_dir: Path, trainer: Trainer, tensors, feature_state, loop, sto
         if loop.stopped_early:
             break
         progress = loop.partial or EpochProgress.start(
-            epoch, trainer.plan, loop.generator, train.target.device
+            epoch, trainer.plan, loop.generator, trainer.device.device
         )
         loop.partial = None
         epoch_start = time.perf_counter()
@@ -323,7 +365,7 @@ def _fit(cfg, run_dir: Path, trainer: Trainer, tensors, feature_state, loop, sto
             val,
             trainer.optimizer,
             seconds,
-            gather_counts(progress.rows, trainer.context, train.target.device),
+            gather_counts(progress.rows, trainer.context, trainer.device.device),
         )
         improved = is_improvement(
             val[monitor], loop.best_value, trainer.mode, cfg.train.min_delta
@@ -353,7 +395,7 @@ def _fit(cfg, run_dir: Path, trainer: Trainer, tensors, feature_state, loop, sto
             loop.history[-1]["lr"],
             loop.history[-1]["rows_per_second"],
         )
-        stopping = stop_agreed(stop, trainer.context, train.target.device)
+        stopping = stop_agreed(stop, trainer.context, trainer.device.device)
         if stopping and epoch < cfg.train.max_epochs and not loop.stopped_early:
             _interrupt(cfg, run_dir, trainer, loop, stop, None)
     if loop.stopped_early:
@@ -421,6 +463,13 @@ def _requeue(cfg, run_dir: Path, context: DistContext, stop, job_id: str) -> str
         if not is_peer_failure(exc, context):
             raise
     return outcome
+
+
+def _stream_plan(cfg, context: DistContext, group_rows) -> StreamPlan:
+    """The row groups this process streams (before the batch size is known)."""
+    return StreamPlan.for_stream(
+        context.world_size, context, group_rows, cfg.train.shuffle_buffer_rows
+    )
 
 
 def _fit_sample(

@@ -56,6 +56,8 @@ class BatchPlan:
     population: int  # the training rows of all processes together
     shards: Optional[Tuple[int, ...]] = None  # rows held per rank; None: all
 
+    streamed = False  # the rows are held in memory (training/streaming.py: not)
+
     @classmethod
     def for_run(
         cls,
@@ -130,13 +132,16 @@ class BatchPlan:
         if self.sharded:
             start = step * self.local_batch
             index = order[start : start + self.local_batch]
-            everyone = sum(
-                min(self.local_batch, max(0, rows - start)) for rows in self.shards
-            )
-            return index, everyone
+            return index, self.global_rows(step)
         global_index = order[step * self.batch_size : (step + 1) * self.batch_size]
         rank, world = self.context.rank, self.context.world_size
         return global_index[rank::world], global_index.shape[0]
+
+    def global_rows(self, step: int) -> int:
+        """The size of the step's global batch when each process walks its own
+        shard (a process whose shard ran out adds none)."""
+        start = step * self.local_batch
+        return sum(min(self.local_batch, max(0, rows - start)) for rows in self.shards)
 
     def smallest_share(self) -> int:
         """The fewest rows any process's forward takes in a step where it takes

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import torch
 from torch import nn
@@ -29,6 +29,7 @@ from modelsphere.training.optimization import (
     make_scheduler,
 )
 from modelsphere.training.sharding import BatchPlan
+from modelsphere.training.streaming import StreamPlan
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +63,14 @@ class Trainer:
 
 @dataclass
 class TrainingData:
-    """The training split as this process holds it, the rows the model's
-    data-dependent settings are fitted on, and the size of the whole split."""
+    """What the trainer is built from: this process's training targets (class
+    counts), the rows the model's data-dependent settings are fitted on, the
+    size of the whole split and, when it is streamed, its row groups' sizes."""
 
-    held: SplitTensors
+    target: torch.Tensor
     fit_sample: Optional[SplitTensors]  # None: the model fits nothing on data
     n_rows: int
+    group_rows: Optional[Tuple[int, ...]] = None  # streamed; None: in memory
 
 
 def build_trainer(
@@ -84,13 +87,19 @@ def build_trainer(
         train_model = DistributedDataParallel(model, device_ids=ids)
     batch_size = choose_batch_size(train.n_rows, cfg.train)
     check_batch_size(batch_size, context)
-    plan = BatchPlan.for_run(
-        batch_size,
-        context,
-        train.n_rows,
-        cfg.train.ddp_data,
-        chosen=cfg.train.batch_size is None,
-    )
+    chosen = cfg.train.batch_size is None
+    if train.group_rows is not None:
+        plan = StreamPlan.for_stream(
+            batch_size,
+            context,
+            train.group_rows,
+            cfg.train.shuffle_buffer_rows,
+            chosen=chosen,
+        )
+    else:
+        plan = BatchPlan.for_run(
+            batch_size, context, train.n_rows, cfg.train.ddp_data, chosen=chosen
+        )
     if cfg.model.normalization == "batchnorm" and plan.smallest_share() == 1:
         raise ModelSphereError(
             f"model.normalization=batchnorm needs 2 or more rows in every forward, "
@@ -110,7 +119,7 @@ def build_trainer(
         optimizer=optimizer,
         scheduler=make_scheduler(optimizer, cfg.train, plan.steps()),
         loss_fn=make_loss(
-            task, train.held.target, cfg.train.class_weights, plan.shard_context
+            task, train.target, cfg.train.class_weights, plan.shard_context
         ),
         scaler=make_grad_scaler(device),
         device=device,
@@ -125,11 +134,21 @@ def build_trainer(
         sum(p.numel() for p in model.parameters()),
         plan.batch_size,
         plan.steps(),
-        (
-            f"; each of {context.world_size} processes holds its shard "
-            f"({plan.rows_held()} rows here)"
-            if plan.sharded
-            else ""
-        ),
+        _holding(plan),
     )
     return trainer
+
+
+def _holding(plan: BatchPlan) -> str:
+    """How this process holds the training split, for the log."""
+    if plan.streamed:
+        return (
+            f"; streamed from its row groups ({plan.rows_held()} rows here) "
+            f"through a shuffle buffer of {plan.buffer_rows}+ rows"
+        )
+    if plan.sharded:
+        return (
+            f"; each of {plan.context.world_size} processes holds its shard "
+            f"({plan.rows_held()} rows here)"
+        )
+    return ""
