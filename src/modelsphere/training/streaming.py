@@ -171,6 +171,7 @@ class StreamedTrainSplit:
 
     def __init__(self, data: ProcessedData, feature_state, device: torch.device):
         self.data, self.feature_state, self.device = data, feature_state, device
+        self._empty: Optional[SplitTensors] = None  # a batch of no rows, made once
 
     def targets(self, plan: StreamPlan) -> torch.Tensor:
         """This process's training targets (class counts for class weights),
@@ -223,15 +224,19 @@ class StreamedTrainSplit:
                     pending.append(window)
                     held += len(window)
                 if held == 0:  # this process's rows ran out: none this step
-                    yield self._no_rows(plan), plan.global_rows(step)
+                    yield self._no_rows(), plan.global_rows(step)
                     continue
                 batch, pending = _take(pending, plan.local_batch)
                 held -= len(batch)
                 yield batch, plan.global_rows(step)
 
-    def _no_rows(self, plan: StreamPlan) -> SplitTensors:
-        frame = read_row_groups(self.data, "train", plan.own_groups()[:1]).head(0)
-        return frame_tensors(frame, self.feature_state, self.device, "train split")
+    def _no_rows(self) -> SplitTensors:
+        if self._empty is None:
+            frame = read_row_groups(self.data, "train", [])  # the columns alone
+            self._empty = frame_tensors(
+                frame, self.feature_state, self.device, "train split"
+            )
+        return self._empty
 
     @staticmethod
     def _rows(plan: StreamPlan, window: List[int]) -> int:
