@@ -31,10 +31,12 @@ $(TOOLS_STAMP): $(STAMP) requirements-tools.txt package-lock.json
 	$(WITH_TOOLS) npm ci --no-audit --no-fund
 	touch $(TOOLS_STAMP)
 
-# What the test suite needs beyond the dev pins: the sweep and quality extras.
-$(TEST_STAMP): $(STAMP) requirements-sweeps.txt requirements-quality.txt
+# What the test suite needs beyond the dev pins: the sweep, quality and
+# tracking extras.
+$(TEST_STAMP): $(STAMP) requirements-sweeps.txt requirements-quality.txt requirements-tracking.txt
 	$(PIP) -r requirements-sweeps.txt
 	$(PIP) -r requirements-quality.txt
+	$(PIP) -r requirements-tracking.txt
 	touch $(TEST_STAMP)
 
 pipeline: venv

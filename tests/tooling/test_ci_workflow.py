@@ -169,6 +169,7 @@ def test_pip_cache_keyed_on_requirements(workflow):
         "requirements-dev.txt",
         "requirements-sweeps.txt",
         "requirements-quality.txt",
+        "requirements-tracking.txt",
         "requirements-tools.txt",
     }
 
@@ -212,7 +213,13 @@ def _pins(path):
 
 
 @pytest.mark.parametrize(
-    "name", ["requirements.txt", "requirements-dev.txt", "requirements-quality.txt"]
+    "name",
+    [
+        "requirements.txt",
+        "requirements-dev.txt",
+        "requirements-quality.txt",
+        "requirements-tracking.txt",
+    ],
 )
 def test_each_python_gets_exactly_one_exact_pin(name):
     pins = _pins(ROOT / name)

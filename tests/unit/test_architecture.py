@@ -1,9 +1,9 @@
 """The package's layering: imports only point down, and no module imports itself
 back through others.
 
-Layers, lowest first: core, data, features, models, training, inference, serving,
-then the entry layer (cli, sweeps). A module may import from its own layer and the
-layers below it (CONTRIBUTING.md says why and how to add a module).
+Layers, lowest first: core, data, features, models, tracking, training, inference,
+serving, then the entry layer (cli, sweeps). A module may import from its own
+layer and the layers below it (CONTRIBUTING.md says why and how to add a module).
 """
 
 from __future__ import annotations
@@ -16,7 +16,16 @@ from typing import Dict, Set
 from helpers import REPO
 
 PACKAGE = REPO / "src" / "modelsphere"
-LAYERS = ("core", "data", "features", "models", "training", "inference", "serving")
+LAYERS = (
+    "core",
+    "data",
+    "features",
+    "models",
+    "tracking",
+    "training",
+    "inference",
+    "serving",
+)
 ENTRY_LAYER = len(LAYERS)  # cli.py, sweeps.py and the package root
 
 

@@ -25,6 +25,7 @@ META_FILE = "model.json"  # spec, feature state, schema, config, provenance
 ONNX_FILE = "model.onnx"  # the cached ONNX export, stamped with the weights' hash
 PREDICTION_SUMMARY_FILE = "prediction.json"
 JOB_STATUS_FILE = "job_status.json"  # a sweep job's outcome
+TRACKING_FILE = "tracking.json"  # the run trackers' ids: a resumed run continues
 ROC_CURVE_FILE = "roc_curve.png"
 PR_CURVE_FILE = "pr_curve.png"
 RELIABILITY_FILE = "reliability.png"  # calibration: predicted vs observed

@@ -19,6 +19,7 @@ from modelsphere.core.config import (
 )
 from modelsphere.data.config import DataConfig
 from modelsphere.models.config import ModelConfig
+from modelsphere.tracking.config import LoggerConfig
 from modelsphere.training.optimization import CLASS_WEIGHTS, SCHEDULERS
 from modelsphere.training.sharding import DDP_DATA
 from modelsphere.training.streaming import LOADINGS
@@ -84,6 +85,7 @@ class TrainAppConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
 def validate_train_app(cfg: DictConfig) -> None:

@@ -1,8 +1,9 @@
 """What `train.resume=<run dir>` may do, decided before anything is written.
 
 A resumed run keeps its own saved config: only the device, how this machine
-holds the data (`train.loading`, `train.memory_budget_mib`), where outputs go and
-a new `train.max_epochs` come from the command line. Any other override that
+holds the data (`train.loading`, `train.memory_budget_mib`), the run trackers
+(`logger`, when given; else the run's own), where outputs go and a new
+`train.max_epochs` come from the command line. Any other override that
 differs from the run's own setting would be silently dropped, so it is refused
 by name (one that repeats the run's setting, as a re-issued command does, is
 not). An interrupted run (or one killed outright) continues in its own dir. A
@@ -37,6 +38,7 @@ RESUME_KEYS = (
     "train.resume",
     MAX_EPOCHS_KEY,
     "device",
+    "logger",
     "paths.outputs_dir",
     *MACHINE_KEYS,
 )
@@ -80,6 +82,15 @@ def _changes(cfg: DictConfig, saved: DictConfig, key: str) -> bool:
         return plain(cfg) != plain(saved)
     except OmegaConfBaseException:
         return True  # cannot be compared: treated as a change
+
+
+def _given(group: str, overrides: Optional[Sequence[str]]) -> bool:
+    """Whether the command line sets `group` (always, for a config composed in
+    code: it says every setting)."""
+    if overrides is None:
+        return True
+    keys = [_override_key(item) for item in overrides]
+    return any(key == group or key.startswith(f"{group}.") for key in keys)
 
 
 def _status(resumed: Path) -> Optional[str]:
@@ -142,6 +153,8 @@ def plan_resume(
     if max_epochs != saved.train.max_epochs:
         log.info("resume: max_epochs %d -> %d", saved.train.max_epochs, max_epochs)
     saved.device = cfg.device
+    if _given("logger", overrides) or "logger" not in saved:
+        saved.logger = cfg.logger  # where the run reports, not how it trains
     for key in MACHINE_KEYS:
         OmegaConf.update(saved, key, OmegaConf.select(cfg, key), merge=False)
     saved.train.max_epochs = max_epochs

@@ -45,11 +45,9 @@ from modelsphere.core.runs import (
     update_latest,
 )
 from modelsphere.data.preprocessing import prepare_data
-from modelsphere.data.splits import SPLITS, ProcessedData, split_row_groups
+from modelsphere.data.splits import ProcessedData
 from modelsphere.features.fit import fit_feature_state_from_split
-from modelsphere.features.tensors import SplitTensors, split_tensors
 from modelsphere.models.artifact import save_artifact
-from modelsphere.models.numeric_embeddings import bin_fit_rows
 from modelsphere.training import plots
 from modelsphere.training.checkpoint import LoopState, load_checkpoint, save_checkpoint
 from modelsphere.training.config import validate_train_app
@@ -70,6 +68,7 @@ from modelsphere.training.epochs import (
     run_epoch,
     stop_agreed,
 )
+from modelsphere.training.loading import load_data
 from modelsphere.training.interrupts import (
     StopRequest,
     TrainingInterrupted,
@@ -91,15 +90,9 @@ from modelsphere.training.summary import (
     peak_rss_kib,
     short_metrics,
 )
-from modelsphere.training.sharding import holds_shards, shard_rows
-from modelsphere.training.streaming import (
-    StreamedEvalSplit,
-    StreamedTrainSplit,
-    StreamPlan,
-    choose_loading,
-    tensor_bytes_per_row,
-)
-from modelsphere.training.trainer import Trainer, TrainingData, build_trainer
+from modelsphere.training.trainer import Trainer, build_trainer
+from modelsphere.tracking.loggers import open_loggers
+from modelsphere.tracking.run_record import flat_params, logged_files, sweep_tags
 
 log = logging.getLogger(__name__)
 
@@ -163,70 +156,39 @@ def _train(cfg, run_dir: Path, resume, device: DeviceChoice, context) -> float:
             for stale in remove_stale_temp_files(run_dir):
                 log.info("resume: removed %s, left by a write that was killed", stale)
         atomic_write_text(run_dir / CONFIG_FILE, saved_config_yaml(cfg))
+    with open_loggers(
+        cfg.logger,
+        run_dir,
+        cfg.paths.outputs_dir,
+        flat_params(to_plain(cfg)),
+        sweep_tags(),
+        active=main,
+        ended=_how_it_ended,
+    ) as loggers:
+        return _train_and_report(cfg, run_dir, resume, device, context, loggers)
 
+
+def _how_it_ended(error: BaseException) -> str:
+    """A run stopped by a signal (resumable) or Ctrl-C is interrupted; one
+    stopped by an error failed."""
+    stopped = isinstance(error, TrainingInterrupted) or not isinstance(error, Exception)
+    return "interrupted" if stopped else "failed"
+
+
+def _train_and_report(cfg, run_dir, resume, device, context, loggers) -> float:
+    main = context.is_main
     data = prepare_data(cfg.data, cfg.paths.data_dir)
     # Both passes stream the split files a row group at a time: the only
     # full-size copies in memory are the model-ready tensors (under DDP with
     # train.ddp_data=shards, this process's shard of them), and none at all when
     # the training split is streamed (training/streaming.py).
     feature_state = fit_feature_state_from_split(data, cfg.model.features, cfg.seed)
-    sharded = holds_shards(context, cfg.train.ddp_data)
-    n_train = data.split_rows("train")
-    streamed, why = choose_loading(
-        cfg.train.loading,
-        cfg.train.memory_budget_mib,
-        -(-n_train // context.world_size) if sharded else n_train,
-        tensor_bytes_per_row(data, feature_state, device.device),
-    )
-    log.info("training split %s: %s", "streamed" if streamed else "in memory", why)
-    if streamed and context.enabled and not sharded:
-        raise ModelSphereError(
-            f"the training split is streamed ({why}), and each process streams "
-            "its own row groups, but train.ddp_data=replicated asks every process "
-            "to hold every row: use train.ddp_data=shards, or train.loading=memory"
-        )
-    if streamed:
-        source = StreamedTrainSplit(data, feature_state, device.device)
-        tensors = {"train": source}
-        for split in ("val", "test"):
-            tensors[split] = StreamedEvalSplit(
-                data, split, feature_state, device.device, context
-            )
-        group_rows = tuple(split_row_groups(data, "train"))
-        train = TrainingData(
-            target=(
-                source.targets(_stream_plan(cfg, context, group_rows))
-                if cfg.train.class_weights != "none"
-                else torch.zeros(0, dtype=torch.int64)
-            ),
-            fit_sample=_fit_sample(cfg, data, feature_state, device),
-            n_rows=n_train,
-            group_rows=group_rows,
-        )
-    else:
-        tensors = {
-            split: split_tensors(
-                data,
-                split,
-                feature_state,
-                device.device,
-                shard_rows(data.split_rows(split), context) if sharded else None,
-            )
-            for split in SPLITS
-        }
-        train = TrainingData(
-            target=tensors["train"].target,
-            fit_sample=(
-                _fit_sample(cfg, data, feature_state, device)
-                if sharded
-                else tensors["train"]
-            ),
-            n_rows=n_train,
-        )
+    loaded = load_data(cfg, data, feature_state, device, context)
+    tensors, streamed = loaded.splits, loaded.streamed
     trainer = build_trainer(
-        cfg, feature_state, data.schema.task, train, device, context
+        cfg, feature_state, data.schema.task, loaded.train, device, context
     )
-    del train
+    del loaded
     loop = LoopState.fresh(cfg.seed)
     if resume is not None:
         loop = LoopState.restore(
@@ -237,7 +199,7 @@ def _train(cfg, run_dir: Path, resume, device: DeviceChoice, context) -> float:
 
     started = time.perf_counter()
     with stop_requests() as stop:
-        _fit(cfg, run_dir, trainer, tensors, feature_state, loop, stop)
+        _fit(cfg, run_dir, trainer, tensors, feature_state, loop, stop, loggers)
     check_replicas_agree(trainer.model, context)
     where = device.device
     rows_held = gather_counts(trainer.plan.rows_held(), context, where)
@@ -298,6 +260,7 @@ def _train(cfg, run_dir: Path, resume, device: DeviceChoice, context) -> float:
             plots.training_curve(
                 loop.history, trainer.monitor, loop.best_epoch, run_dir / CURVE_FILE
             )
+        loggers.finish(final, logged_files(run_dir), "completed")
         update_latest(cfg.paths.outputs_dir, run_dir)
         forget_requeue(cfg.paths.outputs_dir)
         log.info(
@@ -312,7 +275,9 @@ def _train(cfg, run_dir: Path, resume, device: DeviceChoice, context) -> float:
     return float(loop.best_value)
 
 
-def _fit(cfg, run_dir: Path, trainer: Trainer, tensors, feature_state, loop, stop):
+def _fit(
+    cfg, run_dir: Path, trainer: Trainer, tensors, feature_state, loop, stop, loggers
+):
     """The epoch loop: train, validate, keep the best weights, checkpoint, log."""
     train, val_split = tensors["train"], tensors["val"]
     monitor = trainer.monitor
@@ -382,6 +347,7 @@ def _fit(cfg, run_dir: Path, trainer: Trainer, tensors, feature_state, loop, sto
         loop.stopped_early = patience is not None and loop.bad_epochs >= patience
         loop.epoch = epoch
         _save(run_dir, trainer, loop)
+        loggers.epoch(loop.history)
         log.info(
             "epoch %d/%d  loss %.4f  val_loss %.4f  val_%s %.4f%s  lr %.2e  "
             "%.0f rows/s",
@@ -463,26 +429,6 @@ def _requeue(cfg, run_dir: Path, context: DistContext, stop, job_id: str) -> str
         if not is_peer_failure(exc, context):
             raise
     return outcome
-
-
-def _stream_plan(cfg, context: DistContext, group_rows) -> StreamPlan:
-    """The row groups this process streams (before the batch size is known)."""
-    return StreamPlan.for_stream(
-        context.world_size, context, group_rows, cfg.train.shuffle_buffer_rows
-    )
-
-
-def _fit_sample(
-    cfg, data, feature_state, device: DeviceChoice
-) -> Optional[SplitTensors]:
-    """The training rows the model's data-dependent settings are fitted on
-    (piecewise-linear bin edges: a seeded sample of the whole split), read by
-    every process that holds only a shard: the same spec in every process, and
-    the same as a single process would fit."""
-    if cfg.model.numeric_embedding != "piecewise_linear":
-        return None
-    rows = bin_fit_rows(data.split_rows("train"), cfg.model.piecewise, cfg.seed)
-    return split_tensors(data, "train", feature_state, device.device, rows)
 
 
 # ----------------------------------------------------------------------------
