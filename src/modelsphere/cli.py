@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import signal
 import sys
 import threading
@@ -27,7 +28,7 @@ from typing import Any, Callable, Iterator
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from modelsphere.core.errors import ModelSphereError
+from modelsphere.core.errors import ModelSphereError, PeersLost
 from modelsphere.core.runs import hydra_output_dir
 from modelsphere.environment_guard import environment_values_guarded
 from modelsphere.sweeps import write_job_status
@@ -93,6 +94,13 @@ def _run(task: Callable, cfg: DictConfig, output_dir: Path, guards: ExitStack) -
     except TrainingInterrupted as exc:
         log.error("%s", exc)
         sys.exit(exc.exit_code)
+    except PeersLost as exc:
+        log.error("error: %s", exc)
+        guards.close()
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(USAGE_ERROR_EXIT_CODE)  # see PeersLost
     except ModelSphereError as exc:
         log.error("error: %s", exc)
         sys.exit(USAGE_ERROR_EXIT_CODE)

@@ -13,6 +13,13 @@ class ModelSphereError(Exception):
     """
 
 
+class PeersLost(ModelSphereError):
+    """A distributed run lost its other processes. The process group's threads
+    may still wait on them, and ending the interpreter normally would abort in
+    their destructors: entry points log the message and end the process at once.
+    """
+
+
 class RowError(ModelSphereError):
     """Bad values in particular rows of the rows given to one call.
 

@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from modelsphere.core.errors import ModelSphereError
+from modelsphere.core.errors import ModelSphereError, PeersLost
 from modelsphere.core.launch import launch_from_environment
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ def peer_failure(
 ) -> ModelSphereError:
     """The one-line error of a run whose peers failed (see `is_peer_failure`);
     `then` says what is left to resume from."""
-    return ModelSphereError(
+    return PeersLost(
         f"process {context.rank} of {context.world_size} lost the other processes "
         f"({first_line(exc)}): one of them stopped, waited more than "
         f"train.ddp_timeout_s={timeout_s:g} s, or the network between them "
