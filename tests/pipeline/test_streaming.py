@@ -22,6 +22,8 @@ from modelsphere.training import run as training
 from modelsphere.training.checkpoint import load_checkpoint
 from modelsphere.training.interrupts import StopRequest, TrainingInterrupted
 from modelsphere.training.run import run_training
+from modelsphere.training import streaming
+from modelsphere.training.stream_cache import GroupCache
 from modelsphere.training.streaming import StreamedTrainSplit
 
 pytestmark = pytest.mark.pipeline
@@ -142,6 +144,7 @@ def test_a_streamed_run_resumes_mid_epoch_exactly(table, tmp_path, monkeypatch):
     with pytest.raises(TrainingInterrupted, match="epoch 2, batch 10"):
         run_training(config(table, tmp_path), run_dir)
     assert load_checkpoint(run_dir)["partial"]["streamed"] is True
+    assert list((run_dir / "stream_cache").rglob("train-*"))  # kept for the resume
     monkeypatch.undo()
     run_training(config(table, tmp_path, f"train.resume={run_dir}"), tmp_path / "x")
     left = load_file(str(reference / "model.safetensors"))
@@ -157,6 +160,7 @@ def test_a_streamed_run_resumes_mid_epoch_exactly(table, tmp_path, monkeypatch):
     ]
     assert strip[0] == strip[1]
     assert metrics(reference)["final"] == metrics(run_dir)["final"]
+    assert not (run_dir / "stream_cache").exists()  # removed once completed
 
 
 def test_a_checkpoint_taken_in_memory_does_not_resume_mid_epoch_streamed(
@@ -170,3 +174,101 @@ def test_a_checkpoint_taken_in_memory_does_not_resume_mid_epoch_streamed(
     cfg = config(table, tmp_path, f"train.resume={run_dir}", "train.loading=stream")
     with pytest.raises(ModelSphereError, match="same train.loading"):
         run_training(cfg, tmp_path / "x", overrides=["train.loading=stream"])
+
+
+def recorded_reads(monkeypatch) -> Counter:
+    """(split, row group) -> how often its Parquet was read, from now on."""
+    reads: Counter = Counter()
+    read = streaming.read_row_groups
+
+    def recording(data, split, groups, columns=None):
+        reads.update((split, group) for group in groups)
+        return read(data, split, groups, columns)
+
+    monkeypatch.setattr(streaming, "read_row_groups", recording)
+    return reads
+
+
+def weights(run_dir: Path) -> dict:
+    return load_file(str(run_dir / "model.safetensors"))
+
+
+def test_later_epochs_read_the_stream_cache_and_train_the_same(
+    table, tmp_path, monkeypatch
+):
+    plain = tmp_path / "outputs" / "train" / "uncached"
+    cached_reads = recorded_reads(monkeypatch)
+    run_training(config(table, tmp_path, "train.stream_cache=false"), plain)
+    plain_reads = Counter(cached_reads)
+    cached_reads.clear()
+    cached = tmp_path / "outputs" / "train" / "cached"
+    run_training(config(table, tmp_path), cached)
+    cfg = config(table, tmp_path)
+    groups = len(split_row_groups(prepare_data(cfg.data, cfg.paths.data_dir), "train"))
+    train_groups = {g for split, g in plain_reads if split == "train"}
+    assert len(train_groups) == groups
+    for group in train_groups:  # epochs 2 and 3 read the cache, not the split
+        assert plain_reads["train", group] - cached_reads["train", group] == 2
+    val = [key for key in plain_reads if key[0] == "val"]
+    assert val and all(plain_reads[key] == 4 for key in val)  # 3 epochs + final
+    assert all(cached_reads[key] == 1 for key in val)
+    assert all(cached_reads[key] == 1 for key in plain_reads if key[0] == "test")
+    left, right = weights(plain), weights(cached)
+    for name in left:
+        assert torch.equal(left[name], right[name]), name
+    assert metrics(plain)["final"] == metrics(cached)["final"]
+    assert not (cached / "stream_cache").exists()
+
+
+def test_one_epoch_or_a_full_disk_trains_without_the_cache(
+    table, tmp_path, monkeypatch, caplog
+):
+    one = tmp_path / "outputs" / "train" / "one-epoch"
+    stopped = []
+    monkeypatch.setattr(GroupCache, "remove", lambda self: stopped.append(self))
+    run_training(config(table, tmp_path, "train.max_epochs=1"), one)
+    assert not stopped and not (one / "stream_cache").exists()
+
+    def full_disk(tensors, path, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("modelsphere.training.stream_cache.save_file", full_disk)
+    reads = recorded_reads(monkeypatch)
+    full = tmp_path / "outputs" / "train" / "full-disk"
+    run_training(config(table, tmp_path), full)
+    assert metrics(full)["training"]["epochs_run"] == 3
+    train = [n for (split, _), n in reads.items() if split == "train"]
+    assert train and min(train) == 3  # every group read again every epoch
+    warnings = [r for r in caplog.records if "could not write" in r.getMessage()]
+    assert len(warnings) == 2  # once for train, once for val; never again
+    assert "No space left on device" in warnings[0].getMessage()
+
+
+def test_an_unreadable_cache_file_is_read_from_the_split_again(tmp_path):
+    cache = GroupCache(tmp_path / "cache", "train")
+    made = []
+
+    def make():
+        made.append(1)
+        return streaming.SplitTensors(
+            torch.ones(3, 2), torch.zeros(3, 0, dtype=torch.int64), torch.arange(3)
+        )
+
+    first = cache.get(4, make)
+    assert torch.equal(cache.get(4, make).numeric, first.numeric) and len(made) == 1
+    cache.path(4).write_bytes(b"half a file")  # a write cut short by a crash
+    again = cache.get(4, make)
+    assert len(made) == 2 and torch.equal(again.target, torch.arange(3))
+    assert torch.equal(cache.get(4, make).numeric, first.numeric) and len(made) == 2
+    cache.remove()
+    assert not (tmp_path / "cache").exists()
+
+
+def test_the_cache_key_changes_with_the_data_and_the_transform():
+    from modelsphere.training.stream_cache import cache_key
+
+    state = {"numeric": [{"name": "x", "q": [0.0, 1.0]}]}
+    other = {"numeric": [{"name": "x", "q": [0.0, 2.0]}]}
+    assert cache_key("a" * 64, state) == cache_key("a" * 64, dict(state))
+    assert cache_key("a" * 64, state) != cache_key("b" * 64, state)
+    assert cache_key("a" * 64, state) != cache_key("a" * 64, other)

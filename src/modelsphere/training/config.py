@@ -58,6 +58,9 @@ class TrainConfig:
     loading: str = setting("auto", choices=LOADINGS)
     memory_budget_mib: Optional[float] = setting(None, gt=0)  # null: half the RAM
     shuffle_buffer_rows: int = setting(262_144, ge=1)  # rows of a streamed window
+    # a streamed run of more than one epoch keeps its row groups' tensors in
+    # <run dir>/stream_cache after the first epoch (removed when it completes)
+    stream_cache: bool = True
     # under DDP: seconds to wait for the other processes (the rendezvous, and
     # each collective operation) before stopping with a message
     ddp_timeout_s: float = setting(300.0, gt=0)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
@@ -18,6 +19,7 @@ from modelsphere.features.tensors import SplitTensors, split_tensors
 from modelsphere.models.numeric_embeddings import bin_fit_rows
 from modelsphere.training.distributed import DistContext
 from modelsphere.training.sharding import holds_shards, shard_rows
+from modelsphere.training.stream_cache import GroupCache, split_cache
 from modelsphere.training.streaming import (
     StreamedEvalSplit,
     StreamedTrainSplit,
@@ -39,6 +41,7 @@ class LoadedData:
 
 def load_data(
     cfg,
+    run_dir: Path,
     data: ProcessedData,
     feature_state,
     device: DeviceChoice,
@@ -60,7 +63,7 @@ def load_data(
             "to hold every row: use train.ddp_data=shards, or train.loading=memory"
         )
     if streamed:
-        return _streamed(cfg, data, feature_state, device, context)
+        return _streamed(cfg, run_dir, data, feature_state, device, context)
     splits = {
         split: split_tensors(
             data,
@@ -83,12 +86,22 @@ def load_data(
     return LoadedData(splits, train, streamed=False)
 
 
-def _streamed(cfg, data, feature_state, device, context) -> LoadedData:
-    source = StreamedTrainSplit(data, feature_state, device.device)
+def _streamed(cfg, run_dir, data, feature_state, device, context) -> LoadedData:
+    source = StreamedTrainSplit(
+        data,
+        feature_state,
+        device.device,
+        _cache(cfg, run_dir, data, "train", feature_state),
+    )
     splits: Dict[str, Any] = {"train": source}
     for split in ("val", "test"):
         splits[split] = StreamedEvalSplit(
-            data, split, feature_state, device.device, context
+            data,
+            split,
+            feature_state,
+            device.device,
+            context,
+            _cache(cfg, run_dir, data, split, feature_state),
         )
     group_rows = tuple(split_row_groups(data, "train"))
     # The row groups this process streams (before the batch size is known).
@@ -106,6 +119,15 @@ def _streamed(cfg, data, feature_state, device, context) -> LoadedData:
         group_rows=group_rows,
     )
     return LoadedData(splits, train, streamed=True)
+
+
+def _cache(cfg, run_dir, data, split, feature_state) -> Optional[GroupCache]:
+    """The stream cache of a split read every epoch (train, and val: scored
+    after each), for a run of more than one epoch."""
+    every_epoch = split in ("train", "val")
+    if not (cfg.train.stream_cache and cfg.train.max_epochs > 1 and every_epoch):
+        return None
+    return split_cache(run_dir, split, data.split_sha256(split), feature_state)
 
 
 def _fit_sample(

@@ -90,6 +90,7 @@ from modelsphere.training.summary import (
     peak_rss_kib,
     short_metrics,
 )
+from modelsphere.training.streaming import remove_caches
 from modelsphere.training.trainer import Trainer, build_trainer
 from modelsphere.tracking.loggers import open_loggers
 from modelsphere.tracking.run_record import flat_params, logged_files, sweep_tags
@@ -183,7 +184,7 @@ def _train_and_report(cfg, run_dir, resume, device, context, loggers) -> float:
     # train.ddp_data=shards, this process's shard of them), and none at all when
     # the training split is streamed (training/streaming.py).
     feature_state = fit_feature_state_from_split(data, cfg.model.features, cfg.seed)
-    loaded = load_data(cfg, data, feature_state, device, context)
+    loaded = load_data(cfg, run_dir, data, feature_state, device, context)
     tensors, streamed = loaded.splits, loaded.streamed
     trainer = build_trainer(
         cfg, feature_state, data.schema.task, loaded.train, device, context
@@ -221,6 +222,7 @@ def _train_and_report(cfg, run_dir, resume, device, context, loggers) -> float:
         )
         for split in ("val", "test")
     }
+    remove_caches(tensors)  # a completed run's stream caches
     if main:
         summary = metrics_summary(
             loop,

@@ -18,6 +18,9 @@
   batch, so it ends as the uninterrupted run would.
 - Validation and test are scored a row group at a time, each process its own
   groups, and the scores gathered (training/epochs.py `evaluate_split`).
+- With `train.stream_cache` (training/stream_cache.py), the training and
+  validation groups' tensors are kept on disk after their first epoch: later
+  epochs read them back instead of reading and transforming the Parquet again.
 
 Under DDP the steps work as with `train.ddp_data=shards` (training/sharding.py):
 every process takes batch_size / W rows of its own per step, and one that has
@@ -45,6 +48,7 @@ from modelsphere.features.tensors import SplitTensors, frame_tensors
 from modelsphere.features.transform import encode_target
 from modelsphere.training.distributed import DistContext
 from modelsphere.training.sharding import BatchPlan
+from modelsphere.training.stream_cache import GroupCache
 
 log = logging.getLogger(__name__)
 
@@ -169,8 +173,15 @@ class StreamPlan(BatchPlan):
 class StreamedTrainSplit:
     """The train split as a stream of batches (see the module's docstring)."""
 
-    def __init__(self, data: ProcessedData, feature_state, device: torch.device):
+    def __init__(
+        self,
+        data: ProcessedData,
+        feature_state,
+        device: torch.device,
+        cache: Optional[GroupCache] = None,
+    ):
         self.data, self.feature_state, self.device = data, feature_state, device
+        self.cache = cache
         self._empty: Optional[SplitTensors] = None  # a batch of no rows, made once
 
     def targets(self, plan: StreamPlan) -> torch.Tensor:
@@ -187,9 +198,18 @@ class StreamedTrainSplit:
         return torch.cat(parts).to(self.device)
 
     def load_window(self, groups: List[int], seed: int) -> SplitTensors:
-        """A window's rows, read, transformed and shuffled."""
-        frame = read_row_groups(self.data, "train", groups)
-        tensors = frame_tensors(frame, self.feature_state, self.device, "train split")
+        """A window's rows, read (or taken from the cache), transformed and
+        shuffled."""
+        parts = [
+            group_tensors(self.data, "train", group, self.feature_state, self.cache)
+            for group in groups
+        ]
+        tensors = SplitTensors(
+            *(
+                torch.cat(columns).to(self.device)
+                for columns in zip(*(part.parts() for part in parts))
+            )
+        )
         generator = torch.Generator().manual_seed(seed)
         order = torch.randperm(len(tensors), generator=generator).to(self.device)
         return SplitTensors(*(part[order] for part in tensors.parts()))
@@ -254,21 +274,51 @@ class StreamedEvalSplit:
         feature_state,
         device: torch.device,
         context: DistContext,
+        cache: Optional[GroupCache] = None,
     ):
         self.data, self.split = data, split
         self.feature_state, self.device, self.context = feature_state, device, context
         self.groups = split_row_groups(data, split)
+        self.cache = cache
 
     def chunks(self) -> Iterator[SplitTensors]:
         world, rank = self.context.world_size, self.context.rank
         mine = list(range(rank, len(self.groups), world))
-        for group in mine or [None]:  # a process with no group scores no rows
-            frame = read_row_groups(
-                self.data, self.split, [group] if group is not None else []
-            )
+        if not mine:  # a process with no group scores no rows
+            frame = read_row_groups(self.data, self.split, [])
             yield frame_tensors(
                 frame, self.feature_state, self.device, f"{self.split} split"
             )
+        for group in mine:
+            tensors = group_tensors(
+                self.data, self.split, group, self.feature_state, self.cache
+            )
+            yield SplitTensors(*(part.to(self.device) for part in tensors.parts()))
+
+
+def group_tensors(
+    data: ProcessedData,
+    split: str,
+    group: int,
+    feature_state,
+    cache: Optional[GroupCache],
+) -> SplitTensors:
+    """One row group's tensors (on the CPU), from the cache when it has them."""
+
+    def transformed() -> SplitTensors:
+        frame = read_row_groups(data, split, [group])
+        return frame_tensors(
+            frame, feature_state, torch.device("cpu"), f"{split} split"
+        )
+
+    return transformed() if cache is None else cache.get(group, transformed)
+
+
+def remove_caches(splits) -> None:
+    """The stream caches of a finished run (this process's groups)."""
+    for source in splits.values():
+        if getattr(source, "cache", None) is not None:
+            source.cache.remove()
 
 
 def frame_tensors_target(frame, feature_state) -> torch.Tensor:
