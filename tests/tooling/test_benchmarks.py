@@ -74,7 +74,7 @@ def test_distributed_scale_benchmark_smoke(tmp_path, monkeypatch):
     argv = ["distributed_scale.py", "--rows", "3000", "--numeric", "4"]
     argv += ["--epochs", "1", "--batch-size", "256", "--out", str(tmp_path)]
     argv += ["--name", "smoke", "--work-dir", str(tmp_path / "work")]
-    argv += ["--row-group-rows", "500"]
+    argv += ["--row-group-rows", "500", "--speed-runs", "2"]
     monkeypatch.setattr(sys, "argv", argv)
     runpy.run_module(
         "benchmarks.distributed_scale", run_name="__main__", alter_sys=True
@@ -92,6 +92,9 @@ def test_distributed_scale_benchmark_smoke(tmp_path, monkeypatch):
         assert result["rows_per_second"] > 0
         assert all(mib > 50 for mib in result["peak_rss_mib_per_process"])
     assert payload["targets"]["rows_per_process"]["met"] is True
+    for name in ("1 process x 2 threads", "1 process x 2 threads, streamed"):
+        runs = results[name]["rows_per_second_runs"]
+        assert len(runs) == 2 and results[name]["rows_per_second"] == max(runs)
     assert "| 2 processes x 1 thread, shards |" in (tmp_path / "smoke.md").read_text()
     streamed = results["2 processes x 1 thread, streamed"]
     assert results["1 process x 2 threads, streamed"]["loading"] == "stream"
@@ -115,3 +118,19 @@ def test_stream_scale_benchmark_smoke(tmp_path, monkeypatch):
     assert training["rows_per_second"] > 0 and training["peak_rss_mib"] > 50
     assert payload["targets"]["peak_rss"]["met"] is True
     assert "(stream)" in (tmp_path / "smoke.md").read_text()
+
+
+def test_stream_quality_benchmark_smoke(tmp_path, monkeypatch):
+    argv = ["stream_quality.py", "--datasets", "credit_data", "--seeds", "2"]
+    argv += ["--max-epochs", "1", "--out", str(tmp_path), "--name", "smoke"]
+    argv += ["--work-dir", str(tmp_path / "work")]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_module("benchmarks.stream_quality", run_name="__main__", alter_sys=True)
+    payload = json.loads((tmp_path / "smoke.json").read_text())
+    runs = payload["results"]["credit_data"]["runs"]
+    assert [r["loading"] for r in runs["memory"]] == ["memory", "memory"]
+    assert [r["loading"] for r in runs["stream"]] == ["stream", "stream"]
+    assert [r["seed"] for r in runs["stream"]] == [0, 1]
+    check = payload["targets"]["credit_data"]
+    assert check["metric"] == "roc_auc" and isinstance(check["met"], bool)
+    assert "| credit_data | binary |" in (tmp_path / "smoke.md").read_text()
