@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -202,7 +203,19 @@ def test_later_epochs_read_the_stream_cache_and_train_the_same(
     plain_reads = Counter(cached_reads)
     cached_reads.clear()
     cached = tmp_path / "outputs" / "train" / "cached"
+    in_main_thread = []
+    load_window = StreamedTrainSplit.load_window
+
+    def recording(self, groups, seed):
+        in_main_thread.append(threading.current_thread() is threading.main_thread())
+        return load_window(self, groups, seed)
+
+    monkeypatch.setattr(StreamedTrainSplit, "load_window", recording)
     run_training(config(table, tmp_path), cached)
+    # the first epoch's windows are read and transformed by the reading thread;
+    # windows read back from the cache are loaded by the training thread
+    first = len(in_main_thread) // 3
+    assert not any(in_main_thread[:first]) and all(in_main_thread[first:])
     cfg = config(table, tmp_path)
     groups = len(split_row_groups(prepare_data(cfg.data, cfg.paths.data_dir), "train"))
     train_groups = {g for split, g in plain_reads if split == "train"}

@@ -61,6 +61,10 @@ class GroupCache:
     def path(self, group: int) -> Path:
         return self.directory / f"{self.split}-{group:06d}.safetensors"
 
+    def holds(self, groups) -> bool:
+        """Whether every one of `groups` is cached (read back, not transformed)."""
+        return self.enabled and all(self.path(group).is_file() for group in groups)
+
     def get(self, group: int, make: Callable[[], SplitTensors]) -> SplitTensors:
         """The group's tensors from the cache, or made by `make` and cached."""
         if not self.enabled:

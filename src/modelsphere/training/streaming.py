@@ -11,7 +11,8 @@
   last rows of one window and the first of the next, so a process trains on
   each of its rows once per epoch, in ceil(rows / batch) steps as in memory.
 - While the model trains on one window, a thread reads and transforms the next
-  (double buffering): two windows are in memory at a time, three while a batch
+  (double buffering; a window read back from the stream cache is loaded in the
+  training thread): two windows are in memory at a time, three while a batch
   takes the last rows of one window and the first of the next.
 - Where an epoch stands is its seed and its next step; a resumed run skips the
   windows already done without reading them and continues with the very next
@@ -229,7 +230,14 @@ class StreamedTrainSplit:
                 if window >= len(windows):
                     return None
                 seed = window_seed(progress.seed, rank, window)
-                return pool.submit(self.load_window, windows[window], seed)
+                groups = windows[window]
+                if self.cache is not None and self.cache.holds(groups):
+                    # Read back in a fraction of a second: here, since a thread
+                    # beside torch's own slows training more than it saves.
+                    loaded: Future = Future()
+                    loaded.set_result(self.load_window(groups, seed))
+                    return loaded
+                return pool.submit(self.load_window, groups, seed)
 
             pending: List[SplitTensors] = []
             held = 0
