@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -68,7 +69,7 @@ def parse_args() -> argparse.Namespace:
         "--speed-runs",
         type=int,
         default=3,
-        help="runs of the in-memory and streamed single process each (fastest kept)",
+        help="side-by-side pairs of the in-memory and streamed single process",
     )
     parser.add_argument("--work-dir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the generated data")
@@ -144,8 +145,10 @@ def train(name: str, args, work: Path, repeat: int = 0) -> Dict[str, Any]:
 
 def repeat_speed_pair(results: Dict[str, Any], args, work: Path) -> None:
     """The in-memory and streamed single-process runs again, alternating: on
-    shared CPUs one run's speed moves with the load, so each keeps its fastest
-    run's rows/s (every run's in `rows_per_second_runs`)."""
+    shared CPUs one run's speed moves with the load, so the streaming target is
+    the median over these side-by-side pairs of streamed / in-memory rows/s
+    (every run's rows/s in `rows_per_second_runs`; the table shows each
+    loading's fastest run)."""
     for name in (SINGLE, STREAMED):
         results[name]["rows_per_second_runs"] = [results[name]["rows_per_second"]]
     for repeat in range(1, args.speed_runs):
@@ -159,7 +162,14 @@ def repeat_speed_pair(results: Dict[str, Any], args, work: Path) -> None:
 
 def targets(results: Dict[str, Any], batch_size: int) -> Dict[str, Any]:
     single, sharded, streamed = results[SINGLE], results[SHARDS], results[STREAMED]
-    speed = streamed["rows_per_second"] / single["rows_per_second"]
+    pairs = [
+        stream / memory
+        for memory, stream in zip(
+            single.get("rows_per_second_runs", [single["rows_per_second"]]),
+            streamed.get("rows_per_second_runs", [streamed["rows_per_second"]]),
+        )
+    ]
+    speed = statistics.median(pairs)
     first = (
         streamed["rows_per_second_first_epoch"] / single["rows_per_second_first_epoch"]
     )
@@ -189,7 +199,9 @@ def targets(results: Dict[str, Any], batch_size: int) -> Dict[str, Any]:
         },
         "stream_speed": {
             "goal": f"one process streaming the split: >= {TARGET_STREAM_SPEED}x the "
-            "rows/s of the same process holding it in memory",
+            "rows/s of the same process holding it in memory (median of "
+            f"{len(pairs)} side-by-side pairs: "
+            f"{', '.join(f'{ratio:.2f}' for ratio in pairs)})",
             "measured": round(speed, 3),
             "met": speed >= TARGET_STREAM_SPEED,
         },
@@ -266,8 +278,8 @@ def render_markdown(payload) -> str:
         f"{setup['epochs']} epochs, on the CPU. Rows/s: the last epoch (and the "
         "first), every process together; the single-process runs in memory and "
         f"streamed: the fastest of {setup['speed_runs']} each, run alternately "
-        "(every run's in the JSON); peak RSS: each process's own "
-        "(getrusage); wall: the whole command.",
+        "(every run's in the JSON, the target on the pairs); peak RSS: each "
+        "process's own (getrusage); wall: the whole command.",
         "",
         "| run | rows/s | rows/s, first epoch | rows/s per process "
         "| training rows held per process | peak RSS per process (MiB) "
