@@ -123,13 +123,17 @@ def targets(results: Dict[str, Any]) -> Dict[str, Any]:
 
 def render(payload: Dict[str, Any]) -> str:
     setup, machine = payload["setup"], payload["machine"]
-    load = payload["load_average_1m"]
+    load, code = payload["load_average_1m"], payload["code"]
     lines = [
         "# Streaming against holding the split in memory: test quality",
         "",
         f"{payload['date']}, {machine['processor']}, {machine['usable_cpus']} CPUs, "
         f"torch {payload['versions']['torch']}; 1-minute load average "
         f"{load['start']:.1f} at the start, {load['end']:.1f} at the end.",
+        "",
+        f"Code: {payload['label'] or code['package']} (commit "
+        f"{(code.get('commit') or 'unknown')[:10]}"
+        f"{', with uncommitted changes' if code.get('dirty') else ''}).",
         "",
         f"The default model, {setup['seeds']} seeds (each sets the split and the "
         "training seed of both runs), "
