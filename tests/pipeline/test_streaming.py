@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import signal
 import threading
 from collections import Counter
@@ -23,7 +24,7 @@ from modelsphere.training import run as training
 from modelsphere.training.checkpoint import load_checkpoint
 from modelsphere.training.interrupts import StopRequest, TrainingInterrupted
 from modelsphere.training.run import run_training
-from modelsphere.training import streaming
+from modelsphere.training import loading, streaming
 from modelsphere.training.stream_cache import GroupCache
 from modelsphere.training.streaming import StreamedTrainSplit
 
@@ -255,6 +256,32 @@ def test_one_epoch_or_a_full_disk_trains_without_the_cache(
     warnings = [r for r in caplog.records if "could not write" in r.getMessage()]
     assert len(warnings) == 2  # once for train, once for val; never again
     assert "No space left on device" in warnings[0].getMessage()
+
+
+def test_no_cache_when_it_would_take_half_the_free_disk(
+    table, tmp_path, monkeypatch, caplog
+):
+    usage = shutil.disk_usage(tmp_path)
+    tiny = usage._replace(free=4096)  # far below this run's tensors
+    monkeypatch.setattr(loading.shutil, "disk_usage", lambda path: tiny)
+    made = []
+    get = GroupCache.get
+
+    def recording(self, group, make):
+        made.append(group)
+        return get(self, group, make)
+
+    monkeypatch.setattr(GroupCache, "get", recording)
+    run_dir = tmp_path / "outputs" / "train" / "no-room"
+    run_training(config(table, tmp_path), run_dir)
+    assert not made and not (run_dir / "stream_cache").exists()
+    (warning,) = [r for r in caplog.records if "stream cache off" in r.getMessage()]
+    assert "MiB free on" in warning.getMessage()
+    monkeypatch.setattr(loading.shutil, "disk_usage", lambda path: usage)
+    caplog.clear()
+    run_training(config(table, tmp_path), tmp_path / "outputs" / "train" / "room")
+    assert not [r for r in caplog.records if "stream cache off" in r.getMessage()]
+    assert made  # with room on the disk, the same run caches
 
 
 def test_an_unreadable_cache_file_is_read_from_the_split_again(tmp_path):

@@ -6,6 +6,7 @@ streamed from its Parquet row groups (training/streaming.py) when
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -21,6 +22,7 @@ from modelsphere.training.distributed import DistContext
 from modelsphere.training.sharding import holds_shards, shard_rows
 from modelsphere.training.stream_cache import GroupCache, split_cache
 from modelsphere.training.streaming import (
+    MIB,
     StreamedEvalSplit,
     StreamedTrainSplit,
     StreamPlan,
@@ -30,6 +32,9 @@ from modelsphere.training.streaming import (
 from modelsphere.training.trainer import TrainingData
 
 log = logging.getLogger(__name__)
+
+CACHED_SPLITS = ("train", "val")  # read every epoch
+CACHE_SHARE_OF_FREE_DISK = 0.5  # the most of the free disk a stream cache takes
 
 
 @dataclass
@@ -49,11 +54,12 @@ def load_data(
 ) -> LoadedData:
     sharded = holds_shards(context, cfg.train.ddp_data)
     n_train = data.split_rows("train")
+    bytes_per_row = tensor_bytes_per_row(data, feature_state, device.device)
     streamed, why = choose_loading(
         cfg.train.loading,
         cfg.train.memory_budget_mib,
         -(-n_train // context.world_size) if sharded else n_train,
-        tensor_bytes_per_row(data, feature_state, device.device),
+        bytes_per_row,
     )
     log.info("training split %s: %s", "streamed" if streamed else "in memory", why)
     if streamed and context.enabled and not sharded:
@@ -63,7 +69,10 @@ def load_data(
             "to hold every row: use train.ddp_data=shards, or train.loading=memory"
         )
     if streamed:
-        return _streamed(cfg, run_dir, data, feature_state, device, context)
+        caching = _caching(cfg, run_dir, data, context, bytes_per_row)
+        return _streamed(
+            cfg, run_dir if caching else None, data, feature_state, device, context
+        )
     splits = {
         split: split_tensors(
             data,
@@ -91,7 +100,7 @@ def _streamed(cfg, run_dir, data, feature_state, device, context) -> LoadedData:
         data,
         feature_state,
         device.device,
-        _cache(cfg, run_dir, data, "train", feature_state),
+        _cache(run_dir, data, "train", feature_state),
     )
     splits: Dict[str, Any] = {"train": source}
     for split in ("val", "test"):
@@ -101,7 +110,7 @@ def _streamed(cfg, run_dir, data, feature_state, device, context) -> LoadedData:
             feature_state,
             device.device,
             context,
-            _cache(cfg, run_dir, data, split, feature_state),
+            _cache(run_dir, data, split, feature_state),
         )
     group_rows = tuple(split_row_groups(data, "train"))
     # The row groups this process streams (before the batch size is known).
@@ -121,11 +130,33 @@ def _streamed(cfg, run_dir, data, feature_state, device, context) -> LoadedData:
     return LoadedData(splits, train, streamed=True)
 
 
-def _cache(cfg, run_dir, data, split, feature_state) -> Optional[GroupCache]:
+def _caching(cfg, run_dir: Path, data, context, bytes_per_row: int) -> bool:
+    """Whether this process keeps a stream cache: for a run of more than one
+    epoch, when its train and val tensors take at most a share of the free disk
+    (the checkpoints written beside it must still fit)."""
+    if not (cfg.train.stream_cache and cfg.train.max_epochs > 1):
+        return False
+    rows = sum(data.split_rows(split) for split in CACHED_SPLITS)
+    need = -(-rows // context.world_size) * bytes_per_row
+    where = next(p for p in (run_dir, *run_dir.parents) if p.exists())
+    free = shutil.disk_usage(where).free
+    if need > free * CACHE_SHARE_OF_FREE_DISK:
+        log.warning(
+            "stream cache off: it would take %s MiB, more than %.0f%% of the %s "
+            "MiB free on %s; every epoch reads the Parquet (train.stream_cache)",
+            f"{need / MIB:,.0f}",
+            100 * CACHE_SHARE_OF_FREE_DISK,
+            f"{free / MIB:,.0f}",
+            where,
+        )
+        return False
+    return True
+
+
+def _cache(run_dir, data, split, feature_state) -> Optional[GroupCache]:
     """The stream cache of a split read every epoch (train, and val: scored
-    after each), for a run of more than one epoch."""
-    every_epoch = split in ("train", "val")
-    if not (cfg.train.stream_cache and cfg.train.max_epochs > 1 and every_epoch):
+    after each); none when `run_dir` is None (no cache for this run)."""
+    if run_dir is None or split not in CACHED_SPLITS:
         return None
     return split_cache(run_dir, split, data.split_sha256(split), feature_state)
 
