@@ -12,7 +12,7 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, List
 
 from modelsphere.core.fileio import atomic_write_text
 
@@ -69,6 +69,43 @@ def code_and_versions() -> Dict[str, Any]:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     return json.loads(result.stdout)
+
+
+def record_header(payload: Dict[str, Any]) -> List[str]:
+    """The Markdown lines under a result's title: when, on which machine under
+    which load, and which code (from `run_record`'s fields)."""
+    machine, load, code = (
+        payload["machine"],
+        payload["load_average_1m"],
+        payload["code"],
+    )
+    return [
+        f"{payload['date']}, {machine['processor']}, {machine['cpu_count']} CPUs, "
+        f"{machine['memory_gib']} GiB, Python {machine['python']}, torch "
+        f"{payload['versions']['torch']}; 1-minute load average "
+        f"{load['start']:.1f} at the start, {load['end']:.1f} at the end.",
+        "",
+        f"Code: {payload['label'] or code['package']} (commit "
+        f"{(code.get('commit') or 'unknown')[:10]}"
+        f"{', with uncommitted changes' if code.get('dirty') else ''}).",
+        "",
+    ]
+
+
+def synthetic_numeric_overrides(args, work: Path) -> List[str]:
+    """A synthetic table of `args.rows` x `args.numeric` numeric columns (binary
+    target, nothing missing) in Parquet row groups of `args.row_group_rows`,
+    its data under `work`, trained on the CPU."""
+    return [
+        "data=synthetic",
+        f"data.synthetic.rows={args.rows}",
+        f"data.synthetic.n_numeric={args.numeric}",
+        "data.synthetic.n_categorical=0",
+        "data.synthetic.missing_fraction=0",
+        f"data.write_row_group_rows={args.row_group_rows}",
+        f"paths.data_dir={work / 'data'}",
+        "device=cpu",
+    ]
 
 
 def cpu_model() -> str:

@@ -37,7 +37,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
-from benchmarks.common import REPO, add_output_arguments, run_record, write_results
+from benchmarks.common import REPO, add_output_arguments, record_header, run_record
+from benchmarks.common import synthetic_numeric_overrides, write_results
 
 # The target: with 2 processes holding shards, each process's peak RSS
 # at most this fraction of the single process's.
@@ -79,15 +80,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def overrides(args, work: Path) -> List[str]:
-    return [
-        "data=synthetic",
-        f"data.synthetic.rows={args.rows}",
-        f"data.synthetic.n_numeric={args.numeric}",
-        "data.synthetic.n_categorical=0",
-        "data.synthetic.missing_fraction=0",
-        f"data.write_row_group_rows={args.row_group_rows}",
-        f"paths.data_dir={work / 'data'}",
-        "device=cpu",
+    return synthetic_numeric_overrides(args, work) + [
         "model.numeric_embedding=none",
         f"train.batch_size={args.batch_size}",
         f"train.max_epochs={args.epochs}",
@@ -255,24 +248,11 @@ def main() -> None:
 
 
 def render_markdown(payload) -> str:
-    machine, setup, load = (
-        payload["machine"],
-        payload["setup"],
-        payload["load_average_1m"],
-    )
-    code = payload["code"]
+    setup = payload["setup"]
     lines = [
         "# Distributed training on one machine: 1 against 2 processes",
         "",
-        f"{payload['date']}, {machine['processor']}, {machine['cpu_count']} CPUs, "
-        f"{machine['memory_gib']} GiB, Python {machine['python']}, torch "
-        f"{payload['versions']['torch']}; 1-minute load average "
-        f"{load['start']:.1f} at the start, {load['end']:.1f} at the end.",
-        "",
-        f"Code: {payload['label'] or code['package']} (commit "
-        f"{(code.get('commit') or 'unknown')[:10]}"
-        f"{', with uncommitted changes' if code.get('dirty') else ''}).",
-        "",
+        *record_header(payload),
         f"{setup['rows']:,} synthetic rows x {setup['numeric_columns']} numeric "
         f"columns (binary target), {setup['model']}, batch {setup['batch_size']}, "
         f"{setup['epochs']} epochs, on the CPU. Rows/s: the last epoch (and the "

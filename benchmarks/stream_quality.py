@@ -28,7 +28,8 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from benchmarks.common import add_output_arguments, run_record, write_results
+from benchmarks.common import add_output_arguments, record_header, run_record
+from benchmarks.common import write_results
 from benchmarks.quality import ALL_DATASETS, compose_run_config, fit_option
 from benchmarks.quality import write_raw_csv
 from benchmarks.quality_report import PRIMARY, summarise
@@ -122,19 +123,11 @@ def targets(results: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def render(payload: Dict[str, Any]) -> str:
-    setup, machine = payload["setup"], payload["machine"]
-    load, code = payload["load_average_1m"], payload["code"]
+    setup = payload["setup"]
     lines = [
         "# Streaming against holding the split in memory: test quality",
         "",
-        f"{payload['date']}, {machine['processor']}, {machine['usable_cpus']} CPUs, "
-        f"torch {payload['versions']['torch']}; 1-minute load average "
-        f"{load['start']:.1f} at the start, {load['end']:.1f} at the end.",
-        "",
-        f"Code: {payload['label'] or code['package']} (commit "
-        f"{(code.get('commit') or 'unknown')[:10]}"
-        f"{', with uncommitted changes' if code.get('dirty') else ''}).",
-        "",
+        *record_header(payload),
         f"The default model, {setup['seeds']} seeds (each sets the split and the "
         "training seed of both runs), "
         f"`data.write_row_group_rows={setup['row_group_rows']}`; the streamed run "

@@ -24,7 +24,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, List
 
-from benchmarks.common import REPO, add_output_arguments, run_record, write_results
+from benchmarks.common import REPO, add_output_arguments, record_header, run_record
+from benchmarks.common import synthetic_numeric_overrides, write_results
 from benchmarks.processes import measured
 
 TARGET_PEAK_RSS_MIB = 2048  # the target for one streamed epoch at 20M rows
@@ -49,16 +50,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def overrides(args, work: Path) -> List[str]:
-    return [
-        "data=synthetic",
-        f"data.synthetic.rows={args.rows}",
-        f"data.synthetic.n_numeric={args.numeric}",
-        "data.synthetic.n_categorical=0",
-        "data.synthetic.missing_fraction=0",
-        f"data.write_row_group_rows={args.row_group_rows}",
-        f"paths.data_dir={work / 'data'}",
-        f"paths.outputs_dir={work / 'outputs'}",
-        "device=cpu",
+    return synthetic_numeric_overrides(args, work) + [
+        f"paths.outputs_dir={work / 'outputs'}"
     ]
 
 
@@ -141,26 +134,13 @@ def main() -> None:
 
 
 def render_markdown(payload: Dict[str, Any]) -> str:
-    machine, setup, load = (
-        payload["machine"],
-        payload["setup"],
-        payload["load_average_1m"],
-    )
-    code = payload["code"]
+    setup = payload["setup"]
     prep, train = payload["results"]["preprocessing"], payload["results"]["training"]
     tensors = train["tensors_mib_in_memory"]
     lines = [
         "# A training split larger than the memory budget, streamed",
         "",
-        f"{payload['date']}, {machine['processor']}, {machine['cpu_count']} CPUs, "
-        f"{machine['memory_gib']} GiB, Python {machine['python']}, torch "
-        f"{payload['versions']['torch']}; 1-minute load average "
-        f"{load['start']:.1f} at the start, {load['end']:.1f} at the end.",
-        "",
-        f"Code: {payload['label'] or code['package']} (commit "
-        f"{(code.get('commit') or 'unknown')[:10]}"
-        f"{', with uncommitted changes' if code.get('dirty') else ''}).",
-        "",
+        *record_header(payload),
         f"{setup['rows']:,} synthetic rows x {setup['numeric_columns']} numeric "
         f"columns (binary target), {setup['model']}, batch {setup['batch_size']}, "
         f"one epoch on the CPU with `train.loading=auto "

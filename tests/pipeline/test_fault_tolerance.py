@@ -19,13 +19,14 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import REPO, compose_config, csv_overrides, make_table
+from helpers.interrupts import StopAfter
 from modelsphere.core import fileio
 from modelsphere.core.errors import ModelSphereError
 from modelsphere.core.runs import METRICS_FILE
 from modelsphere.training import epochs
 from modelsphere.training import run as training
 from modelsphere.training.checkpoint import CHECKPOINT_FILE, load_checkpoint
-from modelsphere.training.interrupts import StopRequest, TrainingInterrupted
+from modelsphere.training.interrupts import TrainingInterrupted
 from modelsphere.training.run import run_training
 
 TIMING = ("seconds", "rows_per_second")
@@ -263,21 +264,6 @@ def test_a_handler_installed_before_training_does_the_requeue(
     assert load_checkpoint(run_dir)["partial"]["next_step"] == 2
     marker = tmp_path / "outputs" / ".requeue" / "slurm-7.json"
     assert json.loads(marker.read_text())["run_dir"] == str(run_dir.resolve())
-
-
-class StopAfter(StopRequest):
-    """A stop request that fires after `calls` checks."""
-
-    def __init__(self, calls: int, signum: int = signal.SIGTERM):
-        super().__init__()
-        self.calls = calls
-        self.stop_with = signum
-
-    def __call__(self) -> bool:
-        self.calls -= 1
-        if self.calls < 0:
-            self.signum = self.stop_with
-        return self.signum is not None
 
 
 def test_mid_epoch_interrupt_resumes_at_the_next_batch(table, tmp_path, monkeypatch):

@@ -4,10 +4,8 @@ memory, chosen by a memory budget, resumed mid-epoch exactly."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
-import signal
 import threading
 from collections import Counter
 from pathlib import Path
@@ -17,12 +15,12 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import compose_config, csv_overrides, make_table
+from helpers.interrupts import interrupted_after
 from modelsphere.core.errors import ModelSphereError
 from modelsphere.data.preprocessing import prepare_data
 from modelsphere.data.splits import split_row_groups
-from modelsphere.training import run as training
 from modelsphere.training.checkpoint import load_checkpoint
-from modelsphere.training.interrupts import StopRequest, TrainingInterrupted
+from modelsphere.training.interrupts import TrainingInterrupted
 from modelsphere.training.run import run_training
 from modelsphere.training import loading, streaming
 from modelsphere.training.stream_cache import GroupCache
@@ -111,26 +109,6 @@ def test_csv_splits_cannot_be_streamed(table, tmp_path):
     cfg = config(table, tmp_path, "data.format=csv")
     with pytest.raises(ModelSphereError, match="data.format=parquet"):
         run_training(cfg, tmp_path / "outputs" / "train" / "csv")
-
-
-class StopAfter(StopRequest):
-    def __init__(self, calls: int):
-        super().__init__()
-        self.calls = calls
-
-    def __call__(self) -> bool:
-        self.calls -= 1
-        if self.calls < 0:
-            self.signum = signal.SIGTERM
-        return self.signum is not None
-
-
-def interrupted_after(monkeypatch, calls: int) -> None:
-    @contextlib.contextmanager
-    def fake_stop_requests():
-        yield StopAfter(calls)
-
-    monkeypatch.setattr(training, "stop_requests", fake_stop_requests)
 
 
 def test_a_streamed_run_resumes_mid_epoch_exactly(table, tmp_path, monkeypatch):

@@ -6,11 +6,9 @@ before training, one that fails later is dropped with a warning."""
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,11 +17,11 @@ import pytest
 import yaml
 
 from helpers import REPO, compose_config, csv_overrides, make_table, run_cli
+from helpers.interrupts import interrupted_after
 from modelsphere.core.errors import ModelSphereError
 from modelsphere.tracking.loggers import RunLoggers
 from modelsphere.tracking.run_record import flat_params
-from modelsphere.training import run as training
-from modelsphere.training.interrupts import StopRequest, TrainingInterrupted
+from modelsphere.training.interrupts import TrainingInterrupted
 from modelsphere.training.run import run_training
 
 pytestmark = pytest.mark.pipeline
@@ -155,28 +153,12 @@ def test_a_sweep_logs_one_mlflow_run_per_job_under_one_experiment(table, tmp_pat
     assert all(run.info.status == "FINISHED" for run in found)
 
 
-class StopAfter(StopRequest):
-    def __init__(self, calls: int):
-        super().__init__()
-        self.calls = calls
-
-    def __call__(self) -> bool:
-        self.calls -= 1
-        if self.calls < 0:
-            self.signum = signal.SIGTERM
-        return self.signum is not None
-
-
 def test_an_interrupted_run_is_killed_and_continues_its_mlflow_run_on_resume(
     table, tmp_path, monkeypatch
 ):
     run_dir = tmp_path / "outputs" / "train" / "stopped"
 
-    @contextlib.contextmanager
-    def stops_in_epoch_two():
-        yield StopAfter(30)  # one check per batch and per epoch end
-
-    monkeypatch.setattr(training, "stop_requests", stops_in_epoch_two)
+    interrupted_after(monkeypatch, 30)  # in epoch 2
     with pytest.raises(TrainingInterrupted, match="epoch 2"):
         run_training(config(table, tmp_path, ALL, "train.batch_size=8"), run_dir)
     (run,) = runs(tmp_path)
