@@ -173,6 +173,22 @@ def weights(run_dir: Path) -> dict:
     return load_file(str(run_dir / "model.safetensors"))
 
 
+def test_a_run_resumed_in_its_last_epoch_removes_the_whole_cache(
+    table, tmp_path, monkeypatch
+):
+    """The resumed process skips the windows done before the stop without
+    reading them; the cache files of those groups go too."""
+    run_dir = tmp_path / "outputs" / "train" / "stopped-late"
+    steps_per_epoch = -(-280 // 16)  # 400 rows -> 280 train rows, batch 16
+    interrupted_after(monkeypatch, 2 * (steps_per_epoch + 1) + 12)  # epoch 3
+    with pytest.raises(TrainingInterrupted, match="epoch 3, batch 13"):
+        run_training(config(table, tmp_path), run_dir)
+    monkeypatch.undo()
+    run_training(config(table, tmp_path, f"train.resume={run_dir}"), tmp_path / "x")
+    assert metrics(run_dir)["training"]["epochs_run"] == 3
+    assert not (run_dir / "stream_cache").exists()
+
+
 def test_later_epochs_read_the_stream_cache_and_train_the_same(
     table, tmp_path, monkeypatch
 ):
@@ -262,7 +278,7 @@ def test_no_cache_when_it_would_take_half_the_free_disk(
     assert made  # with room on the disk, the same run caches
 
 
-def test_an_unreadable_cache_file_is_read_from_the_split_again(tmp_path):
+def test_an_unreadable_cache_file_is_read_from_the_split_again(tmp_path, monkeypatch):
     cache = GroupCache(tmp_path / "cache", "train")
     made = []
 
@@ -280,6 +296,15 @@ def test_an_unreadable_cache_file_is_read_from_the_split_again(tmp_path):
     assert torch.equal(cache.get(4, make).numeric, first.numeric) and len(made) == 2
     cache.remove()
     assert not (tmp_path / "cache").exists()
+    cache.get(4, make)
+    assert cache.path(4).is_file()
+
+    def full_disk(tensors, path, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("modelsphere.training.stream_cache.save_file", full_disk)
+    cache.get(5, make)  # cannot be written: the cache is off, its files gone
+    assert not cache.enabled and not cache.path(4).exists()
 
 
 def test_the_cache_key_changes_with_the_data_and_the_transform():

@@ -132,12 +132,12 @@ def _streamed(cfg, run_dir, data, feature_state, device, context) -> LoadedData:
 
 def _caching(cfg, run_dir: Path, data, context, bytes_per_row: int) -> bool:
     """Whether this process keeps a stream cache: for a run of more than one
-    epoch, when its train and val tensors take at most a share of the free disk
-    (the checkpoints written beside it must still fit)."""
+    epoch, when the train and val tensors of every process take at most a share
+    of the free disk (the processes of one machine share it, and the
+    checkpoints written beside the cache must still fit)."""
     if not (cfg.train.stream_cache and cfg.train.max_epochs > 1):
         return False
-    rows = sum(data.split_rows(split) for split in CACHED_SPLITS)
-    need = -(-rows // context.world_size) * bytes_per_row
+    need = sum(data.split_rows(split) for split in CACHED_SPLITS) * bytes_per_row
     where = next(p for p in (run_dir, *run_dir.parents) if p.exists())
     free = shutil.disk_usage(where).free
     if need > free * CACHE_SHARE_OF_FREE_DISK:

@@ -90,7 +90,7 @@ from modelsphere.training.summary import (
     peak_rss_kib,
     short_metrics,
 )
-from modelsphere.training.streaming import remove_caches
+from modelsphere.training.stream_cache import remove_stream_cache
 from modelsphere.training.trainer import Trainer, build_trainer
 from modelsphere.tracking.loggers import open_loggers
 from modelsphere.tracking.run_record import flat_params, logged_files, sweep_tags
@@ -222,7 +222,8 @@ def _train_and_report(cfg, run_dir, resume, device, context, loggers) -> float:
         )
         for split in ("val", "test")
     }
-    remove_caches(tensors)  # a completed run's stream caches
+    barrier(context)  # every process is done reading its stream cache
+    remove_stream_cache(run_dir)
     if main:
         summary = metrics_summary(
             loop,

@@ -10,13 +10,16 @@ cached epoch trains on exactly what an uncached one would.
 
 - The key is a digest of the split file and the fitted feature state: a cache
   written for other data or another transform is never read.
-- A file is written to a temporary name and renamed, so a killed write leaves
-  no half file under the final name; a file that cannot be read back (a crash
-  before the bytes reached the disk) is a miss: the group is read again.
+- A file is written to a temporary name, flushed to disk and renamed, so a
+  killed write or a power loss leaves no half file under the final name; a
+  file that cannot be read back all the same is a miss: the group is read
+  again.
 - A full disk (or any failure to write) turns the cache off for the rest of
-  the run with one warning; the run goes on reading the Parquet.
+  the run with one warning and removes what it held; the run goes on reading
+  the Parquet.
 - Each process caches only the row groups it reads; a completed run removes
-  its cache (an interrupted one keeps it for its resume).
+  the whole cache once every process is done with it (an interrupted one keeps
+  it for its resume).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -99,10 +103,13 @@ class GroupCache:
             os.close(fd)
             parts = zip(("numeric", "categorical", "target"), tensors.parts())
             save_file({name: part.contiguous() for name, part in parts}, tmp)
+            with open(tmp, "rb+") as handle:  # on disk before it has its name
+                os.fsync(handle.fileno())
             os.replace(tmp, final)
         except (OSError, SafetensorError) as exc:
             if tmp is not None:
                 Path(tmp).unlink(missing_ok=True)
+            self.remove()  # what it holds, to give the disk back
             self.enabled = False
             log.warning(
                 "stream cache: could not write %s (%s); later epochs read the "
@@ -121,6 +128,12 @@ class GroupCache:
                 folder.rmdir()
             except OSError:  # other processes' files, or never made
                 break
+
+
+def remove_stream_cache(run_dir: Path) -> None:
+    """A completed run's whole stream cache, whoever wrote it: groups a resumed
+    run never read again, and temporary files of a killed write, included."""
+    shutil.rmtree(Path(run_dir) / CACHE_DIR, ignore_errors=True)
 
 
 def split_cache(

@@ -322,13 +322,6 @@ def group_tensors(
     return transformed() if cache is None else cache.get(group, transformed)
 
 
-def remove_caches(splits) -> None:
-    """The stream caches of a finished run (this process's groups)."""
-    for source in splits.values():
-        if getattr(source, "cache", None) is not None:
-            source.cache.remove()
-
-
 def frame_tensors_target(frame, feature_state) -> torch.Tensor:
     name = feature_state["target"]["name"]
     return torch.from_numpy(encode_target(frame[name], feature_state, "train split"))
