@@ -102,13 +102,26 @@ def first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+# What gloo's transport says when a peer died, froze past the timeout or became
+# unreachable (lower case): its own errors name it, others only the connection.
+PEER_FAILURE_MARKERS = (
+    "gloo",
+    "pair closure",
+    "connection closed by peer",
+    "connection reset by peer",
+)
+
+
 def is_peer_failure(exc: BaseException, context: DistContext) -> bool:
     """Whether `exc` is a collective operation that failed because another
     process died, hung past the timeout, or became unreachable (gloo reports it
     as a RuntimeError from its transport; NCCL as a DistError)."""
     if not context.enabled or not isinstance(exc, RuntimeError):
         return False
-    return isinstance(exc, dist.DistError) or "gloo" in str(exc)
+    message = str(exc).lower()
+    return isinstance(exc, dist.DistError) or any(
+        marker in message for marker in PEER_FAILURE_MARKERS
+    )
 
 
 def peer_failure(
