@@ -20,7 +20,7 @@ from modelsphere.features.tensors import SplitTensors, split_tensors
 from modelsphere.models.numeric_embeddings import bin_fit_rows
 from modelsphere.training.distributed import DistContext
 from modelsphere.training.sharding import holds_shards, shard_rows
-from modelsphere.training.stream_cache import GroupCache, split_cache
+from modelsphere.training.stream_cache import split_cache
 from modelsphere.training.streaming import (
     MIB,
     StreamedEvalSplit,
@@ -69,10 +69,12 @@ def load_data(
             "to hold every row: use train.ddp_data=shards, or train.loading=memory"
         )
     if streamed:
-        caching = _caching(cfg, run_dir, data, context, bytes_per_row)
-        return _streamed(
-            cfg, run_dir if caching else None, data, feature_state, device, context
-        )
+        cached = CACHED_SPLITS if _caching(cfg, run_dir, data, bytes_per_row) else ()
+        caches = {
+            split: split_cache(run_dir, split, data.split_sha256(split), feature_state)
+            for split in cached
+        }
+        return _streamed(cfg, caches, data, feature_state, device, context)
     splits = {
         split: split_tensors(
             data,
@@ -95,13 +97,10 @@ def load_data(
     return LoadedData(splits, train, streamed=False)
 
 
-def _streamed(cfg, run_dir, data, feature_state, device, context) -> LoadedData:
-    source = StreamedTrainSplit(
-        data,
-        feature_state,
-        device.device,
-        _cache(run_dir, data, "train", feature_state),
-    )
+def _streamed(cfg, caches, data, feature_state, device, context) -> LoadedData:
+    """The streamed splits; `caches`: the stream cache of each split that has
+    one (none when this run keeps no cache)."""
+    source = StreamedTrainSplit(data, feature_state, device.device, caches.get("train"))
     splits: Dict[str, Any] = {"train": source}
     for split in ("val", "test"):
         splits[split] = StreamedEvalSplit(
@@ -110,7 +109,7 @@ def _streamed(cfg, run_dir, data, feature_state, device, context) -> LoadedData:
             feature_state,
             device.device,
             context,
-            _cache(run_dir, data, split, feature_state),
+            caches.get(split),
         )
     group_rows = tuple(split_row_groups(data, "train"))
     # The row groups this process streams (before the batch size is known).
@@ -130,7 +129,7 @@ def _streamed(cfg, run_dir, data, feature_state, device, context) -> LoadedData:
     return LoadedData(splits, train, streamed=True)
 
 
-def _caching(cfg, run_dir: Path, data, context, bytes_per_row: int) -> bool:
+def _caching(cfg, run_dir: Path, data, bytes_per_row: int) -> bool:
     """Whether this process keeps a stream cache: for a run of more than one
     epoch, when the train and val tensors of every process take at most a share
     of the free disk (the processes of one machine share it, and the
@@ -151,14 +150,6 @@ def _caching(cfg, run_dir: Path, data, context, bytes_per_row: int) -> bool:
         )
         return False
     return True
-
-
-def _cache(run_dir, data, split, feature_state) -> Optional[GroupCache]:
-    """The stream cache of a split read every epoch (train, and val: scored
-    after each); none when `run_dir` is None (no cache for this run)."""
-    if run_dir is None or split not in CACHED_SPLITS:
-        return None
-    return split_cache(run_dir, split, data.split_sha256(split), feature_state)
 
 
 def _fit_sample(

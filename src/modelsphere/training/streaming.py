@@ -205,12 +205,7 @@ class StreamedTrainSplit:
             group_tensors(self.data, "train", group, self.feature_state, self.cache)
             for group in groups
         ]
-        tensors = SplitTensors(
-            *(
-                torch.cat(columns).to(self.device)
-                for columns in zip(*(part.parts() for part in parts))
-            )
-        )
+        tensors = _to(_concat(parts), self.device)
         generator = torch.Generator().manual_seed(seed)
         order = torch.randperm(len(tensors), generator=generator).to(self.device)
         return SplitTensors(*(part[order] for part in tensors.parts()))
@@ -260,10 +255,7 @@ class StreamedTrainSplit:
 
     def _no_rows(self) -> SplitTensors:
         if self._empty is None:
-            frame = read_row_groups(self.data, "train", [])  # the columns alone
-            self._empty = frame_tensors(
-                frame, self.feature_state, self.device, "train split"
-            )
+            self._empty = no_rows(self.data, "train", self.feature_state, self.device)
         return self._empty
 
     @staticmethod
@@ -293,15 +285,18 @@ class StreamedEvalSplit:
         world, rank = self.context.world_size, self.context.rank
         mine = list(range(rank, len(self.groups), world))
         if not mine:  # a process with no group scores no rows
-            frame = read_row_groups(self.data, self.split, [])
-            yield frame_tensors(
-                frame, self.feature_state, self.device, f"{self.split} split"
-            )
+            yield no_rows(self.data, self.split, self.feature_state, self.device)
         for group in mine:
             tensors = group_tensors(
                 self.data, self.split, group, self.feature_state, self.cache
             )
-            yield SplitTensors(*(part.to(self.device) for part in tensors.parts()))
+            yield _to(tensors, self.device)
+
+
+def no_rows(data: ProcessedData, split: str, feature_state, device) -> SplitTensors:
+    """A batch of none of the split's rows (its columns alone)."""
+    frame = read_row_groups(data, split, [])
+    return frame_tensors(frame, feature_state, device, f"{split} split")
 
 
 def group_tensors(
@@ -348,7 +343,15 @@ def _take(
             taken.append(SplitTensors(*(part[:left] for part in head.parts())))
             pending = [_rows_from(head, left)] + pending[1:]
             left = 0
-    if len(taken) == 1:
-        return taken[0], pending
-    joined = (torch.cat(parts) for parts in zip(*(t.parts() for t in taken)))
-    return SplitTensors(*joined), pending
+    return (taken[0] if len(taken) == 1 else _concat(taken)), pending
+
+
+def _concat(parts: List[SplitTensors]) -> SplitTensors:
+    """The rows of `parts`, one after the other."""
+    return SplitTensors(
+        *(torch.cat(columns) for columns in zip(*(p.parts() for p in parts)))
+    )
+
+
+def _to(tensors: SplitTensors, device) -> SplitTensors:
+    return SplitTensors(*(part.to(device) for part in tensors.parts()))
