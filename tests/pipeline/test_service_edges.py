@@ -484,6 +484,12 @@ def test_two_workers_report_the_requests_of_both(trained_runs, tmp_path):
             thread.start()
         for thread in threads:
             thread.join()
+        # a request is counted once its response has gone out: the last may
+        # still be on its way to the shared files when its client returns
+        deadline = time.monotonic() + WAIT
+        while scraped_count(port, "/v2/health/live") < requests:
+            assert time.monotonic() < deadline, "requests never all counted"
+            time.sleep(0.05)
         counts = [scraped_count(port, "/v2/health/live") for _ in range(8)]
         process.send_signal(signal.SIGINT)
         output = process.communicate(timeout=60)[0]
