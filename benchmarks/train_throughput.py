@@ -16,10 +16,16 @@ In one process, side by side:
   achieved GFLOP/s = rows/s x training FLOPs per row (6 x multiply-adds of the
   linear layers: forward, input gradient, weight gradient) and its share of the peak;
 - ours at each `--data-rows` (data size: cache effects);
+- the model options users train (`--models`: the default `mlp` with its
+  piecewise-linear embeddings and dropout, `mlp_plr`, TabM at its CPU size),
+  each in our loop at each batch size, with its own training FLOPs per row and
+  share of the peak, and its speed as a share of the plain MLP's;
 - inference per row (eval mode, no autograd) at each `--inference-batch-sizes`.
 
 Each figure is the median of `--repeats` runs after a warm-up; ratios come from
-the same run. Results go to benchmarks/results/<name>.{json,md} with the machine.
+the same run. Training FLOPs per row are the matrix products one training step
+runs (forward and backward), counted by torch.utils.flop_counter on one batch.
+Results go to benchmarks/results/<name>.{json,md} with the machine.
 """
 
 from __future__ import annotations
@@ -34,16 +40,34 @@ import time
 from datetime import datetime, timezone
 
 import torch
+from hydra import compose, initialize_config_dir
 from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import add_output_arguments, cpu_model, write_results
+from benchmarks.common import REPO, add_output_arguments, cpu_model, write_results
 from modelsphere.core.devices import autocast, make_grad_scaler, select_device
 from modelsphere.core.provenance import package_versions
 from modelsphere.features.tensors import SplitTensors
-from modelsphere.models.registry import build_model
+from modelsphere.models.registry import build_model, spec_from_config
 from modelsphere.models.spec import ModelSpec
-from modelsphere.training.epochs import train_one_epoch
+from modelsphere.training.config import TrainAppConfig
+from modelsphere.training.epochs import batch_loss, train_one_epoch
 from modelsphere.training.optimization import make_loss, make_optimizer, make_scheduler
+
+# The model options measured beside the plain MLP: name -> Hydra overrides of the
+# app config (TabM at the size docs/models.md gives for the CPU).
+MODEL_OPTIONS = {
+    "mlp": [],
+    "mlp_plr": ["model=mlp_plr"],
+    "tabm_cpu_size": [
+        "model=tabm",
+        "model.hidden_sizes=[128,128]",
+        "model.ensemble.k=8",
+    ],
+}
+DEFAULT_MODEL = "mlp"
+# The default model's training speed as a share of the plain MLP's (issue 15).
+DEFAULT_VS_PLAIN_GOAL = 0.6
 
 
 def parse_args() -> argparse.Namespace:
@@ -70,6 +94,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-amp", action="store_true", help="float32 on CUDA too")
     parser.add_argument("--skip-dataloader", action="store_true")
+    parser.add_argument(
+        "--models",
+        nargs="*",
+        default=list(MODEL_OPTIONS),
+        choices=list(MODEL_OPTIONS),
+        help="model options measured beside the plain MLP (none: only the MLP)",
+    )
     add_output_arguments(parser, "train_throughput")
     return parser.parse_args()
 
@@ -95,20 +126,55 @@ def model_spec(args, dropout: float = 0.0) -> ModelSpec:
     )
 
 
-def fresh_model(args, device, dropout: float = 0.0):
+def option_spec(option: str, data: SplitTensors) -> ModelSpec:
+    """The spec train.py builds for a model option on this table (its
+    data-dependent settings, such as the bin edges, fitted on `data`)."""
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=MODEL_OPTIONS[option])
+    assert TrainAppConfig  # its import registers the schema compose needs
+    n_numeric = data.numeric.shape[1]
+    state = {
+        "numeric": [
+            {"name": f"x{i}", "missing_indicator": False} for i in range(n_numeric)
+        ],
+        "categorical": [],
+        "target": {"name": "target", "task": "binary", "classes": [0, 1]},
+    }
+    sample = SplitTensors(data.numeric.cpu(), data.categorical.cpu(), data.target.cpu())
+    return spec_from_config(cfg.model, state, "binary", train=sample, seed=cfg.seed)
+
+
+def fresh_model(args, device, dropout: float = 0.0, spec=None):
     torch.manual_seed(0)
-    model = build_model(model_spec(args, dropout)).to(device)
+    model = build_model(spec or model_spec(args, dropout)).to(device)
     return model, make_optimizer(model, 1e-3, 1e-4)
 
 
-def multiply_adds_per_row(args) -> int:
-    """Multiply-adds of the linear layers for one row's forward pass."""
-    model = build_model(model_spec(args))
-    return sum(
-        module.in_features * module.out_features
-        for module in model.modules()
-        if isinstance(module, torch.nn.Linear)
+def train_flops_per_row(spec: ModelSpec, batch_size: int = 256) -> int:
+    """FLOPs of the matrix products one training step runs per row (forward and
+    backward, as torch.utils.flop_counter counts them), on the CPU in float32."""
+    model = build_model(spec)
+    model.train()
+    generator = torch.Generator().manual_seed(0)
+    numeric = torch.randn(batch_size, spec.n_numeric, generator=generator)
+    categorical = torch.zeros(batch_size, len(spec.cardinalities), dtype=torch.long)
+    target = torch.randint(0, 2, (batch_size,), generator=generator)
+    loss_fn = make_loss("binary", target, "none")
+    counter = FlopCounterMode(display=False)
+    with counter:
+        batch_loss(loss_fn, model(numeric, categorical), target).backward()
+    return counter.get_total_flops() // batch_size
+
+
+def embedding_kind(spec: ModelSpec) -> str:
+    kinds = [kind for kind in ("piecewise", "periodic") if kind in spec.extra]
+    return (
+        {"piecewise": "piecewise_linear"}.get(kinds[0], kinds[0]) if kinds else "none"
     )
+
+
+def parameter_count(spec: ModelSpec) -> int:
+    return sum(p.numel() for p in build_model(spec).parameters())
 
 
 def synchronize(device: torch.device) -> None:
@@ -150,9 +216,9 @@ def timed(epoch_fn, repeats: int, device: torch.device) -> list:
     return times
 
 
-def ours(args, data, choice, batch_size: int, dropout: float = 0.0):
+def ours(args, data, choice, batch_size: int, dropout: float = 0.0, spec=None):
     """train_one_epoch as train.py runs it: clipping, cosine schedule, NaN check."""
-    model, optimizer = fresh_model(args, choice.device, dropout)
+    model, optimizer = fresh_model(args, choice.device, dropout, spec)
     train_cfg = argparse.Namespace(max_epochs=1000, warmup_epochs=0, scheduler="cosine")
     steps = -(-len(data) // batch_size)
     scheduler = make_scheduler(optimizer, train_cfg, steps)
@@ -299,7 +365,7 @@ def main() -> None:
     choice = select_device(args.device, amp=not args.no_amp)
     peak = matmul_peak(args.matmul_size, args.repeats, choice, args.timed_work)
     print(f"matmul peak {peak['gflops']:,.1f} GFLOP/s ({peak['dtype']})")
-    flops_per_row = 6 * multiply_adds_per_row(args)
+    flops_per_row = train_flops_per_row(model_spec(args))
     first = args.batch_sizes[0]
     runs = []  # (name, loop builder, batch size, rows)
     for batch in args.batch_sizes:
@@ -324,6 +390,7 @@ def main() -> None:
             f"{name:30s} {results[name]['rows_per_second']:12,.0f} rows/s "
             f"{results[name]['gflops']:8.1f} GFLOP/s (median of {len(times)})"
         )
+    models = model_option_results(args, tables[args.rows], choice, peak, results)
     profile = training_profile(args, tables[args.rows], choice, first)
     del tables
     ours_rate = results["ours"]["rows_per_second"]
@@ -358,19 +425,61 @@ def main() -> None:
         "matmul_peak": peak,
         "results": results,
         "ratios": ratios,
+        "models": models,
         "inference": inference_costs(args, choice),
         "training_profile": profile,
-        "targets": targets(results, args.batch_sizes),
+        "targets": targets(results, args.batch_sizes, models),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     write_results(args.out, args.name, payload, render_markdown)
     print(json.dumps({"ratios": ratios, "targets": payload["targets"]}, indent=2))
 
 
-def targets(results: dict, batch_sizes) -> dict:
-    """Issue 7's targets: ours at batch 4096 at >= 70% of the matmul peak, and
-    >= 2.5x the per-row DataLoader at batch 1024 (where those were run)."""
+def model_option_results(args, data, choice, peak, plain: dict) -> dict:
+    """Each model option in our loop at each batch size, beside the plain MLP's
+    `ours` row at the same batch size (`plain`)."""
+    first = args.batch_sizes[0]
     out = {}
+    for option in args.models:
+        spec = option_spec(option, data)
+        flops = train_flops_per_row(spec)
+        rows = {}
+        for batch in args.batch_sizes:
+            epoch = ours(args, data, choice, batch, spec=spec)
+            times = timed(epoch, args.repeats, choice.device)
+            result = loop_result(times, len(data), batch, flops, peak["gflops"])
+            name = "ours" if batch == first else f"ours_batch_{batch}"
+            result["vs_plain_mlp"] = (
+                result["rows_per_second"] / plain[name]["rows_per_second"]
+            )
+            rows[str(batch)] = result
+            print(
+                f"{option:16s} batch {batch:5d} {result['rows_per_second']:12,.0f} "
+                f"rows/s {result['gflops']:8.1f} GFLOP/s "
+                f"({result['vs_plain_mlp']:.2f}x the plain MLP)"
+            )
+        out[option] = {
+            "overrides": MODEL_OPTIONS[option],
+            "numeric_embedding": embedding_kind(spec),
+            "parameters": parameter_count(spec),
+            "train_flops_per_row": flops,
+            "batches": rows,
+        }
+    return out
+
+
+def targets(results: dict, batch_sizes, models: dict) -> dict:
+    """Issue 7's targets: ours at batch 4096 at >= 70% of the matmul peak, and
+    >= 2.5x the per-row DataLoader at batch 1024 (where those were run); issue
+    15's: the default model at >= 0.6x the plain MLP's rows/s at batch 1024."""
+    out = {}
+    if DEFAULT_MODEL in models and "1024" in models[DEFAULT_MODEL]["batches"]:
+        ratio = models[DEFAULT_MODEL]["batches"]["1024"]["vs_plain_mlp"]
+        out["default_model_vs_plain_mlp_batch_1024"] = {
+            "value": ratio,
+            "goal": DEFAULT_VS_PLAIN_GOAL,
+            "met": ratio >= DEFAULT_VS_PLAIN_GOAL,
+        }
     name = "ours" if batch_sizes[0] == 4096 else "ours_batch_4096"
     if name in results:
         share = results[name]["fraction_of_peak"]
@@ -389,6 +498,32 @@ def targets(results: dict, batch_sizes) -> dict:
             "met": ratio >= 2.5,
         }
     return out
+
+
+def model_option_lines(models: dict) -> list:
+    if not models:
+        return []
+    lines = [
+        "",
+        "## The model options users train, in our loop",
+        "",
+        "Each option as train.py builds it on this table (bin edges fitted on it), "
+        "against the plain MLP's `ours` row at the same batch size.",
+        "",
+        "| model | numeric embedding | parameters | training FLOPs/row | batch "
+        "| rows/s | GFLOP/s | share of peak | x plain MLP |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for option, model in models.items():
+        for batch, result in model["batches"].items():
+            lines.append(
+                f"| {option} | {model['numeric_embedding']} "
+                f"| {model['parameters']:,} | {model['train_flops_per_row']:,} "
+                f"| {int(batch):,} | {result['rows_per_second']:,.0f} "
+                f"| {result['gflops']:,.1f} | {result['fraction_of_peak']:.0%} "
+                f"| {result['vs_plain_mlp']:.2f} |"
+            )
+    return lines
 
 
 def device_name(choice) -> str:
@@ -429,6 +564,9 @@ def render_markdown(payload) -> str:
     lines += [
         "",
         "Ratios: " + ", ".join(f"{k} {v:.2f}x" for k, v in payload["ratios"].items()),
+    ]
+    lines += model_option_lines(payload.get("models", {}))
+    lines += [
         "",
         "## Inference cost per row (eval mode, no autograd)",
         "",

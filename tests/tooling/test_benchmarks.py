@@ -13,7 +13,7 @@ def test_train_throughput_smoke(tmp_path, monkeypatch):
     argv = ["train_throughput.py", "--rows", "3000", "--repeats", "1"]
     argv += ["--batch-sizes", "256", "1024", "--data-rows", "1000"]
     argv += ["--inference-batch-sizes", "1", "64", "--matmul-size", "256"]
-    argv += ["--timed-work", "0.01"]
+    argv += ["--timed-work", "0.01", "--models", "mlp", "tabm_cpu_size"]
     argv += ["--device", "cpu", "--out", str(tmp_path), "--name", "smoke"]
     monkeypatch.setattr(sys, "argv", argv)
     runpy.run_module("benchmarks.train_throughput", run_name="__main__", alter_sys=True)
@@ -36,15 +36,37 @@ def test_train_throughput_smoke(tmp_path, monkeypatch):
         assert result["fraction_of_peak"] == pytest.approx(result["gflops"] / peak)
     assert payload["results"]["ours_batch_1024"]["batch_size"] == 1024
     assert payload["results"]["ours_1000_rows"]["rows"] == 1000
-    # 64 -> 256 -> 256 -> 1 multiply-adds, x6 for forward + both backward products
-    assert payload["setup"]["train_flops_per_row"] == 6 * (64 * 256 + 256 * 256 + 256)
+    # 64 -> 256 -> 256 -> 1 multiply-adds, x2 forward, x2 weight gradients and
+    # x2 input gradients (none for the first layer: its input needs none)
+    plain_flops = 4 * 64 * 256 + 6 * (256 * 256 + 256)
+    assert payload["setup"]["train_flops_per_row"] == plain_flops
     assert set(payload["inference"]) == {"1", "64"}
     assert payload["setup"]["rows"] == 3000
     assert payload["machine"]["device"] == "cpu"
-    # Targets are judged only for the batch sizes the issue names.
-    assert payload["targets"] == {}
+    # The model options, each with its own cost, beside the plain MLP.
+    models = payload["models"]
+    assert set(models) == {"mlp", "tabm_cpu_size"}
+    assert models["mlp"]["numeric_embedding"] == "piecewise_linear"
+    assert models["tabm_cpu_size"]["numeric_embedding"] == "none"
+    assert models["mlp"]["train_flops_per_row"] > plain_flops
+    for model in models.values():
+        assert set(model["batches"]) == {"256", "1024"}
+        for batch, result in model["batches"].items():
+            plain = payload["results"]["ours" if batch == "256" else "ours_batch_1024"]
+            assert result["vs_plain_mlp"] == pytest.approx(
+                result["rows_per_second"] / plain["rows_per_second"]
+            )
+            assert result["gflops"] == pytest.approx(
+                result["rows_per_second"] * model["train_flops_per_row"] / 1e9
+            )
+    # Targets are judged only for the batch sizes the issues name: the default
+    # model against the plain MLP at 1024 here.
+    goal = payload["targets"]["default_model_vs_plain_mlp_batch_1024"]
+    assert goal["value"] == models["mlp"]["batches"]["1024"]["vs_plain_mlp"]
+    assert set(payload["targets"]) == {"default_model_vs_plain_mlp_batch_1024"}
     markdown = (tmp_path / "smoke.md").read_text()
     assert "| ours | 256 |" in markdown and "Ratios:" in markdown
+    assert "| mlp | piecewise_linear |" in markdown
     assert "## Inference cost per row" in markdown
 
 
