@@ -49,6 +49,9 @@ def test_train_throughput_smoke(tmp_path, monkeypatch):
     assert models["mlp"]["numeric_embedding"] == "piecewise_linear"
     assert models["tabm_cpu_size"]["numeric_embedding"] == "none"
     assert models["mlp"]["train_flops_per_row"] > plain_flops
+    # The loops trained the options, not the plain MLP (64-256-256-1: 83,457).
+    plain_parameters = 64 * 256 + 256 + 256 * 256 + 256 + 256 + 1
+    assert plain_parameters not in {m["parameters"] for m in models.values()}
     for model in models.values():
         assert set(model["batches"]) == {"256", "1024"}
         for batch, result in model["batches"].items():
@@ -156,3 +159,46 @@ def test_stream_quality_benchmark_smoke(tmp_path, monkeypatch):
     check = payload["targets"]["credit_data"]
     assert check["metric"] == "roc_auc" and isinstance(check["met"], bool)
     assert "| credit_data | binary |" in (tmp_path / "smoke.md").read_text()
+
+
+def test_device_crossover_is_where_the_fitted_lines_meet():
+    from benchmarks.device_end_to_end import crossovers, line_through
+
+    cpu = line_through([(1_000, 6.0), (100_000, 105.0), (10_000, 99.0)])
+    assert cpu == pytest.approx({"start_seconds": 5.0, "seconds_per_row_epoch": 1e-3})
+    gpu = {"start_seconds": 15.0, "seconds_per_row_epoch": 1e-4}
+    slower = {"start_seconds": 15.0, "seconds_per_row_epoch": 2e-3}
+    found = crossovers({"cpu": cpu, "cuda_amp": gpu, "cuda_fp32": slower})
+    # 5 + 1e-3 x = 15 + 1e-4 x  ->  x = 10 / 9e-4
+    assert found["cuda_amp"]["rows_x_epochs"] == pytest.approx(10 / 9e-4)
+    assert found["cuda_fp32"]["rows_x_epochs"] is None
+    assert crossovers({"cuda_amp": gpu}) == {}
+
+
+def test_device_end_to_end_smoke(tmp_path, monkeypatch):
+    argv = ["device_end_to_end.py", "--rows", "400", "800", "--epochs", "1"]
+    argv += ["--features", "4", "--work-dir", str(tmp_path / "work")]
+    argv += ["--out", str(tmp_path), "--name", "smoke"]
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.delitem(sys.modules, "benchmarks.device_end_to_end", raising=False)
+    runpy.run_module("benchmarks.device_end_to_end", run_name="__main__")
+    payload = json.loads((tmp_path / "smoke.json").read_text())
+    assert payload["setup"]["variants"] == {"cpu": ["device=cpu"]}  # no CUDA here
+    assert set(payload["tables"]) == {"400", "800"}
+    for rows, table in payload["tables"].items():
+        run = table["train"]["cpu"]
+        assert run["device"] == "cpu" and run["epochs"] == 1
+        assert run["process_seconds"] > 0 and 0 <= run["test_roc_auc"] <= 1
+        assert table["raw_csv"].endswith(".csv") and table["preprocess_seconds"] > 0
+    scored = payload["predict"]
+    assert scored["rows"] == 800 and scored["variants"]["cpu"]["output_bytes"] > 0
+    seconds = [
+        payload["tables"][r]["train"]["cpu"]["process_seconds"] for r in ("400", "800")
+    ]
+    fit = payload["fits"]["cpu"]
+    assert fit["start_seconds"] + fit["seconds_per_row_epoch"] * 800 == pytest.approx(
+        seconds[1]
+    )
+    assert payload["crossover"] == {}  # nothing to cross without a GPU
+    markdown = (tmp_path / "smoke.md").read_text()
+    assert "| 800 | cpu |" in markdown and "## Where the GPU starts to win" in markdown
