@@ -24,7 +24,8 @@ In one process, side by side:
 
 Each figure is the median of `--repeats` runs after a warm-up; ratios come from
 the same run. Training FLOPs per row are the matrix products one training step
-runs (forward and backward), counted by torch.utils.flop_counter on one batch.
+runs (forward and backward) and its weighted gathers, counted by
+torch.utils.flop_counter on one batch.
 Results go to benchmarks/results/<name>.{json,md} with the machine.
 """
 
@@ -33,6 +34,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 import platform
 import statistics
@@ -54,10 +56,14 @@ from modelsphere.training.config import TrainAppConfig
 from modelsphere.training.epochs import batch_loss, train_one_epoch
 from modelsphere.training.optimization import make_loss, make_optimizer, make_scheduler
 
-# The model options measured beside the plain MLP: name -> Hydra overrides of the
-# app config (TabM at the size docs/models.md gives for the CPU).
+# The model options measured: name -> Hydra overrides of the app config (TabM at
+# the size docs/models.md gives for the CPU). Each is compared with `mlp_plain`,
+# the default preset without numeric embeddings (its dropout included), at the
+# same batch size.
 MODEL_OPTIONS = {
+    "mlp_plain": ["model.numeric_embedding=none"],  # what the others are against
     "mlp": [],
+    "mlp_embedding_form": ["model.piecewise.form=embedding"],
     "mlp_plr": ["model=mlp_plr"],
     "tabm_cpu_size": [
         "model=tabm",
@@ -66,6 +72,7 @@ MODEL_OPTIONS = {
     ],
 }
 DEFAULT_MODEL = "mlp"
+PLAIN_MODEL = "mlp_plain"
 # The default model's training speed as a share of the plain MLP's (issue 15).
 DEFAULT_VS_PLAIN_GOAL = 0.6
 
@@ -150,9 +157,23 @@ def fresh_model(args, device, dropout: float = 0.0, spec=None):
     return model, make_optimizer(model, 1e-3, 1e-4)
 
 
+def _weighted_gather_flops(weight_shape, indices_shape, *args, **kwargs) -> int:
+    """A weighted embedding_bag: a multiply and an add per index and column."""
+    return 2 * math.prod(indices_shape) * weight_shape[1]
+
+
+# What torch's flop counter does not count: the weighted gathers of the default
+# model's first layer (forward, and its gradient run as a gather too).
+GATHER_FLOPS = {
+    torch.ops.aten._embedding_bag: _weighted_gather_flops,
+    torch.ops.aten._embedding_bag_forward_only: _weighted_gather_flops,
+}
+
+
 def train_flops_per_row(spec: ModelSpec, batch_size: int = 256) -> int:
-    """FLOPs of the matrix products one training step runs per row (forward and
-    backward, as torch.utils.flop_counter counts them), on the CPU in float32."""
+    """FLOPs of the matrix products and weighted gathers one training step runs
+    per row (forward and backward, as torch.utils.flop_counter counts them, with
+    GATHER_FLOPS), on the CPU in float32."""
     model = build_model(spec)
     model.train()
     generator = torch.Generator().manual_seed(0)
@@ -160,7 +181,7 @@ def train_flops_per_row(spec: ModelSpec, batch_size: int = 256) -> int:
     categorical = torch.zeros(batch_size, len(spec.cardinalities), dtype=torch.long)
     target = torch.randint(0, 2, (batch_size,), generator=generator)
     loss_fn = make_loss("binary", target, "none")
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=GATHER_FLOPS)
     with counter:
         batch_loss(loss_fn, model(numeric, categorical), target).backward()
     return counter.get_total_flops() // batch_size
@@ -391,7 +412,7 @@ def main() -> None:
             f"{name:30s} {results[name]['rows_per_second']:12,.0f} rows/s "
             f"{results[name]['gflops']:8.1f} GFLOP/s (median of {len(times)})"
         )
-    models = model_option_results(args, tables[args.rows], choice, peak, results)
+    models = model_option_results(args, tables[args.rows], choice, peak)
     profile = training_profile(args, tables[args.rows], choice, first)
     del tables
     ours_rate = results["ours"]["rows_per_second"]
@@ -436,12 +457,13 @@ def main() -> None:
     print(json.dumps({"ratios": ratios, "targets": payload["targets"]}, indent=2))
 
 
-def model_option_results(args, data, choice, peak, plain: dict) -> dict:
-    """Each model option in our loop at each batch size, beside the plain MLP's
-    `ours` row at the same batch size (`plain`)."""
-    first = args.batch_sizes[0]
+def model_option_results(args, data, choice, peak) -> dict:
+    """Each model option in our loop at each batch size, with its speed as a
+    share of `mlp_plain`'s at the same batch size (measured first)."""
     out = {}
-    for option in args.models:
+    options = [PLAIN_MODEL] if args.models else []
+    options += [option for option in args.models if option != PLAIN_MODEL]
+    for option in options:
         spec = option_spec(option, data)
         flops = train_flops_per_row(spec)
         rows = {}
@@ -451,15 +473,15 @@ def model_option_results(args, data, choice, peak, plain: dict) -> dict:
             trained = parameter_count(epoch.model)
             times = timed(epoch, args.repeats, choice.device)
             result = loop_result(times, len(data), batch, flops, peak["gflops"])
-            name = "ours" if batch == first else f"ours_batch_{batch}"
-            result["vs_plain_mlp"] = (
-                result["rows_per_second"] / plain[name]["rows_per_second"]
-            )
             rows[str(batch)] = result
+            plain = out.get(PLAIN_MODEL, {"batches": rows})["batches"][str(batch)]
+            result["vs_plain_mlp"] = (
+                result["rows_per_second"] / plain["rows_per_second"]
+            )
             print(
                 f"{option:16s} batch {batch:5d} {result['rows_per_second']:12,.0f} "
                 f"rows/s {result['gflops']:8.1f} GFLOP/s "
-                f"({result['vs_plain_mlp']:.2f}x the plain MLP)"
+                f"({result['vs_plain_mlp']:.2f}x {PLAIN_MODEL})"
             )
         out[option] = {
             "overrides": MODEL_OPTIONS[option],
@@ -510,8 +532,9 @@ def model_option_lines(models: dict) -> list:
         "",
         "## The model options users train, in our loop",
         "",
-        "Each option as train.py builds it on this table (bin edges fitted on it), "
-        "against the plain MLP's `ours` row at the same batch size.",
+        "Each option as train.py builds it on this table (bin edges fitted on it); "
+        "x plain MLP: its rows/s over `mlp_plain`'s (the default preset without "
+        "numeric embeddings, its dropout included) at the same batch size.",
         "",
         "| model | numeric embedding | parameters | training FLOPs/row | batch "
         "| rows/s | GFLOP/s | share of peak | x plain MLP |",

@@ -45,17 +45,21 @@ def test_train_throughput_smoke(tmp_path, monkeypatch):
     assert payload["machine"]["device"] == "cpu"
     # The model options, each with its own cost, beside the plain MLP.
     models = payload["models"]
-    assert set(models) == {"mlp", "tabm_cpu_size"}
+    assert set(models) == {"mlp_plain", "mlp", "tabm_cpu_size"}  # plain: the reference
+    assert models["mlp_plain"]["numeric_embedding"] == "none"
     assert models["mlp"]["numeric_embedding"] == "piecewise_linear"
     assert models["tabm_cpu_size"]["numeric_embedding"] == "none"
     assert models["mlp"]["train_flops_per_row"] > plain_flops
     # The loops trained the options, not the plain MLP (64-256-256-1: 83,457).
     plain_parameters = 64 * 256 + 256 + 256 * 256 + 256 + 256 + 1
-    assert plain_parameters not in {m["parameters"] for m in models.values()}
+    assert models["mlp_plain"]["parameters"] == plain_parameters
+    assert plain_parameters not in {
+        models[m]["parameters"] for m in ("mlp", "tabm_cpu_size")
+    }
     for model in models.values():
         assert set(model["batches"]) == {"256", "1024"}
         for batch, result in model["batches"].items():
-            plain = payload["results"]["ours" if batch == "256" else "ours_batch_1024"]
+            plain = models["mlp_plain"]["batches"][batch]
             assert result["vs_plain_mlp"] == pytest.approx(
                 result["rows_per_second"] / plain["rows_per_second"]
             )

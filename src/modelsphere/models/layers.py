@@ -58,12 +58,16 @@ def mlp_backbone(
     normalization: str,
     activation: str,
     dropout: float,
+    first_linear: bool = True,
 ) -> Tuple[nn.Sequential, int]:
-    """[Linear, norm, activation, dropout] per hidden layer; (layers, out width)."""
+    """[Linear, norm, activation, dropout] per hidden layer; (layers, out width).
+    Without `first_linear` the first block has no Linear: its input is already
+    the first hidden layer (of width `hidden_sizes[0]`)."""
     layers: List[nn.Module] = []
-    for hidden in hidden_sizes:
+    for position, hidden in enumerate(hidden_sizes):
+        if position or first_linear:
+            layers.append(nn.Linear(width, hidden))
         layers += [
-            nn.Linear(width, hidden),
             norm_layer(normalization, hidden),
             ACTIVATIONS[activation](),
             Dropout(dropout),

@@ -37,6 +37,10 @@ from modelsphere.models.layers import embed_categorical
 from modelsphere.models.spec import ModelSpec, piecewise_width
 
 KINDS = ("none", "piecewise_linear", "periodic")  # model.numeric_embedding
+# model.piecewise.form: tables (the bins' rows read straight into the first
+# hidden layer, models/piecewise_tables.py) | embedding (the package's embeddings
+# of d_embedding per column, then the first Linear)
+PIECEWISE_FORMS = ("tables", "embedding")
 BIN_RULES = ("quantile", "tree")  # model.piecewise.bins
 
 
@@ -63,6 +67,7 @@ class PiecewiseConfig:
     # tree: a decision tree's splits on the target per column; quantile: the
     # column's quantiles
     bins: str = setting("tree", choices=BIN_RULES)
+    form: str = setting("tables", choices=PIECEWISE_FORMS)
     d_embedding: int = setting(32, ge=1)  # width of each numeric column's embedding,
     max_numeric_width: int = setting(2048, ge=1)  # shrunk so all stay within this
     tree_min_samples_leaf: int = setting(64, ge=1)  # bins=tree only
@@ -248,61 +253,42 @@ def numeric_embedding_settings(
         "piecewise": {
             "d_embedding": piecewise_width(piecewise, n_numeric),
             "edges": edges,
+            "form": piecewise["form"],
         }
     }
 
 
-class FoldedPiecewiseMLP(nn.Module):
-    """The inference form of a TabularMLP with piecewise-linear embeddings: the
-    same function, computed with a third of the work.
+def piecewise_form(spec: ModelSpec) -> str:
+    """How a spec's piecewise-linear numerics enter the MLP (artifacts saved
+    before the setting existed hold the embedding form)."""
+    return spec.extra.get("piecewise", {}).get("form", "embedding")
 
-    Version "B" embeddings have no activation, so embedding -> flatten -> the
-    first Linear is linear in each column's encoding and is folded into one
-    matrix (as batch norm is folded into a convolution). The padding of the
-    package's [columns, max bins] layout is dropped too: the encoding keeps only
-    each column's real bins, so the first layer reads sum(bins) + columns +
-    categorical inputs instead of columns x d_embedding (Telco: 138 against 360).
+
+class FoldedPiecewiseMLP(nn.Module):
+    """The inference form of a TabularMLP over piecewise-linear encoded numerics:
+    the encoding of each column's real bins, then one first layer.
+
+    From the `embedding` form (`fold_embedding`): version "B" embeddings have no
+    activation, so embedding -> flatten -> the first Linear is linear in each
+    column's encoding and is folded into one matrix (as batch norm is folded into
+    a convolution); the padding of the package's [columns, max bins] layout is
+    dropped, so the first layer reads sum(bins) + columns + categorical inputs
+    instead of columns x d_embedding (Telco: 138 against 360). From the `tables`
+    form (`fold_tables`): its bin rows are that matrix already.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, encoding, weight, bias, rest: nn.Module):
         super().__init__()
         self.spec = model.spec
         self.embeddings = model.embeddings
-        self.rest = model.backbone[1:]
+        self.rest = rest
         self.head = model.head
-        embedding, first = model.numeric_embeddings, model.backbone[0]
-        impl = embedding.impl
-        n_features, max_bins = impl.weight.shape
-        d = embedding.linear.weight.shape[2]
+        for name, tensor in zip(
+            ("feature", "scale", "shift", "lower", "upper"), encoding
+        ):
+            self.register_buffer(name, tensor.detach().clone())
+        self.first = nn.Linear(weight.shape[0], weight.shape[1])
         with torch.no_grad():
-            hidden = first.weight.shape[0]
-            w_numeric = first.weight[:, : n_features * d].reshape(hidden, n_features, d)
-            w_categorical = first.weight[:, n_features * d :]
-            # [features, bins, hidden], [features, hidden], [hidden]
-            through_bins = torch.einsum(
-                "fnd,hfd->fnh", embedding.linear.weight, w_numeric
-            )
-            through_linear = torch.einsum(
-                "fd,hfd->fh", embedding.linear0.weight, w_numeric
-            )
-            bias = first.bias + torch.einsum(
-                "fd,hfd->h", embedding.linear0.bias, w_numeric
-            )
-            lower, upper = _encoding_bounds(impl, n_features, max_bins)
-            kept = (
-                impl.mask
-                if impl.mask is not None
-                else torch.ones(n_features, max_bins, dtype=torch.bool)
-            )
-            self.register_buffer("feature", kept.nonzero()[:, 0].clone())
-            self.register_buffer("scale", impl.weight[kept].clone())
-            self.register_buffer("shift", impl.bias[kept].clone())
-            self.register_buffer("lower", lower[kept].clone())
-            self.register_buffer("upper", upper[kept].clone())
-            weight = torch.cat(
-                [through_bins[kept], through_linear, w_categorical.T], dim=0
-            )
-            self.first = nn.Linear(weight.shape[0], hidden)
             self.first.weight.copy_(weight.T)
             self.first.bias.copy_(bias)
 
@@ -311,6 +297,54 @@ class FoldedPiecewiseMLP(nn.Module):
         encoded = torch.minimum(torch.maximum(encoded, self.lower), self.upper)
         parts = [encoded, numeric] + embed_categorical(self.embeddings, categorical)
         return self.head(self.rest(self.first(torch.cat(parts, dim=1))))
+
+
+def fold_embedding(model: nn.Module) -> FoldedPiecewiseMLP:
+    """The folded form of an MLP with the package's piecewise-linear embeddings."""
+    embedding, first = model.numeric_embeddings, model.backbone[0]
+    impl = embedding.impl
+    n_features, max_bins = impl.weight.shape
+    d = embedding.linear.weight.shape[2]
+    with torch.no_grad():
+        hidden = first.weight.shape[0]
+        w_numeric = first.weight[:, : n_features * d].reshape(hidden, n_features, d)
+        w_categorical = first.weight[:, n_features * d :]
+        # [features, bins, hidden], [features, hidden], [hidden]
+        through_bins = torch.einsum("fnd,hfd->fnh", embedding.linear.weight, w_numeric)
+        through_linear = torch.einsum("fd,hfd->fh", embedding.linear0.weight, w_numeric)
+        bias = first.bias + torch.einsum("fd,hfd->h", embedding.linear0.bias, w_numeric)
+        lower, upper = _encoding_bounds(impl, n_features, max_bins)
+        kept = (
+            impl.mask
+            if impl.mask is not None
+            else torch.ones(n_features, max_bins, dtype=torch.bool)
+        )
+        encoding = [
+            kept.nonzero()[:, 0],
+            impl.weight[kept],
+            impl.bias[kept],
+            lower[kept],
+            upper[kept],
+        ]
+        weight = torch.cat([through_bins[kept], through_linear, w_categorical.T])
+    return FoldedPiecewiseMLP(model, encoding, weight, bias, model.backbone[1:])
+
+
+def fold_tables(model: nn.Module) -> FoldedPiecewiseMLP:
+    """The folded form of an MLP whose first layer is PiecewiseLinearTables: the
+    numerics themselves get zero weight (their slope is in the bins' rows)."""
+    tables = model.tables
+    with torch.no_grad():
+        hidden = tables.bias.shape[0]
+        n_numeric = len(tables.start)
+        parts = [tables.increments(), tables.bias.new_zeros(n_numeric, hidden)]
+        if model.categorical_first is not None:
+            parts.append(model.categorical_first.weight.T)
+        weight = torch.cat(parts)
+        bias = tables.folded_bias()
+    return FoldedPiecewiseMLP(
+        model, tables.encoding_bounds(), weight, bias, model.backbone
+    )
 
 
 def _encoding_bounds(

@@ -15,34 +15,61 @@ from modelsphere.models.layers import (
     embed_categorical,
     mlp_backbone,
 )
-from modelsphere.models.numeric_embeddings import FoldedPiecewiseMLP, numeric_modules
+from modelsphere.models.numeric_embeddings import (
+    fold_embedding,
+    fold_tables,
+    numeric_modules,
+    piecewise_form,
+)
+from modelsphere.models.piecewise_tables import PiecewiseLinearTables
 from modelsphere.models.spec import Architecture, ModelSpec
 
 
 class TabularMLP(nn.Module):
     """An MLP over [numeric features (embedded or as they are), one embedding per
-    categorical column]."""
+    categorical column]. With piecewise-linear numerics in the `tables` form,
+    the first hidden layer is their bins' rows (PiecewiseLinearTables) plus a
+    Linear of the categorical embeddings."""
 
     def __init__(self, spec: ModelSpec):
         super().__init__()
         self.spec = spec
-        self.numeric_embeddings, numeric_width = numeric_modules(spec)
+        self.tables = None
+        self.categorical_first = None
+        categorical_width = sum(spec.embedding_dims)
         self.embeddings = categorical_embeddings(
             spec.cardinalities, spec.embedding_dims
         )
+        if spec.n_numeric and piecewise_form(spec) == "tables":
+            self.numeric_embeddings = None
+            first = spec.hidden_sizes[0]
+            self.tables = PiecewiseLinearTables(spec.extra["piecewise"]["edges"], first)
+            if categorical_width:
+                self.categorical_first = nn.Linear(categorical_width, first, bias=False)
+            width_in, first_linear = first, False
+        else:
+            self.numeric_embeddings, numeric_width = numeric_modules(spec)
+            width_in, first_linear = numeric_width + categorical_width, True
         self.backbone, width = mlp_backbone(
-            numeric_width + sum(spec.embedding_dims),
+            width_in,
             spec.hidden_sizes,
             spec.normalization,
             spec.activation,
             spec.dropout,
+            first_linear=first_linear,
         )
         self.head = nn.Linear(width, spec.n_outputs)
 
     def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+        categorical_parts = embed_categorical(self.embeddings, categorical)
+        if self.tables is not None:
+            x = self.tables(numeric)
+            if self.categorical_first is not None:
+                x = x + self.categorical_first(torch.cat(categorical_parts, dim=1))
+            return self.head(self.backbone(x))
         if self.numeric_embeddings is not None:
             numeric = self.numeric_embeddings(numeric).flatten(1)
-        parts = [numeric] + embed_categorical(self.embeddings, categorical)
+        parts = [numeric] + categorical_parts
         x = torch.cat(parts, dim=1) if len(parts) > 1 else numeric
         return self.head(self.backbone(x))
 
@@ -57,10 +84,12 @@ def check_mlp_plr(model_cfg: Any, key: str) -> None:
 
 
 def folded(model: TabularMLP) -> nn.Module:
-    """With piecewise-linear embeddings, the same function with the embeddings
-    folded into the first layer (numeric_embeddings.FoldedPiecewiseMLP)."""
+    """With piecewise-linear numerics, the same function as one encoding and one
+    first layer (numeric_embeddings.FoldedPiecewiseMLP)."""
+    if model.tables is not None:
+        return fold_tables(model)
     if "piecewise" in model.spec.extra and model.numeric_embeddings is not None:
-        return FoldedPiecewiseMLP(model)
+        return fold_embedding(model)
     return model
 
 

@@ -118,6 +118,12 @@ def check_tabm(model_cfg: Any, key: str) -> None:
         f"{key}.architecture=tabm has no normalization layers: use "
         f"{key}.normalization=none",
     )
+    require(
+        model_cfg.numeric_embedding != "piecewise_linear"
+        or model_cfg.piecewise.form == "embedding",
+        f"{key}.piecewise.form=tables is the MLP's first layer; TabM embeds "
+        f"piecewise-linear numerics per member: use {key}.piecewise.form=embedding",
+    )
 
 
 ARCHITECTURES = {

@@ -1,0 +1,135 @@
+"""Piecewise-linear numerics read straight into the first hidden layer
+(`model.piecewise.form=tables`, the default MLP's first layer).
+
+A linear map of a column's piecewise-linear encoding (Gorishniy et al. 2022) is a
+continuous function that is linear between the column's bin edges and
+extrapolates linearly beyond the first and the last (the encoding's open
+ends). Such a function is fixed by its values at the edges: here each column
+keeps one row of `width` values per edge (its "knots"), and a value x between
+edges k and k+1 reads (1 - f) x row k + f x row k+1, f being x's fraction of the
+bin. The first layer is then a gather of two rows per column (`F.embedding_bag`),
+where the `embedding` form multiplies every bin's encoding by a (bins x
+d_embedding) matrix and the (columns x d_embedding) result by the first Linear.
+Its gradient is the same gather run backwards (`_Interpolate`): the (row, knot)
+pairs sorted by knot, each knot's rows summed, instead of a scatter.
+
+The knots start on a line through the edges, so the initial function is the plain
+MLP's first Linear in x, and training learns the bends. The same function, as an
+encoding and one matrix (for export and batch inference), is
+`encoding_bounds` + `increments`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class _Interpolate(torch.autograd.Function):
+    """out[r] = sum_j weight[r, j] x knots[index[r, j]], with the gradient of the
+    knots computed as a gather of the output gradient's rows (no scatter)."""
+
+    @staticmethod
+    def forward(ctx, knots, index, weight):
+        ctx.save_for_backward(index, weight)
+        ctx.n_knots = knots.shape[0]
+        return F.embedding_bag(index, knots, per_sample_weights=weight, mode="sum")
+
+    @staticmethod
+    def backward(ctx, grad):
+        index, weight = ctx.saved_tensors
+        flat = index.reshape(-1)
+        order = torch.argsort(flat, stable=True)  # a fixed order: deterministic sums
+        rows = torch.div(order, index.shape[1], rounding_mode="floor")
+        counts = torch.bincount(flat, minlength=ctx.n_knots)
+        offsets = counts.cumsum(0) - counts
+        knots_grad = F.embedding_bag(
+            rows,
+            grad.float().contiguous(),
+            offsets=offsets,
+            per_sample_weights=weight.reshape(-1)[order],
+            mode="sum",
+        )
+        return knots_grad, None, None
+
+
+class PiecewiseLinearTables(nn.Module):
+    """[rows, columns] numerics -> [rows, width]: per column, the linear
+    interpolation of its knot rows at each value, summed over the columns."""
+
+    def __init__(self, edges: Sequence[Sequence[float]], width: int):
+        super().__init__()
+        bins = [len(column) - 1 for column in edges]
+        if not edges or min(bins) < 1:
+            raise ValueError("every column needs at least two bin edges")
+        most = max(bins)
+        padded = [
+            list(column) + [math.inf] * (most - n) for column, n in zip(edges, bins)
+        ]
+        knots = [value for column in edges for value in column]
+        column_of_knot = [j for j, column in enumerate(edges) for _ in column]
+        self.register_buffer("edges", torch.tensor(padded), persistent=False)
+        self.register_buffer("last_bin", torch.tensor(bins) - 1, persistent=False)
+        starts = [sum(bins[:j]) + j for j in range(len(bins))]  # a column's knot 0
+        self.register_buffer("start", torch.tensor(starts), persistent=False)
+        # saved with the weights: a model.json whose edges differ fails to load
+        self.register_buffer("knot_value", torch.tensor(knots))
+        # As nn.Linear(columns, width) would start: knot rows on a line in x.
+        bound = 1 / math.sqrt(len(edges))
+        slope = torch.empty(len(edges), width).uniform_(-bound, bound)
+        self.knots = nn.Parameter(self.knot_value[:, None] * slope[column_of_knot])
+        self.bias = nn.Parameter(torch.empty(width).uniform_(-bound, bound))
+
+    def bin_and_fraction(self, numeric: torch.Tensor):
+        """Each value's lower knot (a row of `knots`) and its fraction of the bin,
+        below 0 or above 1 in the open first and last bins."""
+        x = numeric.float()
+        found = torch.searchsorted(self.edges, x.T.contiguous(), right=True) - 1
+        found = torch.minimum(found.clamp_min(0), self.last_bin[:, None])
+        lower = (found + self.start[:, None]).T
+        low, high = self.knot_value[lower], self.knot_value[lower + 1]
+        return lower, (x - low) / (high - low)
+
+    def forward(self, numeric: torch.Tensor) -> torch.Tensor:
+        lower, fraction = self.bin_and_fraction(numeric)
+        index = torch.stack([lower, lower + 1], dim=2).flatten(1)
+        weight = torch.stack([1 - fraction, fraction], dim=2).flatten(1)
+        return self.bias + _Interpolate.apply(self.knots, index, weight)
+
+    def bin_rows(self) -> torch.Tensor:
+        """Every knot but each column's last: the knot rows the bins start at."""
+        last = self.start + self.last_bin + 1
+        keep = torch.ones(len(self.knot_value), dtype=torch.bool, device=last.device)
+        keep[last] = False
+        return keep
+
+    def increments(self) -> torch.Tensor:
+        """Per bin, its rise from its lower to its upper knot: the weights of the
+        piecewise-linear encoding (the function is the first knots + these)."""
+        keep = self.bin_rows()
+        return (self.knots[1:] - self.knots[:-1])[keep[:-1]]
+
+    def folded_bias(self) -> torch.Tensor:
+        return self.bias + self.knots[self.start].sum(0)
+
+    def encoding_bounds(self) -> List[torch.Tensor]:
+        """Per bin: the column it reads, the scale and shift of its fraction, and
+        the clamp of the encoding ([lower, upper]: -inf in the first bin, +inf in
+        the last, neither for a column of one bin)."""
+        keep = self.bin_rows()
+        left = self.knot_value[keep]
+        width = (self.knot_value[1:] - self.knot_value[:-1])[keep[:-1]]
+        n_bins = len(left)
+        column = torch.repeat_interleave(
+            torch.arange(len(self.start), device=left.device), self.last_bin + 1
+        )
+        first = self.start - torch.arange(len(self.start), device=left.device)
+        lower = torch.zeros(n_bins, device=left.device)
+        upper = torch.ones(n_bins, device=left.device)
+        lower[first] = -math.inf
+        upper[first + self.last_bin] = math.inf
+        return [column, 1 / width, -left / width, lower, upper]
