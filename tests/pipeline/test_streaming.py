@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from helpers import compose_config, csv_overrides, make_table
@@ -111,9 +112,13 @@ def test_csv_splits_cannot_be_streamed(table, tmp_path):
         run_training(cfg, tmp_path / "outputs" / "train" / "csv")
 
 
-def test_a_streamed_run_resumes_mid_epoch_exactly(table, tmp_path, monkeypatch):
+@pytest.mark.parametrize("resumed_with", [[], ["train.stream_cache=false"]])
+def test_a_streamed_run_resumes_mid_epoch_exactly(
+    table, tmp_path, monkeypatch, resumed_with
+):
     """Stopped in epoch 2 inside its second window, resumed: the same weights,
-    history and metrics as the uninterrupted streamed run, bit for bit."""
+    history and metrics as the uninterrupted streamed run, bit for bit; also
+    when the resumed run turns the stream cache off (a machine setting)."""
     reference = tmp_path / "outputs" / "train" / "reference"
     run_training(config(table, tmp_path), reference)
     run_dir = tmp_path / "outputs" / "train" / "stopped"
@@ -126,7 +131,10 @@ def test_a_streamed_run_resumes_mid_epoch_exactly(table, tmp_path, monkeypatch):
     assert load_checkpoint(run_dir)["partial"]["streamed"] is True
     assert list((run_dir / "stream_cache").rglob("train-*"))  # kept for the resume
     monkeypatch.undo()
-    run_training(config(table, tmp_path, f"train.resume={run_dir}"), tmp_path / "x")
+    resumed = config(table, tmp_path, f"train.resume={run_dir}", *resumed_with)
+    run_training(resumed, tmp_path / "x", overrides=resumed_with)
+    saved = OmegaConf.load(run_dir / "config.yaml")  # the resumed run's own config
+    assert saved.train.stream_cache is not bool(resumed_with)
     left = load_file(str(reference / "model.safetensors"))
     right = load_file(str(run_dir / "model.safetensors"))
     for name in left:

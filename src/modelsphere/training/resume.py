@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 FINISHED_STATUS = "completed"
 MAX_EPOCHS_KEY = "train.max_epochs"
 # How this machine holds the data: a resumed run takes them from the command line
-# (a checkpoint taken mid-epoch still resumes only as it was taken).
-MACHINE_KEYS = ("train.loading", "train.memory_budget_mib")
+# (a checkpoint taken mid-epoch still resumes only as it was taken; the stream
+# cache changes where streamed tensors are read from, never what they hold).
+MACHINE_KEYS = ("train.loading", "train.memory_budget_mib", "train.stream_cache")
 # Overrides a resumed run takes from the command line (a key, or a key's group).
 RESUME_KEYS = (
     "train.resume",
