@@ -14,7 +14,13 @@ import torch
 from helpers import compose_config, train_tiny
 from modelsphere.core.errors import ModelSphereError
 from modelsphere.models.artifact import load_artifact
-from modelsphere.models.numeric_embeddings import FoldedPiecewiseMLP, fit_bin_edges
+from modelsphere.models.config import validate_model
+from modelsphere.models.numeric_embeddings import (
+    FoldedPiecewiseMLP,
+    fit_bin_edges,
+    import_rtdl,
+)
+from modelsphere.models.piecewise_tables import PiecewiseLinearTables
 from modelsphere.models.registry import build_model, inference_form
 from modelsphere.models.spec import ModelSpec, piecewise_width
 
@@ -184,9 +190,13 @@ def test_wide_tables_get_narrower_numeric_embeddings(n_numeric, width):
 )
 @pytest.mark.parametrize("cards", [[5, 4], []])
 @pytest.mark.parametrize("normalization", ["none", "layernorm"])
+@pytest.mark.parametrize("form", [None, "embedding", "tables"])  # None: saved before
 def test_the_folded_inference_form_computes_the_same_function(
-    edges, cards, normalization
+    edges, cards, normalization, form
 ):
+    piecewise = {"d_embedding": 4, "edges": edges}
+    if form is not None:
+        piecewise["form"] = form
     spec = ModelSpec(
         n_numeric=len(edges),
         cardinalities=cards,
@@ -194,10 +204,11 @@ def test_the_folded_inference_form_computes_the_same_function(
         hidden_sizes=[16, 8],
         n_outputs=3,
         normalization=normalization,
-        extra={"piecewise": {"d_embedding": 4, "edges": edges}},
+        extra={"piecewise": piecewise},
     )
     torch.manual_seed(0)
     model = build_model(spec).eval()
+    assert (model.tables is not None) == (form == "tables")
     for parameter in model.parameters():  # trained-looking weights everywhere
         torch.nn.init.normal_(parameter, std=0.5)
     folded = inference_form(model)
@@ -227,3 +238,85 @@ def test_models_without_piecewise_embeddings_run_as_they_are():
     )
     model = build_model(spec)
     assert inference_form(model) is model
+
+
+# Edges with a one-bin column (no clamp at all) and uneven bin counts.
+TABLE_EDGES = [
+    [-1.0, 0.0, 0.5, 2.0],
+    [0.0, 1.0],
+    [-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0],
+]
+TABLE_VALUES = torch.tensor(
+    [  # inside, on edges, below the first and above the last edge
+        [-2.0, -1.0, -5.0],
+        [0.2, 0.5, 0.5],
+        [3.0, 2.0, 10.0],
+        [0.5, 0.0, -1.0],
+        [2.0, 1.0, 3.0],
+        [-1.0, 0.3, -3.0],
+    ]
+)
+
+
+def trained_tables() -> PiecewiseLinearTables:
+    torch.manual_seed(0)
+    tables = PiecewiseLinearTables(TABLE_EDGES, 5)
+    with torch.no_grad():
+        tables.knots.add_(torch.randn_like(tables.knots))  # bends everywhere
+    return tables
+
+
+def test_tables_are_a_linear_map_of_the_piecewise_linear_encoding():
+    """The same function as rtdl_num_embeddings' encoding times a matrix (its
+    rows: each bin's rise), open first and last bins included."""
+    tables = trained_tables()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        encoding = import_rtdl().PiecewiseLinearEncoding(
+            [torch.tensor(column) for column in TABLE_EDGES]
+        )(TABLE_VALUES)
+    expected = encoding @ tables.increments() + tables.folded_bias()
+    torch.testing.assert_close(tables(TABLE_VALUES), expected.detach())
+
+
+def test_the_tables_gradient_is_that_of_the_interpolation():
+    """The backward gather gives the gradient autograd gives for the weighted
+    sum of the two knot rows per column."""
+    tables = trained_tables()
+    upstream = torch.randn(
+        len(TABLE_VALUES), 5, generator=torch.Generator().manual_seed(2)
+    )
+    tables(TABLE_VALUES).backward(upstream)
+    lower, fraction = tables.bin_and_fraction(TABLE_VALUES)
+    knots = tables.knots.detach().clone().requires_grad_()
+    expected = (
+        (1 - fraction)[..., None] * knots[lower]
+        + fraction[..., None] * knots[lower + 1]
+    ).sum(1)
+    expected.backward(upstream)
+    torch.testing.assert_close(tables.knots.grad, knots.grad)
+
+
+def test_fresh_tables_are_a_linear_layer():
+    """Before training, each column's function is a line through all its bins
+    (the plain MLP's first layer): no bend to unlearn."""
+    torch.manual_seed(0)
+    tables = PiecewiseLinearTables(TABLE_EDGES, 5)
+    low, high = TABLE_VALUES[0], TABLE_VALUES[2]  # beyond the edges on both sides
+    ends = tables(torch.stack([low, high]))
+    for t in (0.1, 0.37, 0.5, 0.9):
+        torch.testing.assert_close(
+            tables((low + t * (high - low))[None])[0],
+            ends[0] + t * (ends[1] - ends[0]),
+        )
+
+
+def test_tabm_refuses_the_tables_form():
+    cfg = compose_config(
+        ["model=tabm", "model.numeric_embedding=piecewise_linear"]
+        + ["model.piecewise.form=tables"]
+    )
+    with pytest.raises(ModelSphereError, match="model.piecewise.form=embedding"):
+        validate_model(cfg.model)
+    tabm = compose_config(["model=tabm", "model.numeric_embedding=piecewise_linear"])
+    validate_model(tabm.model)  # the preset embeds per member
