@@ -63,7 +63,7 @@ from modelsphere.training.optimization import make_loss, make_optimizer, make_sc
 MODEL_OPTIONS = {
     "mlp_plain": ["model.numeric_embedding=none"],  # what the others are against
     "mlp": [],
-    "mlp_embedding_form": ["model.piecewise.form=embedding"],
+    "mlp_tables_form": ["model.piecewise.form=tables"],
     "mlp_plr": ["model=mlp_plr"],
     "tabm_cpu_size": [
         "model=tabm",

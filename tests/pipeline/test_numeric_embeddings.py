@@ -160,11 +160,28 @@ def test_the_default_model_saves_its_edges_and_reloads_them(tmp_path):
     edges = saved["extra"]["piecewise"]["edges"]
     assert len(edges) == artifact.spec.n_numeric
     assert all(2 <= len(column) <= 7 for column in edges)
-    # The bins rebuilt from model.json are the ones training placed: the knots
-    # saved with the weights are those edges exactly (strict load).
-    assert saved["extra"]["piecewise"]["form"] == "tables"
+    # The bins rebuilt from model.json are the ones training placed: the encoding
+    # buffers saved with the weights match them exactly (strict load).
+    assert saved["extra"]["piecewise"]["form"] == "embedding"
     rebuilt = build_model(ModelSpec(**saved))
+    buffers = {k: v for k, v in rebuilt.state_dict().items() if ".impl." in k}
+    assert buffers
+    for name, tensor in buffers.items():
+        torch.testing.assert_close(tensor, artifact.state_dict[name])
+    assert isinstance(artifact.build(torch.device("cpu")), FoldedPiecewiseMLP)
+
+
+def test_the_tables_form_saves_its_edges_as_knots_and_reloads_them(tmp_path):
+    run_dir = train_tiny(
+        tmp_path, "model.piecewise.n_bins=6", "model.piecewise.form=tables"
+    )
+    artifact = load_artifact(run_dir)
+    saved = json.loads((run_dir / "model.json").read_text())["model_spec"]
+    assert saved["extra"]["piecewise"]["form"] == "tables"
+    edges = saved["extra"]["piecewise"]["edges"]
     knots = torch.tensor([value for column in edges for value in column])
+    rebuilt = build_model(ModelSpec(**saved))
+    assert rebuilt.tables is not None and rebuilt.numeric_embeddings is None
     torch.testing.assert_close(rebuilt.state_dict()["tables.knot_value"], knots)
     torch.testing.assert_close(artifact.state_dict["tables.knot_value"], knots)
     assert isinstance(artifact.build(torch.device("cpu")), FoldedPiecewiseMLP)

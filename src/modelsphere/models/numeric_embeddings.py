@@ -37,10 +37,11 @@ from modelsphere.models.layers import embed_categorical
 from modelsphere.models.spec import ModelSpec, piecewise_width
 
 KINDS = ("none", "piecewise_linear", "periodic")  # model.numeric_embedding
-# model.piecewise.form: tables (the bins' rows read straight into the first
-# hidden layer, models/piecewise_tables.py) | embedding (the package's embeddings
-# of d_embedding per column, then the first Linear)
-PIECEWISE_FORMS = ("tables", "embedding")
+# model.piecewise.form: embedding (the package's embeddings of d_embedding per
+# column, then the first Linear) | tables (values at the bin edges read straight
+# into the first hidden layer, models/piecewise_tables.py: faster to train, lower
+# quality on 2 of the 6 benchmark sets, benchmarks/results/quality_tables_form.md)
+PIECEWISE_FORMS = ("embedding", "tables")
 BIN_RULES = ("quantile", "tree")  # model.piecewise.bins
 
 
@@ -67,7 +68,7 @@ class PiecewiseConfig:
     # tree: a decision tree's splits on the target per column; quantile: the
     # column's quantiles
     bins: str = setting("tree", choices=BIN_RULES)
-    form: str = setting("tables", choices=PIECEWISE_FORMS)
+    form: str = setting("embedding", choices=PIECEWISE_FORMS)
     d_embedding: int = setting(32, ge=1)  # width of each numeric column's embedding,
     max_numeric_width: int = setting(2048, ge=1)  # shrunk so all stay within this
     tree_min_samples_leaf: int = setting(64, ge=1)  # bins=tree only

@@ -1,5 +1,5 @@
 """Piecewise-linear numerics read straight into the first hidden layer
-(`model.piecewise.form=tables`, the default MLP's first layer).
+(`model.piecewise.form=tables`, an option of the MLP).
 
 A linear map of a column's piecewise-linear encoding (Gorishniy et al. 2022) is a
 continuous function that is linear between the column's bin edges and
