@@ -25,6 +25,7 @@ def test_train_throughput_smoke(tmp_path, monkeypatch):
         "ours_batch_1024",
         "bare_randperm_loop_batch_1024",
         "ours_with_dropout_0.1",
+        "ours_with_progress",
         "per_row_dataloader",
         "ours_1000_rows",
     }
@@ -75,7 +76,15 @@ def test_train_throughput_smoke(tmp_path, monkeypatch):
     # model against the plain MLP at 1024 here.
     goal = payload["targets"]["default_model_vs_plain_mlp_batch_1024"]
     assert goal["value"] == models["mlp"]["batches"]["1024"]["vs_plain_mlp"]
-    assert set(payload["targets"]) == {"default_model_vs_plain_mlp_batch_1024"}
+    bar = payload["targets"]["ours_with_progress_bar_vs_ours"]
+    assert bar["value"] == pytest.approx(
+        payload["results"]["ours_with_progress"]["rows_per_second"]
+        / payload["results"]["ours"]["rows_per_second"]
+    )
+    assert set(payload["targets"]) == {
+        "default_model_vs_plain_mlp_batch_1024",
+        "ours_with_progress_bar_vs_ours",
+    }
     markdown = (tmp_path / "smoke.md").read_text()
     assert "| ours | 256 |" in markdown and "Ratios:" in markdown
     assert "| mlp | piecewise_linear |" in markdown

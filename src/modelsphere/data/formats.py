@@ -93,6 +93,11 @@ class TableFormat:
         their type: none in a format that has no such types."""
         return {}
 
+    def rows(self, path: Path) -> Optional[int]:
+        """A user's file's row count where its metadata says it (None: only
+        reading it all would tell)."""
+        return None
+
     def frames(
         self, path: Path, chunk_rows: int, block_bytes: int, csv: CsvOptions
     ) -> Iterator[pd.DataFrame]:
@@ -118,6 +123,9 @@ class ParquetFormat(TableFormat):
 
     def columns(self, path: Path, csv: CsvOptions) -> List[str]:
         return list(_parquet_file(path).schema_arrow.names)
+
+    def rows(self, path: Path) -> Optional[int]:
+        return _parquet_file(path).metadata.num_rows
 
     def nested_columns(self, path: Path) -> Dict[str, str]:
         schema = _parquet_file(path).schema_arrow

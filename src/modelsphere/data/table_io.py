@@ -32,6 +32,12 @@ def nested_columns(path: str | Path) -> Dict[str, str]:
     return format_of(path, "input").nested_columns(path)
 
 
+def table_rows(path: str | Path) -> Optional[int]:
+    """The row count a file's metadata gives (Parquet), else None (CSV)."""
+    path = Path(path)
+    return format_of(path, "input").rows(path)
+
+
 def iter_table_chunks(
     path: str | Path,
     chunk_rows: int,

@@ -21,6 +21,7 @@ import torch
 from modelsphere.core.devices import select_device
 from modelsphere.core.errors import ModelSphereError
 from modelsphere.core.fileio import atomic_write_json
+from modelsphere.core.progress import progress_bar
 from modelsphere.core.runs import PREDICTION_SUMMARY_FILE, resolve_run_dir
 from modelsphere.data.table_io import (
     CsvOptions,
@@ -29,6 +30,7 @@ from modelsphere.data.table_io import (
     nested_columns,
     table_columns,
     table_format,
+    table_rows,
 )
 from modelsphere.inference.config import validate_predict_app
 from modelsphere.inference.engines import resolve_engine
@@ -70,10 +72,12 @@ def predict_file(
     if prefetch_chunks:
         scored = prefetched(scored, prefetch_chunks)
     # closing(): a failed write stops the stage threads now, not at garbage collection
-    with writer.open(), closing(scored):
+    bar = progress_bar(f"scoring {input_path.name}", total=table_rows(input_path))
+    with writer.open(), closing(scored), bar as advance:
         for chunk in scored:
             writer.write(predictor.finish(chunk))
             rows += chunk.rows
+            advance(chunk.rows)
             log.info("scored %d rows", rows)
         if rows == 0:
             raise ModelSphereError(f"{input_path} has no data rows to score")

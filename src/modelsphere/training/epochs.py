@@ -17,6 +17,7 @@ from torch import nn
 
 from modelsphere.core.devices import DeviceChoice, autocast
 from modelsphere.core.errors import ModelSphereError
+from modelsphere.core.progress import progress_bar
 from modelsphere.features.tensors import SplitTensors
 from modelsphere.models.outputs import outputs_to_scores, predict_outputs
 from modelsphere.training.distributed import (
@@ -151,47 +152,55 @@ def run_epoch(
     context = plan.context
     params = [p for p in model.parameters() if p.requires_grad]
     batches = batches_of(data, plan, progress)
-    for step in range(progress.next_step, plan.steps()):
-        if stop_agreed(should_stop, context, progress.total.device):
-            progress.next_step = step
-            all_reduce(progress.total, "sum", context)
-            batches.close()  # a streamed split stops reading ahead
-            return False
-        batch, global_rows = next(batches)
-        with autocast(device):
-            outputs = model(batch.numeric, batch.categorical)
-            loss = batch_loss(loss_fn, outputs, batch.target)
-        rows = len(batch)
-        if context.enabled:
-            if rows == 0:  # a short last batch: take part with no rows
-                loss = outputs.sum() * 0.0
+    bar = progress_bar(
+        f"epoch {progress.epoch}",
+        total=progress.population,
+        done=min(progress.next_step * plan.batch_size, progress.population),
+        show=plan.context.rank == 0,
+    )
+    with bar as advance:
+        for step in range(progress.next_step, plan.steps()):
+            if stop_agreed(should_stop, context, progress.total.device):
+                progress.next_step = step
+                all_reduce(progress.total, "sum", context)
+                batches.close()  # a streamed split stops reading ahead
+                return False
+            batch, global_rows = next(batches)
+            with autocast(device):
+                outputs = model(batch.numeric, batch.categorical)
+                loss = batch_loss(loss_fn, outputs, batch.target)
+            rows = len(batch)
+            if context.enabled:
+                if rows == 0:  # a short last batch: take part with no rows
+                    loss = outputs.sum() * 0.0
+                else:
+                    loss = loss * (rows * context.world_size / global_rows)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
             else:
-                loss = loss * (rows * context.world_size / global_rows)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        if grad_clip_norm is not None:
-            nn.utils.clip_grad_norm_(params, grad_clip_norm, foreach=True)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        scheduler.step()
-        if rows == 0:
-            continue
-        progress.rows += rows
-        detached = loss.detach().float()
-        if context.enabled:
-            detached = detached * global_rows / (rows * context.world_size)
-        progress.total += detached * rows
-        newly_bad = (progress.first_bad == NO_BAD_BATCH) & ~torch.isfinite(detached)
-        progress.first_bad = torch.where(
-            newly_bad, torch.full_like(progress.first_bad, step), progress.first_bad
-        )
+                loss.backward()
+            if grad_clip_norm is not None:
+                nn.utils.clip_grad_norm_(params, grad_clip_norm, foreach=True)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            scheduler.step()
+            advance(global_rows)
+            if rows == 0:
+                continue
+            progress.rows += rows
+            detached = loss.detach().float()
+            if context.enabled:
+                detached = detached * global_rows / (rows * context.world_size)
+            progress.total += detached * rows
+            newly_bad = (progress.first_bad == NO_BAD_BATCH) & ~torch.isfinite(detached)
+            progress.first_bad = torch.where(
+                newly_bad, torch.full_like(progress.first_bad, step), progress.first_bad
+            )
     batches.close()
     progress.next_step = plan.steps()
     if context.enabled:
