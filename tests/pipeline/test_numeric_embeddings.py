@@ -15,10 +15,12 @@ from helpers import compose_config, train_tiny
 from modelsphere.core.errors import ModelSphereError
 from modelsphere.models.artifact import load_artifact
 from modelsphere.models.config import validate_model
+from modelsphere.models.layers import categorical_embeddings, mlp_backbone
 from modelsphere.models.numeric_embeddings import (
     FoldedPiecewiseMLP,
     fit_bin_edges,
     import_rtdl,
+    piecewise_embeddings,
 )
 from modelsphere.models.piecewise_tables import PiecewiseLinearTables
 from modelsphere.models.registry import build_model, inference_form
@@ -337,3 +339,35 @@ def test_tabm_refuses_the_tables_form():
         validate_model(cfg.model)
     tabm = compose_config(["model=tabm", "model.numeric_embedding=piecewise_linear"])
     validate_model(tabm.model)  # the preset embeds per member
+
+
+def test_the_default_model_starts_from_the_weights_its_results_were_measured_with():
+    """The seeded start of the default MLP: numeric embeddings, then categorical
+    embeddings, then the layers. Another order trains other models than the
+    ones benchmarks/results/quality*.md measured."""
+    edges = [[-1.0, 0.0, 1.0], [0.0, 1.0]]
+    spec = ModelSpec(
+        n_numeric=2,
+        cardinalities=[5, 4],
+        embedding_dims=[3, 2],
+        hidden_sizes=[8],
+        n_outputs=1,
+        extra={"piecewise": {"d_embedding": 4, "edges": edges, "form": "embedding"}},
+    )
+    torch.manual_seed(0)
+    model = build_model(spec)
+    torch.manual_seed(0)
+    numeric = piecewise_embeddings(edges, 4)
+    categorical = categorical_embeddings([5, 4], [3, 2])
+    backbone, width = mlp_backbone(2 * 4 + 5, [8], "none", "relu", 0.0)
+    head = torch.nn.Linear(width, 1)
+    expected = {
+        **{f"numeric_embeddings.{k}": v for k, v in numeric.state_dict().items()},
+        **{f"embeddings.{k}": v for k, v in categorical.state_dict().items()},
+        **{f"backbone.{k}": v for k, v in backbone.state_dict().items()},
+        **{f"head.{k}": v for k, v in head.state_dict().items()},
+    }
+    built = model.state_dict()
+    assert list(built) == list(expected)
+    for name, tensor in expected.items():
+        assert torch.equal(built[name], tensor), name

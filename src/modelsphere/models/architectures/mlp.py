@@ -37,10 +37,13 @@ class TabularMLP(nn.Module):
         self.tables = None
         self.categorical_first = None
         categorical_width = sum(spec.embedding_dims)
-        self.embeddings = categorical_embeddings(
-            spec.cardinalities, spec.embedding_dims
-        )
+        # The seeded initial weights, and so every trained model, depend on the
+        # order the layers are built in: each form keeps the order its results
+        # (benchmarks/results/quality*.md) were measured with.
         if spec.n_numeric and piecewise_form(spec) == "tables":
+            self.embeddings = categorical_embeddings(
+                spec.cardinalities, spec.embedding_dims
+            )
             self.numeric_embeddings = None
             first = spec.hidden_sizes[0]
             self.tables = PiecewiseLinearTables(spec.extra["piecewise"]["edges"], first)
@@ -49,6 +52,9 @@ class TabularMLP(nn.Module):
             width_in, first_linear = first, False
         else:
             self.numeric_embeddings, numeric_width = numeric_modules(spec)
+            self.embeddings = categorical_embeddings(
+                spec.cardinalities, spec.embedding_dims
+            )
             width_in, first_linear = numeric_width + categorical_width, True
         self.backbone, width = mlp_backbone(
             width_in,
