@@ -97,7 +97,7 @@ def train(rows: int, variant: str, args, work: Path) -> Dict[str, Any]:
         *VARIANTS[variant],
     ]
     step = measured(command)
-    (run_dir,) = list((outputs / "train").iterdir())
+    run_dir = max((outputs / "train").iterdir(), key=lambda path: path.stat().st_mtime)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     history = metrics["history"]
     result = {
@@ -153,6 +153,16 @@ def line_through(points: List[tuple]) -> Dict[str, float]:
     return {"start_seconds": t0 - per_row * w0, "seconds_per_row_epoch": per_row}
 
 
+def fitted(tables: Dict[str, Any], variant: str, epochs: int) -> Dict[str, float]:
+    """The variant's train.py seconds against rows x epochs, as a line."""
+    return line_through(
+        [
+            (int(rows) * epochs, table["train"][variant]["process_seconds"])
+            for rows, table in tables.items()
+        ]
+    )
+
+
 def crossovers(fits: Dict[str, Dict[str, float]]) -> Dict[str, Any]:
     """Rows x epochs from which each GPU variant's train.py ends first."""
     out: Dict[str, Any] = {}
@@ -193,17 +203,9 @@ def main() -> None:
         variant: predict(Path(largest["raw_csv"]), run["run_dir"], variant, work)
         for variant, run in largest["train"].items()
     }
-    fits = {
-        variant: line_through(
-            [
-                (int(rows) * args.epochs, table["train"][variant]["process_seconds"])
-                for rows, table in tables.items()
-            ]
-        )
-        for variant in variants
-    }
-    if len(args.rows) < 2:
-        fits = {}
+    fits = {}
+    if len(set(args.rows)) >= 2:  # a line needs two table sizes
+        fits = {variant: fitted(tables, variant, args.epochs) for variant in variants}
     payload = {
         **run_record("device_end_to_end", load_start, args.label),
         "devices": devices(),

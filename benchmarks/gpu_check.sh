@@ -21,6 +21,7 @@ LABEL=${1:-}
 OUT=${OUT:-/tmp/gpu_out}
 RESULTS=${RESULTS:-/tmp/gpu_check}
 WORK=${WORK:-/tmp/gpu_work}
+rm -rf "$RESULTS" "$WORK"  # a rerun starts clean: one run dir per step
 mkdir -p "$OUT" "$RESULTS" "$WORK"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src:$PWD"
 if [ -d .whl ]; then

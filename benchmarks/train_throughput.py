@@ -14,8 +14,8 @@ In one process, side by side:
   train.py runs it) and a bare randperm loop at each `--batch-sizes`, ours with the
   preset's dropout, ours with its progress bar drawn, and the tutorial per-row
   DataLoader at the first batch size;
-  achieved GFLOP/s = rows/s x training FLOPs per row (6 x multiply-adds of the
-  linear layers: forward, input gradient, weight gradient) and its share of the peak;
+  achieved GFLOP/s = rows/s x training FLOPs per row (below) and its share of
+  the peak;
 - ours at each `--data-rows` (data size: cache effects);
 - the model options users train (`--models`: the default `mlp` with its
   piecewise-linear embeddings and dropout, `mlp_plr`, TabM at its CPU size),

@@ -10,6 +10,7 @@ import warnings
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from helpers import compose_config, train_tiny
 from modelsphere.core.errors import ModelSphereError
@@ -25,6 +26,7 @@ from modelsphere.models.numeric_embeddings import (
 from modelsphere.models.piecewise_tables import PiecewiseLinearTables
 from modelsphere.models.registry import build_model, inference_form
 from modelsphere.models.spec import ModelSpec, piecewise_width
+from modelsphere.training.run import run_training
 
 QUANTILE = {
     "n_bins": 8,
@@ -371,3 +373,24 @@ def test_the_default_model_starts_from_the_weights_its_results_were_measured_wit
     assert list(built) == list(expected)
     for name, tensor in expected.items():
         assert torch.equal(built[name], tensor), name
+
+
+def test_a_run_saved_before_the_form_setting_continues(tmp_path):
+    """Runs trained before `model.piecewise.form` existed have no such key in
+    their config.yaml: continuing one trains on as the embedding form."""
+    run_dir = train_tiny(tmp_path)
+    saved = OmegaConf.load(run_dir / "config.yaml")
+    del saved.model.piecewise["form"]
+    OmegaConf.save(saved, run_dir / "config.yaml")
+    cfg = OmegaConf.merge(saved, {"train": {"resume": str(run_dir), "max_epochs": 3}})
+    overrides = [f"train.resume={run_dir}", "train.max_epochs=3"]
+    run_training(cfg, tmp_path / "outputs" / "train" / "continued", overrides)
+    (continued,) = [
+        path
+        for path in (tmp_path / "outputs" / "train").iterdir()
+        if path.name not in ("run",)
+    ]
+    model = json.loads((continued / "model.json").read_text())["model_spec"]
+    assert model["extra"]["piecewise"]["form"] == "embedding"
+    history = json.loads((continued / "metrics.json").read_text())["history"]
+    assert len(history) == 3

@@ -57,7 +57,8 @@ def bars(monkeypatch):
 )
 def test_bars_show_only_where_someone_watches(monkeypatch, variable, ci, shown):
     """Forced on or off by MODELSPHERE_PROGRESS; otherwise only on a terminal
-    outside CI (pytest's stderr is no terminal)."""
+    outside CI (here stderr is no terminal)."""
+    monkeypatch.setattr("sys.stderr", SimpleNamespace(isatty=lambda: False))
     for name, value in ((progress.PROGRESS_VARIABLE, variable), ("CI", ci)):
         if value is None:
             monkeypatch.delenv(name, raising=False)

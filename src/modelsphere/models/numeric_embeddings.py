@@ -254,7 +254,8 @@ def numeric_embedding_settings(
         "piecewise": {
             "d_embedding": piecewise_width(piecewise, n_numeric),
             "edges": edges,
-            "form": piecewise["form"],
+            # a run's config saved before the setting existed resumes as it ran
+            "form": piecewise.get("form", "embedding"),
         }
     }
 

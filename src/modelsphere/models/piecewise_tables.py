@@ -76,7 +76,8 @@ class PiecewiseLinearTables(nn.Module):
         self.register_buffer("last_bin", torch.tensor(bins) - 1, persistent=False)
         starts = [sum(bins[:j]) + j for j in range(len(bins))]  # a column's knot 0
         self.register_buffer("start", torch.tensor(starts), persistent=False)
-        # saved with the weights: a model.json whose edges differ fails to load
+        # saved with the weights, so the weights file carries the edges it was
+        # trained on (load_state_dict checks its shape, not its values)
         self.register_buffer("knot_value", torch.tensor(knots))
         # As nn.Linear(columns, width) would start: knot rows on a line in x.
         bound = 1 / math.sqrt(len(edges))

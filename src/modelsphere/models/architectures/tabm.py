@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Dict
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 from torch.nn import functional as F
 
@@ -120,7 +121,8 @@ def check_tabm(model_cfg: Any, key: str) -> None:
     )
     require(
         model_cfg.numeric_embedding != "piecewise_linear"
-        or model_cfg.piecewise.form == "embedding",
+        or OmegaConf.select(model_cfg, "piecewise.form", default="embedding")
+        == "embedding",
         f"{key}.piecewise.form=tables is the MLP's first layer; TabM embeds "
         f"piecewise-linear numerics per member: use {key}.piecewise.form=embedding",
     )
