@@ -92,18 +92,24 @@ def record_header(payload: Dict[str, Any]) -> List[str]:
     ]
 
 
-def synthetic_numeric_overrides(args, work: Path) -> List[str]:
-    """A synthetic table of `args.rows` x `args.numeric` numeric columns (binary
-    target, nothing missing) in Parquet row groups of `args.row_group_rows`,
-    its data under `work`, trained on the CPU."""
+def synthetic_numeric_table(rows: int, numeric: int, work: Path) -> List[str]:
+    """A synthetic table of `rows` x `numeric` numeric columns (binary target,
+    nothing missing), its data under `work`."""
     return [
         "data=synthetic",
-        f"data.synthetic.rows={args.rows}",
-        f"data.synthetic.n_numeric={args.numeric}",
+        f"data.synthetic.rows={rows}",
+        f"data.synthetic.n_numeric={numeric}",
         "data.synthetic.n_categorical=0",
         "data.synthetic.missing_fraction=0",
-        f"data.write_row_group_rows={args.row_group_rows}",
         f"paths.data_dir={work / 'data'}",
+    ]
+
+
+def synthetic_numeric_overrides(args, work: Path) -> List[str]:
+    """The synthetic numeric table of `args.rows` x `args.numeric` in Parquet row
+    groups of `args.row_group_rows`, trained on the CPU."""
+    return synthetic_numeric_table(args.rows, args.numeric, work) + [
+        f"data.write_row_group_rows={args.row_group_rows}",
         "device=cpu",
     ]
 

@@ -36,6 +36,7 @@ from benchmarks.common import (
     add_output_arguments,
     record_header,
     run_record,
+    synthetic_numeric_table,
     write_results,
 )
 from benchmarks.processes import measured, raw_csv_command
@@ -73,17 +74,6 @@ def variants_here(chosen: Optional[List[str]]) -> List[str]:
     return list(VARIANTS) if torch.cuda.is_available() else [CPU]
 
 
-def table_overrides(rows: int, features: int, work: Path) -> List[str]:
-    return [
-        "data=synthetic",
-        f"data.synthetic.rows={rows}",
-        f"data.synthetic.n_numeric={features}",
-        "data.synthetic.n_categorical=0",
-        "data.synthetic.missing_fraction=0",
-        f"paths.data_dir={work / 'data'}",
-    ]
-
-
 def train(rows: int, variant: str, args, work: Path) -> Dict[str, Any]:
     outputs = work / "outputs" / f"{rows}_{variant}"
     command = [
@@ -93,7 +83,7 @@ def train(rows: int, variant: str, args, work: Path) -> Dict[str, Any]:
         f"train.max_epochs={args.epochs}",
         "train.plot=false",
         f"paths.outputs_dir={outputs}",
-        *table_overrides(rows, args.features, work),
+        *synthetic_numeric_table(rows, args.features, work),
         *VARIANTS[variant],
     ]
     step = measured(command)
@@ -190,7 +180,7 @@ def main() -> None:
     tables: Dict[str, Any] = {}
     for rows in sorted(args.rows):
         print(f"{rows:,} rows x {args.features} numeric columns", flush=True)
-        overrides = table_overrides(rows, args.features, work)
+        overrides = synthetic_numeric_table(rows, args.features, work)
         raw = measured(raw_csv_command(overrides))["stdout"].strip().splitlines()[-1]
         prep = measured([sys.executable, "data_preprocessing.py", *overrides])
         tables[str(rows)] = {
