@@ -39,18 +39,25 @@ def reference_inputs(cfg) -> Dict[str, Any]:
         "state": state,
         "frames": frames,
         "targets": {
-            split: encode_target(frame[target], state, split)
+            split: _reference_target(frame[target], state, split)
             for split, frame in frames.items()
         },
     }
 
 
-def _test_metrics(task: str, scores: np.ndarray, target, state) -> Dict[str, float]:
+def _reference_target(values: pd.Series, state, split: str) -> np.ndarray:
+    """Class indices, or the regression target as given: the references fit the
+    data's own units (LightGBM's and ridge's squared error is then the RMSE they
+    are scored on), whatever target scale the model options chose."""
+    if state["target"]["task"] == "regression":
+        return values.to_numpy(dtype=np.float64, copy=True)
+    return encode_target(values, state, split)
+
+
+def _test_metrics(task: str, scores: np.ndarray, target) -> Dict[str, float]:
     target, scores = torch.as_tensor(target), torch.as_tensor(scores)
-    if task == "regression":  # back to the data's units, as the options report
-        stats = state["target"]
-        target = target * stats["std"] + stats["mean"]
-        scores = scores * stats["std"] + stats["mean"]
+    if task == "regression":  # float32, as the options' metrics are computed
+        target, scores = target.float(), scores.float()
     return compute_metrics(task, scores, target)
 
 
@@ -98,7 +105,7 @@ def fit_lightgbm(
     )
     seconds = time.perf_counter() - started
     scores = _class_scores(task, model, typed(frames["test"]))
-    test = _test_metrics(task, scores, targets["test"], inputs["state"])
+    test = _test_metrics(task, scores, targets["test"])
     return {"test": test, "seconds": seconds, "trees": model.best_iteration_}
 
 
@@ -127,7 +134,7 @@ def fit_linear(
             model = LogisticRegression(C=strength, max_iter=2000)
         model.fit(x["train"], targets["train"])
         scores = _class_scores(task, model, x["val"])
-        value = _test_metrics(task, scores, targets["val"], state)[PRIMARY[task]]
+        value = _test_metrics(task, scores, targets["val"])[PRIMARY[task]]
         better = best_value is None or (
             value < best_value if task == "regression" else value > best_value
         )
@@ -135,7 +142,7 @@ def fit_linear(
             best, best_value = model, value
     seconds = time.perf_counter() - started
     scores = _class_scores(task, best, x["test"])
-    test = _test_metrics(task, scores, targets["test"], state)
+    test = _test_metrics(task, scores, targets["test"])
     strength = 1.0 / best.alpha if task == "regression" else best.C
     return {"test": test, "seconds": seconds, "strength": strength}
 

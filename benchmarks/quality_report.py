@@ -8,6 +8,18 @@ from typing import Any, Dict, List
 
 OPTIONS = ("mlp", "mlp_plr", "tabm")
 REFERENCES = ("lightgbm", "linear")
+# Model options run with overrides, measured beside the option itself: the
+# default with its target left on the raw scale (features/target.py), and the
+# default as it was before the regression changes (that, and 100 epochs).
+RAW_TARGET = ("model.features.target_transform=none",)
+VARIANTS = {
+    "mlp_raw_target": ("mlp", RAW_TARGET),
+    "mlp_previous": ("mlp", (*RAW_TARGET, "train.max_epochs=100")),
+}
+BEFORE = "mlp_previous"
+# The regression targets: the default's mean RMSE at most LightGBM's + this many
+# of LightGBM's stds, and its std at most this multiple of LightGBM's.
+REGRESSION_GAP_STDS, REGRESSION_STD_RATIO = 0.5, 1.5
 PRIMARY = {"binary": "roc_auc", "multiclass": "accuracy", "regression": "rmse"}
 REPORTED = {
     "binary": ("roc_auc", "accuracy"),
@@ -73,7 +85,14 @@ def targets_report(results: Dict[str, Any], models: List[str]) -> Dict[str, Any]
             "met": bool(met),
             "paired_gap": _mean_std(paired),
         }
+        if task == "regression" and "lightgbm" in models:
+            report.setdefault("regression", {})[name] = _regression_check(
+                summary, models
+            )
     report["mean_rank"] = {m: statistics.fmean(r) for m, r in ranks.items() if r}
+    if BEFORE in models and report.get("regression"):
+        ratios = [c["vs_previous"] for c in report["regression"].values()]
+        report["regression_mean_ratio_vs_previous"] = statistics.fmean(ratios)
     if refs:
         best_ref_rank = min(report["mean_rank"][r] for r in refs)
         report["strong_option_beats_references"] = {
@@ -82,6 +101,23 @@ def targets_report(results: Dict[str, Any], models: List[str]) -> Dict[str, Any]
             if m in report["mean_rank"]
         }
     return report
+
+
+def _regression_check(summary: Dict[str, Any], models: List[str]) -> Dict[str, Any]:
+    """The default against LightGBM on one regression set: its mean within
+    REGRESSION_GAP_STDS of LightGBM's stds, its std within REGRESSION_STD_RATIO
+    times LightGBM's; and its mean RMSE as a ratio of the previous default's."""
+    mlp, lgbm = summary["mlp"]["rmse"], summary["lightgbm"]["rmse"]
+    bound = lgbm["mean"] + REGRESSION_GAP_STDS * lgbm["std"]
+    check = {
+        "mean_bound": bound,
+        "mean_met": mlp["mean"] <= bound,
+        "std_ratio": mlp["std"] / lgbm["std"] if lgbm["std"] else float("inf"),
+    }
+    check["std_met"] = check["std_ratio"] <= REGRESSION_STD_RATIO
+    if BEFORE in models:
+        check["vs_previous"] = mlp["mean"] / summary[BEFORE]["rmse"]["mean"]
+    return check
 
 
 def render_markdown(payload: Dict[str, Any]) -> str:
@@ -123,6 +159,25 @@ def render_markdown(payload: Dict[str, Any]) -> str:
             f"gap {check['gap']:+.4f}, tolerance (one std) {check['tolerance']:.4f}: "
             f"{verdict}; per-seed paired gap {check['paired_gap']['mean']:+.4f} ± "
             f"{check['paired_gap']['std']:.4f}"
+        )
+    for name, check in report.get("regression", {}).items():
+        before = check.get("vs_previous")
+        lines.append(
+            f"- {name} (regression): mlp mean RMSE vs LightGBM's mean + "
+            f"{REGRESSION_GAP_STDS} std ({check['mean_bound']:.4f}): "
+            f"{'met' if check['mean_met'] else 'MISSED'}; std ratio to LightGBM's "
+            f"{check['std_ratio']:.2f} (at most {REGRESSION_STD_RATIO}): "
+            f"{'met' if check['std_met'] else 'MISSED'}"
+            + (
+                ""
+                if before is None
+                else f"; RMSE / the previous default's {before:.3f}"
+            )
+        )
+    if "regression_mean_ratio_vs_previous" in report:
+        lines.append(
+            "- regression, mean over data sets of mlp RMSE / the previous default's: "
+            f"{report['regression_mean_ratio_vs_previous']:.3f}"
         )
     ranks = ", ".join(f"{m} {r:.2f}" for m, r in report["mean_rank"].items())
     lines.append(f"- mean rank over data sets (primary metric, 1 = best): {ranks}")

@@ -126,7 +126,7 @@ def test_a_finished_run_is_not_resumed_unless_more_epochs_are_asked(tmp_path):
     base = csv_overrides(csv_of(tmp_path), tmp_path, "binary") + [f"train.resume={run}"]
     new_dir = tmp_path / "outputs" / "train" / "continued"
     given = [f"train.resume={run}"]
-    # No train.max_epochs on the command line (the default, 100, must not apply).
+    # No train.max_epochs on the command line (the default, 200, must not apply).
     with pytest.raises(ModelSphereError, match="has finished") as error:
         run_training(compose_config(base), new_dir, overrides=given)
     assert "train.max_epochs above 2" in str(error.value)
@@ -261,6 +261,38 @@ def test_regression_end_to_end(tmp_path, caplog):
     if not torch.cuda.is_available():
         assert "device: cpu" in caplog.text
         assert "CUDA is not available" in caplog.text
+
+
+def test_a_skewed_target_is_learned_on_the_log_scale_and_predicted_in_its_units(
+    tmp_path,
+):
+    """A right-skewed positive target (a price): auto picks log1p, the run saves
+    Duan's smearing factor, and evaluate and predict invert both from the
+    artifact, as training's own test metrics did."""
+    table = make_table(rows=400, task="regression", seed=5)
+    rng = np.random.default_rng(5)
+    table["label"] = np.round(
+        np.exp((table["label"] - 50) / 15 + 4) + rng.gamma(1, 5, 400), 2
+    )
+    table.to_csv(tmp_path / "tiny_regression.csv", index=False)
+    run = train_tiny(tmp_path, "train.max_epochs=4", task="regression")
+    target = json.loads((run / "model.json").read_text())["feature_state"]["target"]
+    assert target["transform"] == "log1p"
+    assert target["smearing"] > 0 and target["smearing"] != 1.0  # fitted
+
+    report, _ = evaluate(tmp_path, run)
+    assert_matches_training_metrics(report, run)
+
+    # Duan's factor is the one that makes mean((1 + y) / (1 + y_hat)) = 1 on the
+    # split it was fitted on (validation): predict.py applies exactly that one.
+    (val_file,) = (tmp_path / "data").rglob("val.parquet")
+    val = pd.read_parquet(val_file)
+    scored = predict(tmp_path, run, val.drop(columns="label"))
+    ratio = (1 + val["label"].to_numpy()) / (1 + scored["prediction"].to_numpy())
+    assert ratio.mean() == pytest.approx(1.0, abs=1e-4)
+    # in the target's units (median about 60), not log units (about 4)
+    typical = np.median(scored["prediction"]) / np.median(val["label"])
+    assert 0.5 < typical < 2, typical
 
 
 def test_multiclass_end_to_end(tmp_path):

@@ -9,13 +9,13 @@ import runpy
 import sys
 
 DATASETS = ["credit_data", "hpc_data", "ames"]
-MODELS = ["mlp", "mlp_plr", "tabm", "lightgbm", "linear"]
+MODELS = ["mlp", "mlp_plr", "tabm", "mlp_previous", "lightgbm", "linear"]
 
 
 def test_quality_benchmark_smoke(tmp_path, monkeypatch):
     argv = ["quality.py", "--quick", "--max-rows", "200", "--datasets", *DATASETS]
     argv += ["--work-dir", str(tmp_path / "work"), "--out", str(tmp_path)]
-    argv += ["--name", "smoke", "--threads", "1"]
+    argv += ["--name", "smoke", "--threads", "1", "--models", *MODELS]
     monkeypatch.setattr(sys, "argv", argv)
     runpy.run_module("benchmarks.quality", run_name="__main__", alter_sys=True)
 
@@ -32,15 +32,30 @@ def test_quality_benchmark_smoke(tmp_path, monkeypatch):
             assert len(runs) == 1 and runs[0]["seconds"] >= 0
             assert math.isfinite(runs[0]["test"][metric])
             assert entry["summary"][model][metric]["std"] == 0.0  # one seed
-    # The options ran the real pipeline: one run dir each, with its artifact.
-    for model in ("mlp", "mlp_plr", "tabm"):
+    # The options ran the real pipeline: one run dir each, with its artifact;
+    # the variant is the default before the regression changes (raw target).
+    transforms = {}
+    for model in ("mlp", "mlp_plr", "tabm", "mlp_previous"):
         run_dir = tmp_path / "work" / "outputs" / "ames" / f"{model}_seed0"
-        assert (run_dir / "model.json").is_file()
-        spec = json.loads((run_dir / "model.json").read_text())["model_spec"]
-        assert spec["architecture"] == model
+        meta = json.loads((run_dir / "model.json").read_text())
+        assert meta["model_spec"]["architecture"] == model.replace("_previous", "")
+        transforms[model] = meta["feature_state"]["target"]["transform"]
+        assert meta["config"]["train"]["max_epochs"] == 2  # --quick wins
+    assert transforms == {
+        "mlp": "log1p",  # ames' sale prices: skewed and positive
+        "mlp_plr": "log1p",
+        "tabm": "log1p",
+        "mlp_previous": "none",
+    }
+    # Every model is scored in the target's own units (sale prices in dollars).
+    ames = payload["results"]["ames"]["runs"]
+    assert all(ames[m][0]["test"]["rmse"] > 1000 for m in MODELS)
+    regression = payload["targets"]["regression"]["ames"]
+    assert {"mean_met", "std_met", "vs_previous"} <= set(regression)
     targets = payload["targets"]
     assert set(targets["per_dataset"]) == set(DATASETS)
     assert set(targets["mean_rank"]) == set(MODELS)
     markdown = (tmp_path / "smoke.md").read_text()
     assert "| data set | task | rows | metric | mlp |" in markdown
     assert "## Targets" in markdown and "QUICK" in markdown
+    assert "ames (regression): mlp mean RMSE vs LightGBM's" in markdown

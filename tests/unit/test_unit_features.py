@@ -8,61 +8,22 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-from omegaconf import OmegaConf
+import torch
 
 from modelsphere.core.errors import ModelSphereError, RowError
-from modelsphere.data.schema import Schema
-from modelsphere.features.config import FeatureConfig
 from modelsphere.features.fit import fit_feature_state
+from modelsphere.features.target import target_values
 from modelsphere.features.transform import (
     FIRST_LEVEL_CODE,
     MISSING_CODE,
     UNSEEN_CODE,
     FeatureTransform,
     cardinalities,
-    decode_regression,
     encode_target,
     numeric_width,
     transform_features,
 )
-
-
-def options(**overrides):
-    return OmegaConf.structured(FeatureConfig(**overrides))
-
-
-def make_schema(numeric=("x",), categorical=("c",), task="binary", classes=None):
-    if classes is None and task != "regression":
-        classes = ["no", "yes"] if task == "binary" else ["a", "b", "c"]
-    kind = "float" if task == "regression" else "string"
-    if classes and not isinstance(classes[0], str):
-        kind = "int"
-    return Schema(
-        columns=[*numeric, *categorical, "y"],
-        target="y",
-        task=task,
-        numeric=list(numeric),
-        categorical=list(categorical),
-        classes=classes,
-        target_kind=kind,
-    )
-
-
-def frame(x=None, c=None, y=None, **extra) -> pd.DataFrame:
-    """A cleaned frame: float64 numerics, string categoricals."""
-    n = len(x if x is not None else c)
-    out = {}
-    if x is not None:
-        out["x"] = pd.Series(x, dtype="float64")
-    if c is not None:
-        out["c"] = pd.Series(c, dtype="string")
-    for name, values in extra.items():
-        out[name] = values
-    out["y"] = pd.Series(
-        y if y is not None else ["no", "yes"] * (n // 2) + ["no"] * (n % 2)
-    )
-    return pd.DataFrame(out)
-
+from helpers.feature_frames import frame, make_schema, options
 
 # ----------------------------------------------------------------------------
 # Fitted on train only
@@ -337,7 +298,9 @@ def test_regression_target_is_standardised_and_decoded():
     assert encoded.dtype == np.float32
     assert encoded.mean() == pytest.approx(0.0, abs=1e-6)
     assert encoded.std() == pytest.approx(1.0, abs=1e-6)
-    np.testing.assert_allclose(decode_regression(encoded, state), y, rtol=1e-6)
+    assert state["target"]["transform"] == "none"  # not skewed
+    decoded = target_values(torch.from_numpy(encoded), state["target"]).numpy()
+    np.testing.assert_allclose(decoded, y, rtol=1e-6)
     other = encode_target(pd.Series([25.0, 100.0]), state, "t")
     np.testing.assert_allclose(other, [0.0, 75.0 / np.std(y)], rtol=1e-6)
 

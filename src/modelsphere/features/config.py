@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from omegaconf import DictConfig
 
 from modelsphere.core.config import require, setting
+from modelsphere.features.target import TARGET_TRANSFORMS
 from modelsphere.features.transform import NUMERIC_SCALINGS
 
 
@@ -26,6 +27,14 @@ class FeatureConfig:
     # numeric columns with at most this many distinct train values also get an
     # embedding per value (0: off)
     numeric_level_max: int = setting(0, ge=0)
+    # regression only: the scale the network learns the target on (target.py).
+    # auto: log1p for a target >= 0 whose skewness exceeds target_log_skew (and
+    # that log1p makes more symmetric), else none. 1.0 is the conventional line
+    # above which a distribution is "highly skewed" (Bulmer, Principles of
+    # Statistics): there the squared error of the raw target is dominated by its
+    # right tail.
+    target_transform: str = setting("auto", choices=TARGET_TRANSFORMS)
+    target_log_skew: float = setting(1.0, ge=0)
 
     @staticmethod
     def check(node: DictConfig, key: str) -> None:

@@ -15,6 +15,7 @@ import pandas as pd
 from modelsphere.core.errors import ModelSphereError
 from modelsphere.data.schema import Schema
 from modelsphere.data.splits import SPLIT_CHUNK_ROWS, ProcessedData, iter_split_frames
+from modelsphere.features.target import choose_transform
 from modelsphere.features.transform import STATE_VERSION, as_float_array
 
 
@@ -54,8 +55,8 @@ def fit_feature_state_from_split(
 
 class ColumnSketch:
     """Streaming statistics of one numeric column: present and missing counts,
-    mean and variance (Chan et al.'s pairwise update) and a seeded reservoir
-    sample (Algorithm R) of at most `capacity` present values.
+    minimum and maximum, mean and variance (Chan et al.'s pairwise update) and a
+    seeded reservoir sample (Algorithm R) of at most `capacity` present values.
 
     Until it overflows, the sample holds every present value in input order, so
     statistics taken from it equal those of an in-memory fit bit for bit.
@@ -65,6 +66,7 @@ class ColumnSketch:
         self.capacity, self.rng = capacity, rng
         self.n_present = self.n_missing = 0
         self.mean = self.m2 = 0.0
+        self.low, self.high = math.inf, -math.inf  # of every present value
         self._parts: List[np.ndarray] = []  # while filling, in input order
         self._full: Optional[np.ndarray] = None
 
@@ -87,6 +89,8 @@ class ColumnSketch:
         if present.size == 0:
             return
         self._merge_moments(present)
+        self.low = min(self.low, float(present.min()))
+        self.high = max(self.high, float(present.max()))
         filled = min(self.n_present, self.capacity)
         self.n_present += present.size
         take = min(self.capacity - filled, present.size)
@@ -204,8 +208,21 @@ class FeatureFitter:
         elif self.target.n_missing:  # as numpy: a NaN target makes the mean NaN
             state.update(mean=math.nan, std=1.0)
         else:
-            mean, std = self.target.mean_std()
-            state.update(mean=mean, std=std if std > 0 else 1.0)
+            sample = self.target.sample()
+            options = self.options
+            transform = choose_transform(
+                sample, options.target_transform, options.target_log_skew, schema.target
+            )
+            if transform == "none":  # exact moments, whatever the row count
+                mean, std = self.target.mean_std()
+            else:  # of the sample: all values up to quantile_subsample rows
+                logged = np.log1p(sample)
+                mean, std = float(logged.mean()), float(logged.std())
+                # the range predictions are held to (target.py)
+                state.update(
+                    low=math.log1p(self.target.low), high=math.log1p(self.target.high)
+                )
+            state.update(transform=transform, mean=mean, std=std if std > 0 else 1.0)
         return state
 
 

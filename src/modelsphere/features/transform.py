@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import torch
 
 from modelsphere.core.errors import ModelSphereError, RowError
+from modelsphere.features.target import transformed
 
 STATE_VERSION = 1
 NUMERIC_SCALINGS = ("quantile_normal", "standard", "none")  # model.features
@@ -241,11 +242,13 @@ def transform_features(frame: pd.DataFrame, state: Dict[str, Any]) -> FeatureArr
 
 
 def encode_target(values: pd.Series, state: Dict[str, Any], where: str) -> np.ndarray:
-    """Class indices (int64) or the standardised regression target (float32)."""
+    """Class indices (int64) or the standardised, transformed regression target
+    (float32; see target.py)."""
     target = state["target"]
     if target["task"] == "regression":
         raw = values.to_numpy(dtype=np.float64, na_value=np.nan)
-        return ((raw - target["mean"]) / target["std"]).astype(np.float32)
+        scaled = transformed(raw, target, where)
+        return ((scaled - target["mean"]) / target["std"]).astype(np.float32)
     classes = target["classes"]
     labels = values.astype(object)
     codes = pd.Index(classes, dtype=object).get_indexer(labels)
@@ -257,8 +260,3 @@ def encode_target(values: pd.Series, state: Dict[str, Any], where: str) -> np.nd
             f"that are not classes of this model, e.g. {first!r}; classes: {classes}"
         )
     return codes.astype(np.int64)
-
-
-def decode_regression(values: np.ndarray, state: Dict[str, Any]) -> np.ndarray:
-    target = state["target"]
-    return values * target["std"] + target["mean"]

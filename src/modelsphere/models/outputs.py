@@ -3,7 +3,7 @@
 A model returns logits (binary, multiclass) or standardised values (regression).
 Training's validation, evaluation, prediction and the API all turn them into
 scores here: P(positive) for binary, [rows, classes] probabilities for
-multiclass, values on the target's own scale for regression.
+multiclass, values on the target's own scale for regression (features/target.py).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from modelsphere.core.devices import DeviceChoice, autocast
+from modelsphere.features.target import predicted_values
 
 
 @torch.inference_mode()
@@ -47,5 +48,4 @@ def outputs_to_scores(
         return torch.sigmoid(outputs[:, 0])
     if task == "multiclass":
         return torch.softmax(outputs, dim=1)
-    target = feature_state["target"]
-    return outputs[:, 0] * target["std"] + target["mean"]
+    return predicted_values(outputs[:, 0], feature_state["target"])

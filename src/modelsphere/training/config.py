@@ -29,7 +29,11 @@ DATA_HINT = "For your own CSV: data=csv data.path=my.csv data.target=label"
 
 @dataclass
 class TrainConfig:
-    max_epochs: int = setting(100, ge=1)
+    # an upper bound: early stopping ends most runs well before it. It also sets
+    # the cosine schedule's length, so a run that still improves keeps a useful
+    # learning rate; at 100, small regression tables (Computers, concrete,
+    # hotel_rates) were still improving at the cap (quality_regression.md)
+    max_epochs: int = setting(200, ge=1)
     # null: a power of two giving ~batches_per_epoch_target steps per epoch,
     # within [batch_size_min, batch_size_max]; under DDP, the global batch
     batch_size: Optional[int] = setting(None, ge=1)

@@ -18,6 +18,7 @@ from torch import nn
 from modelsphere.core.devices import DeviceChoice, autocast
 from modelsphere.core.errors import ModelSphereError
 from modelsphere.core.progress import progress_bar
+from modelsphere.features.target import smearing_factor, target_values
 from modelsphere.features.tensors import SplitTensors
 from modelsphere.models.outputs import outputs_to_scores, predict_outputs
 from modelsphere.training.distributed import (
@@ -296,6 +297,24 @@ def batch_loss(
     return loss_fn(outputs, target)
 
 
+def split_outputs(
+    model, data: SplitTensors, device, batch_size, shards: DistContext = SINGLE_PROCESS
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The model's raw outputs and the encoded targets of a whole split. When the
+    processes of `shards` each hold a shard of the split (in rank order), each
+    scores its own and both are gathered. `data`: the split's tensors, or a
+    streamed split read a row group at a time (its `chunks()`)."""
+    parts: Iterable[SplitTensors] = data.chunks() if hasattr(data, "chunks") else [data]
+    outputs, targets = [], []
+    for part in parts:
+        outputs.append(
+            predict_outputs(model, part.numeric, part.categorical, batch_size, device)
+        )
+        targets.append(part.target)
+    outputs = gather_rows(_joined(outputs).contiguous(), shards)
+    return outputs, gather_rows(_joined(targets), shards)
+
+
 def evaluate_split(
     model,
     data: SplitTensors,
@@ -306,28 +325,28 @@ def evaluate_split(
     loss_fn,
     shards: DistContext = SINGLE_PROCESS,
 ) -> Dict[str, float]:
-    """The split's metrics. When the processes of `shards` each hold a shard of
-    the split (in rank order), each scores its own and the outputs are gathered:
-    every process returns the metrics of the whole split. `data`: the split's
-    tensors, or a streamed split read a row group at a time (its `chunks()`)."""
-    parts: Iterable[SplitTensors] = data.chunks() if hasattr(data, "chunks") else [data]
-    outputs, targets = [], []
-    for part in parts:
-        outputs.append(
-            predict_outputs(model, part.numeric, part.categorical, batch_size, device)
-        )
-        targets.append(part.target)
-    outputs = gather_rows(_joined(outputs).contiguous(), shards)
-    target = gather_rows(_joined(targets), shards)
+    """The split's metrics (every process returns those of the whole split)."""
+    outputs, encoded = split_outputs(model, data, device, batch_size, shards)
     scores = outputs_to_scores(outputs, task, feature_state)
-    encoded = target
+    target = encoded
     if task == "regression":
-        stats = feature_state["target"]
-        target = target * stats["std"] + stats["mean"]
+        target = target_values(encoded, feature_state["target"])
     metrics = compute_metrics(task, scores, target)
     with torch.inference_mode():
         metrics["loss"] = float(batch_loss(loss_fn, outputs, encoded))
     return metrics
+
+
+def fit_smearing(
+    model, data: SplitTensors, feature_state, device, batch_size, shards
+) -> Dict[str, Any]:
+    """The regression target's state with Duan's smearing factor fitted on this
+    (validation) split, for a log-transformed target (features/target.py)."""
+    target = feature_state["target"]
+    if target.get("transform", "none") == "none":
+        return target
+    outputs, encoded = split_outputs(model, data, device, batch_size, shards)
+    return {**target, "smearing": smearing_factor(outputs, encoded, target)}
 
 
 def _joined(parts):

@@ -65,6 +65,7 @@ from modelsphere.training.epochs import (
     NO_BAD_BATCH,
     EpochProgress,
     evaluate_split,
+    fit_smearing,
     run_epoch,
     stop_agreed,
 )
@@ -209,6 +210,15 @@ def _train_and_report(cfg, run_dir, resume, device, context, loggers) -> float:
     model = trainer.model
     if loop.best_state is not None:
         model.load_state_dict(loop.best_state)
+    if data.schema.task == "regression":
+        feature_state["target"] = fit_smearing(
+            model,
+            tensors["val"],
+            feature_state,
+            device,
+            cfg.train.eval_batch_size,
+            trainer.shards,
+        )
     final = {
         split: evaluate_split(
             model,
