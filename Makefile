@@ -73,8 +73,11 @@ benchmarks: venv
 	    --override tabm:model.ensemble.k=8
 	$(PY) -m benchmarks.quality --holdout --models mlp mlp_plr lightgbm linear
 	$(PY) -m benchmarks.quality --fresh --models mlp mlp_plr lightgbm linear
+	$(PY) -m benchmarks.quality --target-fresh --models mlp mlp_plr lightgbm linear
+	$(PY) -m benchmarks.quality --regression
 	$(MAKE) report
 
 report: venv $(TOOLS_STAMP)
 	$(WITH_TOOLS) $(PY) docs/report/build.py
 	$(PY) docs/report/readme_table.py
+	$(PY) docs/report/quality_summary.py

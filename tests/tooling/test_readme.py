@@ -99,6 +99,20 @@ def test_readme_decisions_table_is_generated_from_the_results():
     ), "README's decisions table is stale: run python docs/report/readme_table.py"
 
 
+def test_models_doc_quality_figures_are_generated_from_the_results():
+    """docs/models.md's quality figures are exactly what
+    docs/report/quality_summary.py renders from benchmarks/results/."""
+    sys.path.insert(0, str(REPO / "docs" / "report"))
+    from quality_summary import DOC, load, render, with_block
+
+    doc = DOC.read_text()
+    block = render(load())
+    assert "mean rank" in block and "| ames |" in block
+    assert doc == with_block(
+        doc, block
+    ), "docs/models.md's quality figures are stale: run docs/report/quality_summary.py"
+
+
 def test_readme_output_tree_names_real_files():
     readme = (REPO / "README.md").read_text()
     for name in [
