@@ -133,9 +133,31 @@ def test_training_draws_one_bar_per_epoch(bars, tmp_path):
         tmp_path, "train.max_epochs=3", "train.early_stopping_patience=null"
     )
     history = json.loads((run_dir / "metrics.json").read_text())["history"]
-    assert [bar.desc for bar in bars] == ["epoch 1", "epoch 2", "epoch 3"]
-    for bar, epoch in zip(bars, history):  # every epoch: every training row
+    epochs = [bar for bar in bars if bar.desc.startswith("epoch")]
+    assert [bar.desc for bar in epochs] == ["epoch 1", "epoch 2", "epoch 3"]
+    for bar, epoch in zip(epochs, history):  # every epoch: every training row
         assert sum(bar.updates) == bar.total == sum(epoch["rows_per_process"])
+
+
+def test_preprocessing_and_the_feature_fit_count_every_row(bars, tmp_path):
+    """Both passes over the raw CSV (its row count unknown until the first ends)
+    and the feature fit over the train split, block by block."""
+    run_dir = train_tiny(tmp_path, "train.max_epochs=1")
+    manifest = json.loads((run_dir / "model.json").read_text())["data"]
+    by_name = {bar.desc: bar for bar in bars if not bar.desc.startswith("epoch")}
+    assert set(by_name) == {
+        "scanning tiny_binary.csv",
+        "splitting tiny_binary.csv",
+        "fitting features on train",
+    }
+    scan, split = (
+        by_name["scanning tiny_binary.csv"],
+        by_name["splitting tiny_binary.csv"],
+    )
+    assert scan.total is None and sum(scan.updates) == 240 and scan.closed
+    assert split.total == 240 and sum(split.updates) == 240 and split.closed
+    fit = by_name["fitting features on train"]
+    assert sum(fit.updates) == fit.total == manifest["rows"]["train"] and fit.closed
 
 
 def test_the_cli_draws_bars_only_when_asked(tmp_path, monkeypatch):

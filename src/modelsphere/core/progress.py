@@ -17,6 +17,7 @@ from typing import Callable, Iterator, Optional
 PROGRESS_VARIABLE = "MODELSPHERE_PROGRESS"
 ALWAYS, NEVER = "1", "0"
 REFRESH_SECONDS = 0.5  # at most two redraws a second
+Advance = Callable[[int], None]  # what a bar yields: called with each step's units
 
 
 def shown() -> bool:
@@ -38,7 +39,7 @@ def progress_bar(
     done: int = 0,
     unit: str = "rows",
     show: bool = True,
-) -> Iterator[Callable[[int], None]]:
+) -> Iterator[Advance]:
     """A bar for `total` units (None: unknown) with `done` already done; yields
     the function to call with each step's units. `show=False` (another process
     of a distributed run, say) gives the do-nothing function."""

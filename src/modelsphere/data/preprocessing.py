@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 from omegaconf import OmegaConf
 
 from modelsphere.core.errors import ModelSphereError
+from modelsphere.core.progress import Advance, progress_bar
 from modelsphere.core.fileio import (
     atomic_write_json,
     atomic_write_text,
@@ -132,8 +133,9 @@ def _load_if_fresh(
     return processed
 
 
-def _scan(raw_path: Path, columns: List[str], data_cfg: Any):
-    """Pass 1: column statistics, and the target class code of every row."""
+def _scan(raw_path: Path, columns: List[str], data_cfg: Any, advance: Advance):
+    """Pass 1: column statistics, and the target class code of every row;
+    `advance(rows)` after each block (a progress bar)."""
     stats = {name: ColumnStats(name) for name in columns}
     target_codes: List[np.ndarray] = []
     code_of: Dict[str, int] = {}
@@ -150,6 +152,7 @@ def _scan(raw_path: Path, columns: List[str], data_cfg: Any):
                 track_codes, target_codes = False, []
             else:
                 target_codes.append(_label_codes(labels, code_of))
+        advance(len(frame))
     n_rows = stats[columns[0]].n_rows
     if n_rows == 0:
         raise ModelSphereError(f"{raw_path} has a header but no data rows")
@@ -226,7 +229,8 @@ def _preprocess(data_cfg: Any, raw_path: Path, target_dir: Path) -> ProcessedDat
     if data_cfg.target not in columns:
         infer_schema({}, columns, data_cfg, str(raw_path))  # raises the friendly error
     log.info("scanning %s (%d columns)", raw_path, len(columns))
-    stats, n_rows, codes = _scan(raw_path, columns, data_cfg)
+    with progress_bar(f"scanning {raw_path.name}", total=None) as advance:
+        stats, n_rows, codes = _scan(raw_path, columns, data_cfg, advance)
     schema = infer_schema(stats, columns, data_cfg, str(raw_path))
     log.info(
         "schema: task=%s target=%r, %d numeric, %d categorical, id=%r, %d ignored",
@@ -249,7 +253,10 @@ def _preprocess(data_cfg: Any, raw_path: Path, target_dir: Path) -> ProcessedDat
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        counts = _write_splits(raw_path, columns, schema, assignment, staging, data_cfg)
+        with progress_bar(f"splitting {raw_path.name}", total=n_rows) as advance:
+            counts = _write_splits(
+                raw_path, columns, schema, assignment, staging, data_cfg, advance
+            )
         manifest = _finish(staging, schema, stats, counts, raw_path, data_cfg, n_rows)
         _swap_into_place(staging, target_dir)
     finally:
@@ -272,9 +279,10 @@ def _missing_target_strata(stats, codes, n_rows) -> Optional[np.ndarray]:
 
 
 def _write_splits(
-    raw_path, columns, schema, assignment, staging, data_cfg
+    raw_path, columns, schema, assignment, staging, data_cfg, advance: Advance
 ) -> Dict[str, Any]:
-    """Pass 2: type each block by the schema and route its rows to the splits."""
+    """Pass 2: type each block by the schema and route its rows to the splits;
+    `advance(rows)` after each block (a progress bar)."""
     writers = SplitWriters(staging, data_cfg.format, arrow_schema(schema), data_cfg)
     problems: Counter = Counter()
     dropped = 0
@@ -291,6 +299,7 @@ def _write_splits(
                 if rows.any():
                     writers.write(split, typed[rows])
             n_rows = offset + len(frame)
+            advance(len(frame))
         writers.finish()
     finally:
         writers.close()

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from modelsphere.core.errors import ModelSphereError
+from modelsphere.core.progress import progress_bar
 from modelsphere.data.schema import Schema
 from modelsphere.data.splits import SPLIT_CHUNK_ROWS, ProcessedData, iter_split_frames
 from modelsphere.features.target import choose_transform
@@ -49,8 +50,13 @@ def fit_feature_state_from_split(
     at a time: memory is bounded by the sketches, not the split's rows."""
     schema = processed.schema
     columns = schema.features + [schema.target]
-    chunks = iter_split_frames(processed, split, columns, chunk_rows)
-    return fit_feature_state_chunks(chunks, schema, options, seed)
+    fitter = FeatureFitter(schema, options, seed)
+    total = processed.split_rows(split)
+    with progress_bar(f"fitting features on {split}", total=total) as advance:
+        for chunk in iter_split_frames(processed, split, columns, chunk_rows):
+            fitter.update(chunk)
+            advance(len(chunk))
+    return fitter.state()
 
 
 class ColumnSketch:
