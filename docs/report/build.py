@@ -28,7 +28,7 @@ REPO = HERE.parents[1]
 DOT_RENDERER = HERE / "render_dot.mjs"
 sys.path.insert(0, str(HERE))
 
-from facts import all_facts, load_results  # noqa: E402
+from facts import RESULT_NAMES, all_facts, load_results  # noqa: E402
 from plots import serving_chart, storage_chart, training_chart  # noqa: E402
 from svgtext import inline_svg  # noqa: E402
 
@@ -104,6 +104,7 @@ def render_html(results: Dict[str, Any], diagram_svg: str) -> str:
         loads=load_averages(results),
         built=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         commit=git_commit(),
+        stamp=commit_stamp(),
         stylesheet=(HERE / "style.css").read_text(),
     )
 
@@ -125,12 +126,38 @@ def load_averages(results: Dict[str, Any]) -> List[str]:
     return lines
 
 
+# What the report is made from (paths from the repository root): its result
+# files and its own sources. The README's decisions table has its own test.
+REPORT_INPUTS = (
+    *(f"benchmarks/results/{name}.json" for name in RESULT_NAMES),
+    "docs/report/architecture.dot",
+    "docs/report/build.py",
+    "docs/report/facts.py",
+    "docs/report/plots.py",
+    "docs/report/render_dot.mjs",
+    "docs/report/style.css",
+    "docs/report/svgtext.py",
+    "docs/report/template.html",
+)
+STAMP_PREFIX, DIRTY_SUFFIX = "modelsphere-commit:", "+uncommitted"
+
+
 def git_commit() -> Optional[str]:
     """The short commit, marked when the working tree has uncommitted changes."""
     commit = _git("rev-parse", "--short", "HEAD")
     if commit and _git("status", "--porcelain", "--untracked-files=no"):
         commit += " (with uncommitted changes)"
     return commit
+
+
+def commit_stamp() -> str:
+    """The PDF's Keywords entry: `STAMP_PREFIX<full commit>`, with
+    DIRTY_SUFFIX when files the report reads differ from that commit (then no
+    commit holds what it shows). tests/tooling/test_report.py refuses a committed
+    PDF whose commit is not an ancestor of HEAD or whose inputs changed since."""
+    commit = _git("rev-parse", "HEAD") or "unknown"
+    dirty = _git("status", "--porcelain", "--", *REPORT_INPUTS)
+    return f"{STAMP_PREFIX}{commit}{DIRTY_SUFFIX if dirty else ''}"
 
 
 def _git(*args: str) -> Optional[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import runpy
+import subprocess
 
 import pytest
 from pypdf import PdfReader
@@ -120,6 +121,9 @@ def test_report_from_fixture_results(tmp_path):
     assert "storage_formats.json" in flat
     assert "not measured yet (python -m benchmarks.quality)" in flat
     assert not list(tmp_path.glob("*.tmp"))
+    # The commit it was built from, for the staleness test below.
+    keywords = PdfReader(out).metadata["/Keywords"]
+    assert keywords.startswith("modelsphere-commit:") and len(keywords) > 40
 
 
 def test_report_without_node_says_how_to_install(tmp_path, monkeypatch, capsys):
@@ -131,3 +135,37 @@ def test_report_without_node_says_how_to_install(tmp_path, monkeypatch, capsys):
         capsys.readouterr().err
     )
     assert not out.exists()
+
+
+def _git(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+
+
+def test_the_committed_report_was_built_from_an_ancestor_with_the_same_inputs():
+    """The PDF in docs/ says which commit it was built from (its Keywords); that
+    commit is an ancestor of HEAD and nothing the report reads (its result files
+    and its own sources) has changed since, in history or in the working tree.
+    Otherwise the PDF's figures are stale: run `make report`, then commit."""
+    if _git("rev-parse", "HEAD").returncode != 0:
+        pytest.skip("not a git checkout")
+    build = runpy.run_path(str(BUILD))
+    keywords = PdfReader(REPO / "docs" / "tradeoff_report.pdf").metadata.get(
+        "/Keywords", ""
+    )
+    prefix, dirty = build["STAMP_PREFIX"], build["DIRTY_SUFFIX"]
+    assert keywords.startswith(prefix), f"no commit stamp in the PDF: {keywords!r}"
+    commit = keywords[len(prefix) :]
+    assert not commit.endswith(dirty), (
+        f"the PDF was built from uncommitted inputs ({commit}): commit them, then "
+        "run `make report`"
+    )
+    ancestor = _git("merge-base", "--is-ancestor", commit, "HEAD")
+    assert (
+        ancestor.returncode == 0
+    ), f"the PDF's commit {commit} is not in HEAD's history"
+    changed = _git("diff", "--name-only", commit, "--", *build["REPORT_INPUTS"])
+    assert changed.returncode == 0, changed.stderr
+    assert not changed.stdout.strip(), (
+        f"the report's inputs changed since the PDF was built from {commit}: "
+        f"{changed.stdout.split()}; run `make report`"
+    )
