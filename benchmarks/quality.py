@@ -134,7 +134,7 @@ DATASET_GROUPS["quality_regression"] = {
     name: spec for name, spec in ALL_DATASETS.items() if spec.task == "regression"
 }
 GROUP_MODELS = {
-    "quality_regression": ("mlp_previous", "mlp_raw_target", "mlp", *REFERENCES)
+    "quality_regression": ("mlp_previous", "mlp", "mlp_log_target", *REFERENCES)
 }
 
 

@@ -33,8 +33,8 @@ SUITES = {
 REGRESSION = "quality_regression"
 REGRESSION_COLUMNS = (
     ("mlp_previous", "previous default"),
-    ("mlp_raw_target", "default, raw target"),
     ("mlp", "default"),
+    ("mlp_log_target", "default, target_transform=auto"),
     ("lightgbm", "LightGBM"),
     ("linear", "linear"),
 )

@@ -266,7 +266,8 @@ def test_regression_end_to_end(tmp_path, caplog):
 def test_a_skewed_target_is_learned_on_the_log_scale_and_predicted_in_its_units(
     tmp_path,
 ):
-    """A right-skewed positive target (a price): auto picks log1p, the run saves
+    """A right-skewed positive target (a price): the skew rule (auto) picks log1p,
+    the run saves
     Duan's smearing factor, and evaluate and predict invert both from the
     artifact, as training's own test metrics did."""
     table = make_table(rows=400, task="regression", seed=5)
@@ -275,7 +276,12 @@ def test_a_skewed_target_is_learned_on_the_log_scale_and_predicted_in_its_units(
         np.exp((table["label"] - 50) / 15 + 4) + rng.gamma(1, 5, 400), 2
     )
     table.to_csv(tmp_path / "tiny_regression.csv", index=False)
-    run = train_tiny(tmp_path, "train.max_epochs=4", task="regression")
+    run = train_tiny(
+        tmp_path,
+        "train.max_epochs=4",
+        "model.features.target_transform=auto",
+        task="regression",
+    )
     target = json.loads((run / "model.json").read_text())["feature_state"]["target"]
     assert target["transform"] == "log1p"
     assert target["smearing"] > 0 and target["smearing"] != 1.0  # fitted

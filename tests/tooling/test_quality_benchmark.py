@@ -9,7 +9,10 @@ import runpy
 import sys
 
 DATASETS = ["credit_data", "hpc_data", "ames"]
-MODELS = ["mlp", "mlp_plr", "tabm", "mlp_previous", "lightgbm", "linear"]
+MODELS = [
+    *("mlp", "mlp_plr", "tabm", "mlp_log_target", "mlp_previous"),
+    *("lightgbm", "linear"),
+]
 
 
 def test_quality_benchmark_smoke(tmp_path, monkeypatch):
@@ -33,18 +36,21 @@ def test_quality_benchmark_smoke(tmp_path, monkeypatch):
             assert math.isfinite(runs[0]["test"][metric])
             assert entry["summary"][model][metric]["std"] == 0.0  # one seed
     # The options ran the real pipeline: one run dir each, with its artifact;
-    # the variant is the default before the regression changes (raw target).
+    # the variants: the skew rule choosing the target's scale, and the default
+    # before the regression changes.
     transforms = {}
-    for model in ("mlp", "mlp_plr", "tabm", "mlp_previous"):
+    for model in ("mlp", "mlp_plr", "tabm", "mlp_log_target", "mlp_previous"):
         run_dir = tmp_path / "work" / "outputs" / "ames" / f"{model}_seed0"
         meta = json.loads((run_dir / "model.json").read_text())
-        assert meta["model_spec"]["architecture"] == model.replace("_previous", "")
+        option = "mlp" if model in ("mlp_log_target", "mlp_previous") else model
+        assert meta["model_spec"]["architecture"] == option
         transforms[model] = meta["feature_state"]["target"]["transform"]
         assert meta["config"]["train"]["max_epochs"] == 2  # --quick wins
     assert transforms == {
-        "mlp": "log1p",  # ames' sale prices: skewed and positive
-        "mlp_plr": "log1p",
-        "tabm": "log1p",
+        "mlp": "none",
+        "mlp_plr": "none",
+        "tabm": "none",
+        "mlp_log_target": "log1p",  # the skew rule: ames' prices are skewed
         "mlp_previous": "none",
     }
     # Every model is scored in the target's own units (sale prices in dollars).

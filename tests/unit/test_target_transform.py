@@ -23,6 +23,8 @@ from helpers.feature_frames import frame, make_schema, options
 
 
 def regression_state(y, **overrides):
+    """The fitted state of target y; the skew rule (auto) unless overridden."""
+    overrides.setdefault("target_transform", "auto")
     y = np.asarray(y, dtype=float)
     schema = make_schema(categorical=(), task="regression")
     data = frame(x=np.zeros(len(y)), y=y)
@@ -39,6 +41,13 @@ def test_skewness_matches_its_definition():
     expected = np.mean(centred**3) / np.mean(centred**2) ** 1.5
     assert skewness(values) == pytest.approx(expected)
     assert skewness(np.full(5, 2.0)) == 0.0
+
+
+def test_the_default_keeps_the_raw_scale_even_for_a_skewed_target():
+    schema = make_schema(categorical=(), task="regression")
+    data = frame(x=np.zeros(2000), y=lognormal())
+    state = fit_feature_state(data, schema, options(), 0)
+    assert state["target"]["transform"] == "none"
 
 
 def test_auto_takes_log1p_for_a_right_skewed_non_negative_target():

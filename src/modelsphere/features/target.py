@@ -9,9 +9,13 @@ t is the target transform chosen on the train split (`fit.py`):
   price, a wage or a count. Errors then count relative to the value's size, so a
   few very large values no longer dominate the loss and the network sees a target
   close to symmetric.
-- `auto` (the default) picks `log1p` when the train target is >= 0, its skewness
-  is above `model.features.target_log_skew` and log1p brings the skewness closer
-  to zero; `none` otherwise (and always for a target with negative values).
+- `auto` picks `log1p` when the train target is >= 0, its skewness is above
+  `model.features.target_log_skew` and log1p brings the skewness closer to zero;
+  `none` otherwise (and always for a target with negative values).
+
+`none` is the default: measured on every regression set of the quality suites
+(benchmarks/results/quality_regression.md), the log scale won clearly on one
+skewed target and lost slightly on most of the others, in the target's units.
 
 Back on the original scale, exp(mean of log values) is the geometric mean, which
 lies below the mean: a log-trained model predicts too low on average, by a factor
