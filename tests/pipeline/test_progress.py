@@ -9,11 +9,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from helpers import csv_overrides, make_table, run_cli, train_tiny
+from helpers import compose_config, csv_overrides, make_table, run_cli, train_tiny
 from modelsphere.core import progress
 from modelsphere.core.devices import select_device
 from modelsphere.features.tensors import SplitTensors
 from modelsphere.inference.batch_predict import predict_file
+from modelsphere.inference.evaluation import run_evaluation
 from modelsphere.inference.predictor import Predictor
 from modelsphere.models.registry import build_model
 from modelsphere.models.spec import ModelSpec
@@ -158,6 +159,27 @@ def test_preprocessing_and_the_feature_fit_count_every_row(bars, tmp_path):
     assert split.total == 240 and sum(split.updates) == 240 and split.closed
     fit = by_name["fitting features on train"]
     assert sum(fit.updates) == fit.total == manifest["rows"]["train"] and fit.closed
+
+
+def test_evaluation_counts_every_row_in_batches_with_unchanged_metrics(bars, tmp_path):
+    """evaluate.py scores the split a predictor batch at a time under its bar;
+    small batches give the metrics one batch gives."""
+    run_dir = train_tiny(tmp_path)
+    reports = {}
+    for batch in (8192, 7):
+        bars.clear()
+        cfg = compose_config(
+            [f"run_dir={run_dir}", "device=cpu", f"batch_size={batch}"],
+            config_name="evaluate",
+        )
+        reports[batch] = run_evaluation(cfg, tmp_path / f"eval_{batch}")
+        (bar,) = [b for b in bars if b.desc.startswith("evaluating")]
+        rows = reports[batch]["metrics"]["rows"]
+        assert bar.desc == "evaluating test split" and bar.total == rows
+        assert sum(bar.updates) == rows and bar.closed
+        assert len(bar.updates) == -(-rows // batch)
+    for name, value in reports[8192]["metrics"].items():
+        assert reports[7]["metrics"][name] == pytest.approx(value, abs=1e-6), name
 
 
 def test_the_cli_draws_bars_only_when_asked(tmp_path, monkeypatch):

@@ -21,6 +21,7 @@ from torchmetrics.functional import classification as C
 from modelsphere.core.devices import select_device
 from modelsphere.core.errors import ModelSphereError
 from modelsphere.core.fileio import atomic_write_json, sha256_file
+from modelsphere.core.progress import progress_bar
 from modelsphere.core.runs import (
     CONFUSION_MATRIX_FILE,
     METRICS_FILE,
@@ -122,13 +123,27 @@ def score_labelled(
         )
     if labelled.empty:
         raise ModelSphereError(f"{where} has no labelled rows")
-    scores = predictor.scores(labelled, where)
+    scores = _scores_with_progress(predictor, labelled, where)
     values = labelled[schema.target]
     if predictor.task == "regression":
         target = torch.tensor(values.to_numpy(dtype=np.float64), dtype=torch.float32)
     else:
         target = torch.from_numpy(encode_target(values, predictor.feature_state, where))
     return scores, target
+
+
+def _scores_with_progress(
+    predictor: Predictor, labelled: pd.DataFrame, where: str
+) -> torch.Tensor:
+    """The rows' scores, a batch of the predictor's size at a time (the batches
+    its engine would have run anyway), with a progress bar on a terminal."""
+    step, parts = predictor.batch_size, []
+    with progress_bar(f"evaluating {where}", total=len(labelled)) as advance:
+        for start in range(0, len(labelled), step):
+            part = labelled.iloc[start : start + step]
+            parts.append(predictor.scores(part, where))
+            advance(len(part))
+    return torch.cat(parts)
 
 
 def _confusion(task: str, scores: torch.Tensor, target: torch.Tensor) -> np.ndarray:
