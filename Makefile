@@ -81,3 +81,4 @@ report: venv $(TOOLS_STAMP)
 	$(WITH_TOOLS) $(PY) docs/report/build.py
 	$(PY) docs/report/readme_table.py
 	$(PY) docs/report/quality_summary.py
+	$(PY) docs/report/scaling_summary.py

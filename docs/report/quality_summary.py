@@ -128,13 +128,13 @@ def render(results: Dict[str, Optional[Dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
-def with_block(text: str, block: str) -> str:
-    """`text` with what lies between the markers replaced by `block`."""
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"docs/models.md lacks the marker lines {BEGIN!r} ... {END!r}")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{BEGIN}\n{block}\n{END}{tail}"
+def with_block(text: str, block: str, begin: str = BEGIN, end: str = END) -> str:
+    """`text` with what lies between the marker lines replaced by `block`."""
+    if begin not in text or end not in text:
+        raise SystemExit(f"the document lacks the marker lines {begin!r} ... {end!r}")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{block}\n{end}{tail}"
 
 
 def main() -> None:

@@ -113,6 +113,21 @@ def test_models_doc_quality_figures_are_generated_from_the_results():
     ), "docs/models.md's quality figures are stale: run docs/report/quality_summary.py"
 
 
+def test_scaling_doc_preprocess_figures_are_generated_from_the_results():
+    """docs/scaling.md's preprocess table is what docs/report/scaling_summary.py
+    renders from preprocess_scale.json."""
+    sys.path.insert(0, str(REPO / "docs" / "report"))
+    from quality_summary import with_block
+    from scaling_summary import BEGIN, DOC, END, load, render
+
+    doc = DOC.read_text()
+    block = render(load())
+    assert "| 10,000,000 | preprocessing |" in block and "GiB target" in block
+    assert doc == with_block(
+        doc, block, BEGIN, END
+    ), "docs/scaling.md's preprocess figures are stale: run scaling_summary.py"
+
+
 def test_readme_output_tree_names_real_files():
     readme = (REPO / "README.md").read_text()
     for name in [
