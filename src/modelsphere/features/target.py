@@ -76,9 +76,14 @@ def choose_transform(
     return "log1p" if raw > log_skew and abs(logged) < abs(raw) else "none"
 
 
+def transform_of(target: Dict[str, Any]) -> str:
+    """The target's transform; a state saved before transforms existed: none."""
+    return target.get("transform", "none")
+
+
 def transformed(values: np.ndarray, target: Dict[str, Any], where: str) -> np.ndarray:
     """t(y) for target values (float64, NaN kept)."""
-    if target.get("transform", "none") == "none":
+    if transform_of(target) == "none":
         return values
     below = values <= -1
     if below.any():
@@ -93,8 +98,8 @@ def transformed(values: np.ndarray, target: Dict[str, Any], where: str) -> np.nd
 
 def target_values(encoded: torch.Tensor, target: Dict[str, Any]) -> torch.Tensor:
     """The exact inverse of the encoding: standardised targets back to values."""
-    values = encoded.double() * target["std"] + target["mean"]
-    if target.get("transform", "none") == "log1p":
+    values = _unscaled(encoded, target)
+    if transform_of(target) == "log1p":
         values = torch.expm1(values)
     return values.to(encoded.dtype)
 
@@ -102,7 +107,7 @@ def target_values(encoded: torch.Tensor, target: Dict[str, Any]) -> torch.Tensor
 def predicted_values(outputs: torch.Tensor, target: Dict[str, Any]) -> torch.Tensor:
     """The network's standardised outputs as predictions in the target's units:
     for a log1p target, smearing factor x exp(log prediction) - 1."""
-    if target.get("transform", "none") == "none":
+    if transform_of(target) == "none":
         return target_values(outputs, target)
     smearing = target.get("smearing", NO_SMEARING)
     return (torch.exp(_log_prediction(outputs, target)) * smearing - 1.0).to(
@@ -115,8 +120,7 @@ def _log_prediction(outputs: torch.Tensor, target: Dict[str, Any]) -> torch.Tens
     extrapolates linearly in log units, which is exponentially in the target's,
     so an unusual row could otherwise be predicted at several times the largest
     value ever seen (a tree stops at that range too)."""
-    logged = outputs.double() * target["std"] + target["mean"]
-    return logged.clamp(target["low"], target["high"])
+    return _unscaled(outputs, target).clamp(target["low"], target["high"])
 
 
 def smearing_factor(
@@ -124,8 +128,13 @@ def smearing_factor(
 ) -> float:
     """Duan's smearing factor from a held-out split's outputs and encoded targets:
     mean(exp(log residual)); 1 where the target is not log-transformed."""
-    if target.get("transform", "none") != "log1p" or encoded.numel() == 0:
+    if transform_of(target) != "log1p" or encoded.numel() == 0:
         return NO_SMEARING
-    logged = encoded.double() * target["std"] + target["mean"]
+    logged = _unscaled(encoded, target)
     predicted = _log_prediction(outputs.reshape(encoded.shape), target)
     return float(torch.exp(logged - predicted).mean())
+
+
+def _unscaled(z: torch.Tensor, target: Dict[str, Any]) -> torch.Tensor:
+    """Standardised values back to the target's training scale t(y), float64."""
+    return z.double() * target["std"] + target["mean"]

@@ -18,7 +18,7 @@ from torch import nn
 from modelsphere.core.devices import DeviceChoice, autocast
 from modelsphere.core.errors import ModelSphereError
 from modelsphere.core.progress import progress_bar
-from modelsphere.features.target import smearing_factor, target_values
+from modelsphere.features.target import smearing_factor, target_values, transform_of
 from modelsphere.features.tensors import SplitTensors
 from modelsphere.models.outputs import outputs_to_scores, predict_outputs
 from modelsphere.training.distributed import (
@@ -343,7 +343,7 @@ def fit_smearing(
     """The regression target's state with Duan's smearing factor fitted on this
     (validation) split, for a log-transformed target (features/target.py)."""
     target = feature_state["target"]
-    if target.get("transform", "none") == "none":
+    if transform_of(target) == "none":
         return target
     outputs, encoded = split_outputs(model, data, device, batch_size, shards)
     return {**target, "smearing": smearing_factor(outputs, encoded, target)}
