@@ -24,6 +24,7 @@ from modelsphere.core.errors import ModelSphereError
 from modelsphere.features.tensors import SplitTensors
 from modelsphere.training.distributed import (
     DistContext,
+    all_reduce,
     check_replicas_agree,
     init_distributed,
     shutdown,
@@ -35,6 +36,7 @@ from modelsphere.training.sharding import BatchPlan, shard_rows
 ROWS = 203  # odd, and not a multiple of the batch: the last batch is short
 BATCH_SIZE = 32
 SEED = 7
+COLLECTIVES = 200  # all-reduces whose tensors the backend must have let go of
 
 
 class RecordingNet(nn.Module):
@@ -143,6 +145,14 @@ def replica_check(model: nn.Module, context: DistContext) -> str:
     return "agree"
 
 
+def held_after_all_reduce(context: DistContext) -> int:
+    """References to an all-reduced tensor once `all_reduce` has returned: 1
+    (this function's) when the backend let go of it."""
+    tensor = torch.ones(8)
+    all_reduce(tensor, "sum", context)
+    return tensor._use_count()
+
+
 def main(out: Path, ddp_data: str) -> None:
     context = init_distributed("cpu", 300.0)
     try:
@@ -152,6 +162,9 @@ def main(out: Path, ddp_data: str) -> None:
             with torch.no_grad():
                 next(model.parameters()).add_(1e-3)
         record["after_drift"] = replica_check(model, context)
+        record["kept_after_all_reduce"] = [
+            held_after_all_reduce(context) for _ in range(COLLECTIVES)
+        ]
         torch.save(record, out / f"rank{context.rank}.pt")
     finally:
         shutdown(context)
