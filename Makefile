@@ -16,7 +16,9 @@ SCORED := outputs/predictions/telco_churn_test_scored.parquet
 
 .PHONY: venv pipeline lint test test-quick benchmarks report
 
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml \
+		requirements-serve.txt requirements-onnx.txt requirements-plots.txt \
+		requirements-datasets.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) -r requirements-dev.txt
 	$(PIP) -e . --no-deps

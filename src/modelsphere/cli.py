@@ -29,6 +29,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from modelsphere.core.errors import ModelSphereError, PeersLost
+from modelsphere.core.extras import missing_extra_error, owner_of_module
 from modelsphere.core.runs import hydra_output_dir
 from modelsphere.environment_guard import environment_values_guarded
 from modelsphere.sweeps import write_job_status
@@ -107,6 +108,14 @@ def _run(task: Callable, cfg: DictConfig, output_dir: Path, guards: ExitStack) -
     except OmegaConfBaseException as exc:
         # e.g. ${oc.env:NAME} for a variable that is not set
         log.error("error: config: %s", str(exc).splitlines()[0])
+        sys.exit(USAGE_ERROR_EXIT_CODE)
+    except ModuleNotFoundError as exc:  # a package of an extra not installed
+        owner = owner_of_module(exc.name)
+        if owner is None:
+            raise
+        extra, package = owner
+        feature = Path(sys.argv[0]).name or "this command"
+        log.error("error: %s", missing_extra_error(feature, extra, (package,)))
         sys.exit(USAGE_ERROR_EXIT_CODE)
     except KeyboardInterrupt:
         log.error("interrupted (Ctrl-C)")

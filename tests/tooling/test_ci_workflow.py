@@ -167,6 +167,10 @@ def test_pip_cache_keyed_on_requirements(workflow):
     assert set(test_paths.split()) == {
         "requirements.txt",
         "requirements-dev.txt",
+        "requirements-serve.txt",
+        "requirements-onnx.txt",
+        "requirements-plots.txt",
+        "requirements-datasets.txt",
         "requirements-sweeps.txt",
         "requirements-quality.txt",
         "requirements-tracking.txt",
@@ -217,6 +221,10 @@ def _pins(path):
     [
         "requirements.txt",
         "requirements-dev.txt",
+        "requirements-serve.txt",
+        "requirements-onnx.txt",
+        "requirements-plots.txt",
+        "requirements-datasets.txt",
         "requirements-quality.txt",
         "requirements-tracking.txt",
     ],

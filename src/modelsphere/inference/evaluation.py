@@ -20,6 +20,7 @@ from torchmetrics.functional import classification as C
 
 from modelsphere.core.devices import select_device
 from modelsphere.core.errors import ModelSphereError
+from modelsphere.core.extras import optional_feature
 from modelsphere.core.fileio import atomic_write_json, sha256_file
 from modelsphere.core.progress import progress_bar
 from modelsphere.core.runs import (
@@ -36,7 +37,6 @@ from modelsphere.data.table_io import nested_columns, read_table
 from modelsphere.features.transform import encode_target
 from modelsphere.inference.config import validate_evaluate_app
 from modelsphere.inference.predictor import Predictor
-from modelsphere.training import plots
 from modelsphere.training.metrics import (
     CALIBRATION_BINS,
     DECISION_THRESHOLD,
@@ -76,7 +76,7 @@ def run_evaluation(cfg: Any, output_dir: str | Path) -> Dict[str, Any]:
             "matrix": _confusion(predictor.task, scores, target).tolist(),
         }
     atomic_write_json(output_dir / METRICS_FILE, report)
-    if cfg.plot:
+    if cfg.plot and optional_feature("plots", "plots"):
         _plots(predictor, scores, target, report, output_dir)
     log.info("%s", format_table(metrics, title=f"{where} of {run_dir}"))
     return report
@@ -157,6 +157,8 @@ def _confusion(task: str, scores: torch.Tensor, target: torch.Tensor) -> np.ndar
 
 
 def _plots(predictor, scores, target, report, output_dir: Path) -> None:
+    from modelsphere.training import plots  # needs the 'plots' extra
+
     if predictor.task == "regression":
         plots.residuals(scores.numpy(), target.numpy(), output_dir / RESIDUALS_FILE)
         return

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from modelsphere.core.errors import ModelSphereError
 from modelsphere.tracking.run_record import epoch_scalars, final_scalars
-from modelsphere.tracking.packages import require_package
+from modelsphere.core.extras import require_module
 
 MLRUNS = "mlruns"  # the local store, in paths.outputs_dir
 FILE_STORE_OPT_IN = "MLFLOW_ALLOW_FILE_STORE"
@@ -57,7 +57,7 @@ class MlflowLogger:
         tags: Mapping[str, str],
         previous: Optional[Dict[str, str]],
     ) -> "MlflowLogger":
-        require_package("mlflow", "logger.mlflow", "mlflow-skinny")
+        require_module("mlflow", "tracking", "logger.mlflow")
         from mlflow.tracking import MlflowClient
 
         uri = tracking_uri(settings.tracking_uri, outputs_dir)

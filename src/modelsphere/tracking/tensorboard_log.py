@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Mapping
 from modelsphere.tracking.run_record import epoch_scalars, final_scalars
-from modelsphere.tracking.packages import require_package
+from modelsphere.core.extras import require_module
 
 IMAGE_SUFFIX = ".png"
 
@@ -26,7 +26,7 @@ class TensorBoardLogger:
     name = "tensorboard"
 
     def __init__(self, log_dir: Path, params: Mapping[str, Any], images: bool):
-        require_package("tensorboard", "logger.tensorboard", "tensorboard")
+        require_module("tensorboard", "tracking", "logger.tensorboard")
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=str(log_dir))
@@ -47,14 +47,14 @@ class TensorBoardLogger:
     ) -> None:
         for name, value in final_scalars(final).items():
             self.writer.add_scalar(scalar_tag(name), value, self.last_epoch)
-        if self.images:
+        images = [path for path in files if path.suffix == IMAGE_SUFFIX]
+        if self.images and images:  # plots exist only with the 'plots' extra
             from matplotlib.image import imread
 
-            for path in files:
-                if path.suffix == IMAGE_SUFFIX:
-                    image = imread(path)[..., :3]  # RGB of RGBA, floats in [0, 1]
-                    self.writer.add_image(
-                        path.stem, image, self.last_epoch, dataformats="HWC"
-                    )
+            for path in images:
+                image = imread(path)[..., :3]  # RGB of RGBA, floats in [0, 1]
+                self.writer.add_image(
+                    path.stem, image, self.last_epoch, dataformats="HWC"
+                )
         self.writer.add_text("status", status, self.last_epoch)
         self.writer.close()

@@ -31,6 +31,7 @@ from modelsphere.core.config import to_plain
 from modelsphere.core.redaction import saved_config_yaml
 from modelsphere.core.devices import DeviceChoice, configure_threads, select_device
 from modelsphere.core.errors import ModelSphereError
+from modelsphere.core.extras import optional_feature
 from modelsphere.core.fileio import (
     atomic_write_json,
     atomic_write_text,
@@ -48,7 +49,6 @@ from modelsphere.data.preprocessing import prepare_data
 from modelsphere.data.splits import ProcessedData
 from modelsphere.features.fit import fit_feature_state_from_split
 from modelsphere.models.artifact import save_artifact
-from modelsphere.training import plots
 from modelsphere.training.checkpoint import LoopState, load_checkpoint, save_checkpoint
 from modelsphere.training.config import validate_train_app
 from modelsphere.training.distributed import (
@@ -269,7 +269,9 @@ def _train_and_report(cfg, run_dir, resume, device, context, loggers) -> float:
             to_plain(cfg),
             extra,
         )
-        if cfg.train.plot and loop.history:
+        if cfg.train.plot and loop.history and optional_feature("plots", "plots"):
+            from modelsphere.training import plots  # needs the 'plots' extra
+
             plots.training_curve(
                 loop.history, trainer.monitor, loop.best_epoch, run_dir / CURVE_FILE
             )
