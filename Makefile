@@ -84,3 +84,4 @@ report: venv $(TOOLS_STAMP)
 	$(PY) docs/report/readme_table.py
 	$(PY) docs/report/quality_summary.py
 	$(PY) docs/report/scaling_summary.py
+	$(PY) docs/report/benchmarks_summary.py

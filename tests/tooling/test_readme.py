@@ -128,6 +128,22 @@ def test_scaling_doc_preprocess_figures_are_generated_from_the_results():
     ), "docs/scaling.md's preprocess figures are stale: run scaling_summary.py"
 
 
+def test_benchmarks_doc_trade_offs_are_generated_from_the_results():
+    """docs/benchmarks.md's trade-offs in brief are what
+    docs/report/benchmarks_summary.py renders from benchmarks/results/."""
+    sys.path.insert(0, str(REPO / "docs" / "report"))
+    from benchmarks_summary import BEGIN, DOC, END, render
+    from facts import load_results
+    from quality_summary import RESULTS, with_block
+
+    text = DOC.read_text()
+    block = render(load_results(RESULTS))
+    assert "not measured yet" not in block  # every CPU figure found in its file
+    assert text == with_block(
+        text, block, BEGIN, END
+    ), "docs/benchmarks.md's trade-offs are stale: run benchmarks_summary.py"
+
+
 def test_readme_output_tree_names_real_files():
     readme = (REPO / "README.md").read_text()
     for name in [
