@@ -144,6 +144,23 @@ def test_benchmarks_doc_trade_offs_are_generated_from_the_results():
     ), "docs/benchmarks.md's trade-offs are stale: run benchmarks_summary.py"
 
 
+def test_serving_doc_figures_are_generated_from_the_results():
+    """docs/serving.md's engine and load figures are what
+    docs/report/benchmarks_summary.py renders from serve_load.json."""
+    sys.path.insert(0, str(REPO / "docs" / "report"))
+    from benchmarks_summary import SERVING_BEGIN, SERVING_DOC, SERVING_END
+    from benchmarks_summary import render_serving
+    from facts import load_results
+    from quality_summary import RESULTS, with_block
+
+    text = SERVING_DOC.read_text()
+    block = render_serving(load_results(RESULTS))
+    assert "not measured yet" not in block
+    assert text == with_block(
+        text, block, SERVING_BEGIN, SERVING_END
+    ), "docs/serving.md's figures are stale: run docs/report/benchmarks_summary.py"
+
+
 def test_readme_output_tree_names_real_files():
     readme = (REPO / "README.md").read_text()
     for name in [
