@@ -8,6 +8,7 @@ import runpy
 import subprocess
 
 import pytest
+from markupsafe import escape
 from pypdf import PdfReader
 
 from helpers import REPO
@@ -169,3 +170,24 @@ def test_the_committed_report_was_built_from_an_ancestor_with_the_same_inputs():
         f"the report's inputs changed since the PDF was built from {commit}: "
         f"{changed.stdout.split()}; run `make report`"
     )
+
+
+def test_the_decisions_decide_and_gaps_are_stated_not_coloured():
+    """From the committed results: page 1 names each decision's primary option
+    and its switch point as a number; every missed target says why; what is not
+    measured sits in the pending note, not as red cells before the appendices."""
+    module = runpy.run_path(str(BUILD))
+    results = module["load_results"](REPO / "benchmarks" / "results")
+    html = module["render_html"](results, "<svg></svg>")
+    body = html.split("Appendix A.")[0]
+    assert 'class="missing"' not in body
+    assert "The decisions at a glance" in body
+    crossovers = module["all_facts"](results)["crossovers"]
+    for name in ("cpu_row_epochs", "batch_records", "parquet_size"):
+        assert crossovers[name].measured and str(crossovers[name]) in body, name
+    rows = module["all_facts"](results)["requirements"]
+    assert rows and any(not row["met"] for row in rows)
+    for row in rows:
+        assert row["met"] or (row["why"] and str(escape(row["why"])) in body), row
+    if not module["all_facts"](results)["gpu_measured"]:
+        assert "Pending measurements." in body
