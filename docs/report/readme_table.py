@@ -17,7 +17,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
-from facts import batch, inference_paths, load_results  # noqa: E402
+from facts import batch, crossovers, inference_paths, load_results  # noqa: E402
 from facts import serving, storage, training  # noqa: E402
 from quality_summary import with_block  # noqa: E402
 
@@ -30,16 +30,22 @@ def render(results: Dict) -> str:
     """The markdown table, every figure read from `results`."""
     t, s, p = training(results), serving(results), inference_paths(results)
     f, b = storage(results), batch(results)
+    x = crossovers(results)
+    gpu = (
+        f"measured GPU loop {t['cuda_bf16']}"
+        if t["cuda_bf16"].measured
+        else "GPU figures pending: `bash benchmarks/gpu_check.sh` on a CUDA machine"
+    )
     rows = [
         (
             "**CPU vs GPU**",
-            "one code path: `device=auto` takes CUDA when present, else the CPU",
+            "the CPU, through one code path: `device=auto` takes CUDA when present",
             f"training loop {t['ours']} at batch 1024 on 2 cores, {t['vs_dataloader']}"
             f" a per-row DataLoader; {t['share_4096']} of the matmul peak at batch"
             f" 4096 ([results]({RESULTS}/train_throughput.md))",
-            f"the GPU, for large batches and wide models: inference costs"
-            f" {t['infer_us_1']} one row at a time, {t['infer_us_4096']} in batches"
-            f" of 4,096. GPU side: {t['cuda_bf16']}",
+            f"the GPU, once a run passes {x['cpu_row_epochs']} rows x epochs at"
+            f" hidden [256, 256] ({x['cpu_budget_minutes']} minutes of this CPU"
+            f" loop), sooner for wider networks; {gpu}",
         ),
         (
             "**Parquet vs CSV**",
@@ -52,16 +58,16 @@ def render(results: Dict) -> str:
         ),
         (
             "**Batch vs real-time**",
-            "both, on one `Predictor`: `predict.py` for files, `serve.py` for"
-            " single requests",
+            "batch scoring (`predict.py`) as the primary path; `serve.py` for"
+            " records needed inside an interaction, on the same `Predictor`",
             f"`predict.py`: {p['in_process']} on {p['rows']} Telco rows in process,"
             f" {p['large_rows_per_second']} for a whole 10M-row process;"
             f" `serve.py`: {s['rps_1']} per worker for single-row requests, p50"
             f" {s['p50_1']} ([results]({RESULTS}/inference_paths.md),"
             f" [serving]({RESULTS}/serve_load.md))",
-            f"real time, for one record now: a batch process pays"
-            f" {p['startup_s']} of start-up before its first row; in bulk a row"
-            f" costs {p['us_per_row']} against {s['p50_1']} per request,"
+            f"real time, below {x['batch_records']} records at a time: a batch"
+            f" process pays {p['startup_s']} of start-up before its first row; in"
+            f" bulk a row costs {p['us_per_row']} against {s['p50_1']} per request,"
             f" in {b['predict_rss_10m']} of memory at 10M rows",
         ),
     ]
