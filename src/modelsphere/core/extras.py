@@ -20,6 +20,9 @@ from modelsphere.core.errors import ModelSphereError
 
 log = logging.getLogger(__name__)
 
+# The by-products already reported as skipped in this process (said once each).
+_SKIPPED: set = set()
+
 # extra -> (import name, distribution name) of every package it adds.
 EXTRA_PACKAGES: Dict[str, Tuple[Tuple[str, str], ...]] = {
     "serve": (
@@ -64,10 +67,6 @@ def missing_packages(extra: str) -> Tuple[str, ...]:
         for module, package in EXTRA_PACKAGES[extra]
         if not _is_installed(module)
     )
-
-
-def extra_available(extra: str) -> bool:
-    return not missing_packages(extra)
 
 
 def missing_extra_error(feature: str, extra: str, packages: Tuple[str, ...]):
@@ -118,6 +117,3 @@ def optional_feature(extra: str, feature: str) -> bool:
             install_hint(extra),
         )
     return not packages
-
-
-_SKIPPED: set = set()

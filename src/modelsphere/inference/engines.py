@@ -226,7 +226,11 @@ def resolve_engine(kind: str, device: DeviceChoice) -> str:
         return kind
     if device.device.type != "cpu":
         return "torch"
-    return "onnx" if optional_feature("onnx", "ONNX Runtime engine") else "torch"
+    return (
+        "onnx"
+        if optional_feature("onnx", "ONNX Runtime engine (engine=auto: eager PyTorch)")
+        else "torch"
+    )
 
 
 def make_engine(
