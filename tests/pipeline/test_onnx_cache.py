@@ -165,3 +165,27 @@ def test_auto_engine_is_onnx_on_cpu_and_torch_elsewhere():
             type = "cuda"
 
     assert engines.resolve_engine("auto", Cuda) == "torch"
+
+
+def test_the_graph_is_written_ahead_and_then_loaded_not_exported(
+    run_dir, monkeypatch, caplog
+):
+    """`python -m modelsphere.inference.onnx_cache RUN` (the container's build
+    step) writes the stamped graph that a later start loads as it is."""
+    from modelsphere.inference import onnx_cache
+
+    assert onnx_cache.main([str(run_dir)]) == 0
+    assert (run_dir / engines.ONNX_FILE).is_file()
+    no_export(monkeypatch)
+    with caplog.at_level(logging.INFO):
+        scores(run_dir)
+    assert "loaded the ONNX graph cached" in caplog.text
+
+
+def test_writing_the_graph_of_no_run_stops_with_one_line(tmp_path, caplog):
+    from modelsphere.inference import onnx_cache
+
+    with caplog.at_level(logging.ERROR):
+        assert onnx_cache.main([str(tmp_path / "no_run")]) == 2
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert line.startswith("error: ") and "no_run" in line
