@@ -7,15 +7,14 @@ python serve.py serve.port=9000 serve.workers=2 run_dir=outputs/train/<run>
 import hydra
 
 from modelsphere.cli import entry_point
-from modelsphere.core.extras import require_extra
-from modelsphere.serving.config import validate_serve_app  # serve_schema too
+from modelsphere.serving.config import require_serving_extras, validate_serve_app
 
 
 @hydra.main(config_path="conf", config_name="serve", version_base="1.3")
 @entry_point
 def main(cfg, output_dir):
-    validate_serve_app(cfg)
-    require_extra("serve", "serve.py")
+    validate_serve_app(cfg)  # (importing serving.config registers serve_schema)
+    require_serving_extras(cfg)
     from modelsphere.serving.runner import run_service  # the 'serve' extra's
 
     run_service(cfg)

@@ -10,6 +10,10 @@ from pathlib import Path
 from typing import Sequence
 
 INSTALL_TIMEOUT_S = 900  # a cold pip cache downloads torch's CPU wheel
+# Where a fresh venv gets torch's CPU build first, when set (CI on GitHub: the
+# default index's torch wheel is the CUDA one); unset, the pin in
+# requirements.txt comes from pip's configured index like everything else.
+TORCH_INDEX_VARIABLE = "MODELSPHERE_TORCH_INDEX_URL"
 
 
 def create_venv(path: Path) -> Path:
@@ -46,6 +50,22 @@ def run_in_venv(
         text=True,
         timeout=timeout,
     )
+
+
+def torch_pin(requirements: Path) -> str:
+    (pin,) = [
+        line.strip()
+        for line in requirements.read_text().splitlines()
+        if line.startswith("torch==")
+    ]
+    return pin
+
+
+def install_torch_first(python: Path, requirements: Path, cwd: Path) -> None:
+    """torch's CPU build from TORCH_INDEX_VARIABLE's index, where it is set."""
+    index = os.environ.get(TORCH_INDEX_VARIABLE)
+    if index:
+        pip_install(python, torch_pin(requirements), "--index-url", index, cwd=cwd)
 
 
 def pip_install(python: Path, *args: str, cwd: Path) -> None:

@@ -20,7 +20,14 @@ from typing import List, Tuple
 import pytest
 
 from helpers import REPO, free_port, train_tiny
-from helpers.fresh_venv import create_venv, pip_install, run_in_venv, venv_environment
+from helpers.fresh_venv import (
+    create_venv,
+    install_torch_first,
+    pip_install,
+    run_in_venv,
+    torch_pin,
+    venv_environment,
+)
 
 pytestmark = pytest.mark.tooling
 
@@ -112,10 +119,12 @@ def _build(root: Path, run_dir: Path) -> Path:
         elif keyword == "RUN" and rest.startswith("python -m venv"):
             python = create_venv(Path(_mapped(rest.split()[-1], root)))
         elif keyword == "RUN" and CPU_INDEX in rest:
-            # torch's CPU build from PyTorch's index; here, the same pin from
-            # the configured one (requirements.txt pins the version the image gets)
+            # torch's CPU build from PyTorch's index: the pin requirements.txt
+            # has, from that index where the suite is told to use it (else the
+            # same pin comes from pip's configured index with the rest)
             pin = re.search(r"torch==\S+", rest).group(0)
-            assert pin in (REPO / "requirements.txt").read_text().splitlines()
+            assert pin == torch_pin(REPO / "requirements.txt")
+            install_torch_first(python, REPO / "requirements.txt", workdir)
         elif keyword == "RUN" and rest.startswith("pip install"):
             args = [a for a in shlex.split(rest)[2:] if a != "--no-cache-dir"]
             pip_install(python, *args, cwd=workdir)

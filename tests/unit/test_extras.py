@@ -72,3 +72,18 @@ def test_an_entry_point_lets_a_missing_module_of_no_extra_through(tmp_path):
 
     with pytest.raises(ModuleNotFoundError):
         _run_task(task, tmp_path)
+
+
+def test_serve_py_needs_the_onnx_extra_only_for_the_onnx_engine(monkeypatch):
+    """Checked before the server starts (in the background load it would only
+    ever answer 503)."""
+    from modelsphere.serving.config import require_serving_extras
+
+    monkeypatch.setattr(
+        extras,
+        "missing_packages",
+        lambda extra: ("onnxruntime",) if extra == "onnx" else (),
+    )
+    with pytest.raises(ModelSphereError, match="serve.engine=onnx needs the 'onnx'"):
+        require_serving_extras(OmegaConf.create({"serve": {"engine": "onnx"}}))
+    require_serving_extras(OmegaConf.create({"serve": {"engine": "torch"}}))

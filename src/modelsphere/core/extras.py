@@ -29,6 +29,8 @@ EXTRA_PACKAGES: Dict[str, Tuple[Tuple[str, str], ...]] = {
         ("fastapi", "fastapi"),
         ("pydantic", "pydantic"),
         ("uvicorn", "uvicorn"),
+        ("uvloop", "uvicorn[standard]"),
+        ("httptools", "uvicorn[standard]"),
         ("prometheus_client", "prometheus-client"),
     ),
     "onnx": (
@@ -62,11 +64,8 @@ def _is_installed(module: str) -> bool:
 
 def missing_packages(extra: str) -> Tuple[str, ...]:
     """The distributions of `extra` that are not installed here."""
-    return tuple(
-        package
-        for module, package in EXTRA_PACKAGES[extra]
-        if not _is_installed(module)
-    )
+    missing = [p for m, p in EXTRA_PACKAGES[extra] if not _is_installed(m)]
+    return tuple(dict.fromkeys(missing))  # each distribution once
 
 
 def missing_extra_error(feature: str, extra: str, packages: Tuple[str, ...]):

@@ -35,8 +35,9 @@ def write_onnx_graph(run_dir: Path) -> Path:
     graph = Path(run_dir) / ONNX_FILE
     if predictor.engine.name != "onnx" or not graph.is_file():
         raise ModelSphereError(
-            f"{run_dir}: the model was not exported to ONNX (see the warning "
-            "above); serve it with serve.engine=torch"
+            f"{run_dir}: no ONNX graph was written to {graph} (the log above "
+            "says whether the export or the write failed); serve the run with "
+            "serve.engine=torch"
         )
     return graph
 

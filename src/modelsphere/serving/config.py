@@ -16,6 +16,7 @@ from modelsphere.core.config import (
     setting,
     validate,
 )
+from modelsphere.core.extras import require_extra
 from modelsphere.inference.engines import ENGINES
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
@@ -89,6 +90,14 @@ class ServeAppConfig:
 
 def validate_serve_app(cfg: DictConfig) -> None:
     validate(cfg, ServeAppConfig)
+
+
+def require_serving_extras(cfg: DictConfig) -> None:
+    """Stop before the server starts unless the extras it will use are here:
+    `serve`, and `onnx` for serve.engine=onnx (the default)."""
+    require_extra("serve", "serve.py")
+    if cfg.serve.engine == "onnx":
+        require_extra("onnx", "serve.engine=onnx")
 
 
 register_schema("serve_schema", ServeAppConfig)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Mapping
 from modelsphere.tracking.run_record import epoch_scalars, final_scalars
-from modelsphere.core.extras import require_module
+from modelsphere.core.extras import optional_feature, require_module
 
 IMAGE_SUFFIX = ".png"
 
@@ -48,7 +48,7 @@ class TensorBoardLogger:
         for name, value in final_scalars(final).items():
             self.writer.add_scalar(scalar_tag(name), value, self.last_epoch)
         images = [path for path in files if path.suffix == IMAGE_SUFFIX]
-        if self.images and images:  # plots exist only with the 'plots' extra
+        if self.images and images and optional_feature("plots", "plots"):
             from matplotlib.image import imread
 
             for path in images:

@@ -185,9 +185,10 @@ def settle(tensors: List[torch.Tensor], held: List[int]) -> None:
     if dist.get_backend() != "gloo":
         return  # NCCL lets go from its watchdog thread, on its own schedule
     deadline = time.monotonic() + RELEASE_WAIT_S
-    while time.monotonic() < deadline and any(
-        tensor._use_count() > count for tensor, count in zip(tensors, held)
-    ):
+    while any(tensor._use_count() > n for tensor, n in zip(tensors, held)):
+        if time.monotonic() > deadline:
+            log.debug("gloo kept a collective's tensors past %g s", RELEASE_WAIT_S)
+            return
         time.sleep(RELEASE_POLL_S)
 
 
