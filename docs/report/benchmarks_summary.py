@@ -103,6 +103,12 @@ def render(results: Dict[str, Any]) -> str:
     s = {**facts.storage(results), **_extra_storage(results)}
     i = {**facts.inference_paths(results), **_extra_inference(results)}
     v = facts.serving(results)
+    gpu = (
+        f"On CUDA (bf16 AMP): {t['cuda_bf16']}, {t['cuda_vs_cpu']} the CPU loop."
+        if t["cuda_bf16"].measured
+        else "The GPU side is pending: `bash benchmarks/gpu_check.sh` measures the"
+        " same on CUDA (bf16 AMP on and off)."
+    )
     e2e = {row["format"]: row for row in s["e2e"] if row["rows"] == "100,000"}
     e2e_text = (
         ", ".join(f"{fmt} {row['total']}" for fmt, row in e2e.items())
@@ -123,8 +129,7 @@ def render(results: Dict[str, Any]) -> str:
    in batches of 4,096: the case for batching, and for a GPU only when batches
    are large. Absolute figures ({_when(results['train_throughput'])}): our loop
    {t['ours']} at batch 1024, the `DataLoader` {t['dataloader']}, the matmul peak
-   {t['peak']}. The GPU side is pending: `bash benchmarks/gpu_check.sh` measures
-   the same on CUDA (bf16 AMP on and off).
+   {t['peak']}. {gpu}
 2. **Parquet vs CSV**: raw data arrives as CSV; every later stage reads typed,
    zstd-compressed Parquet. On the generated table
    ([`storage_formats.md`]({LINK}/storage_formats.md),

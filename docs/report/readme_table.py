@@ -43,9 +43,9 @@ def render(results: Dict) -> str:
             f"training loop {t['ours']} at batch 1024 on 2 cores, {t['vs_dataloader']}"
             f" a per-row DataLoader; {t['share_4096']} of the matmul peak at batch"
             f" 4096 ([results]({RESULTS}/train_throughput.md))",
-            f"the GPU, once a run passes {x['cpu_row_epochs']} rows x epochs at"
-            f" hidden [256, 256] ({x['cpu_budget_minutes']} minutes of this CPU"
-            f" loop), sooner for wider networks; {gpu}",
+            f"the GPU, once a run would pass a {x['cpu_budget_minutes']}-minute"
+            f" CPU budget: {x['cpu_row_epochs']} rows x epochs at hidden"
+            f" {x['width']} on this CPU loop, fewer for wider networks; {gpu}",
         ),
         (
             "**Parquet vs CSV**",
