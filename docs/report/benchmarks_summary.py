@@ -172,12 +172,7 @@ def render(results: Dict[str, Any]) -> str:
 def _load_cells(results) -> Dict[str, facts.Figure]:
     data, src = results["serve_load"], "serve_load.json"
 
-    def cell(key, workers=1, rows=1, concurrency=1, engine="onnx"):
-        def get(d):
-            found = facts._cell(d, engine, workers, rows, concurrency)
-            return found["latency_ms"][key] if key.startswith("p") else found[key]
-
-        return get
+    cell = facts.load_cell
 
     def in_process(engine):
         return lambda d: d["in_process"][engine]["1"]["predict_records_us_per_row"]

@@ -145,16 +145,19 @@ def _cell(data, engine: str, workers: int, rows: int, concurrency: int):
     raise KeyError((engine, workers, rows, concurrency))
 
 
+def load_cell(key, engine="onnx", workers=1, rows=1, concurrency=1):
+    """A getter of one serve_load.json cell's `key` (p50/p99... are latencies)."""
+
+    def get(d):
+        found = _cell(d, engine, workers, rows, concurrency)
+        return found["latency_ms"][key] if key.startswith("p") else found[key]
+
+    return get
+
+
 def serving(results) -> Dict[str, Figure]:
     data, src = results["serve_load"], "serve_load.json"
-
-    def cell(key, engine="onnx", workers=1, rows=1, concurrency=1):
-        def get(d):
-            found = _cell(d, engine, workers, rows, concurrency)
-            return found["latency_ms"][key] if key.startswith("p") else found[key]
-
-        return get
-
+    cell = load_cell
     return {
         "p50_1": figure(data, src, cell("p50"), "{:.2f} ms"),
         "p99_1": figure(data, src, cell("p99"), "{:.2f} ms"),

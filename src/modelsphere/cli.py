@@ -28,7 +28,11 @@ from typing import Any, Callable, Iterator
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from modelsphere.core.errors import ModelSphereError, PeersLost
+from modelsphere.core.errors import (
+    USAGE_ERROR_EXIT_CODE,
+    ModelSphereError,
+    PeersLost,
+)
 from modelsphere.core.extras import missing_extra_error, owner_of_module
 from modelsphere.core.runs import hydra_output_dir
 from modelsphere.environment_guard import environment_values_guarded
@@ -37,7 +41,6 @@ from modelsphere.training.interrupts import TrainingInterrupted
 
 log = logging.getLogger("modelsphere")
 
-USAGE_ERROR_EXIT_CODE = 2
 INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, as shells report it
 TERMINATED_EXIT_CODE = 128 + signal.SIGTERM
 

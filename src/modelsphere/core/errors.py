@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import List, Optional
 
+# The exit status of a run stopped by a ModelSphereError (bad input or config).
+USAGE_ERROR_EXIT_CODE = 2
+
 
 class ModelSphereError(Exception):
     """A problem with the user's input, config or files.

@@ -17,14 +17,12 @@ from pathlib import Path
 from typing import List, Optional
 
 from modelsphere.core.devices import select_device
-from modelsphere.core.errors import ModelSphereError
+from modelsphere.core.errors import USAGE_ERROR_EXIT_CODE, ModelSphereError
 from modelsphere.core.runs import ONNX_FILE
 from modelsphere.inference.config import PredictAppConfig
 from modelsphere.inference.predictor import Predictor
 
 log = logging.getLogger(__name__)
-
-USAGE_ERROR_EXIT_CODE = 2
 
 
 def write_onnx_graph(run_dir: Path) -> Path:

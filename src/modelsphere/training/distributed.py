@@ -21,7 +21,7 @@ import os
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import List
+from typing import Callable, List
 
 import torch
 import torch.distributed as dist
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 REPLICA_TOLERANCE = 1e-6
 
 # How often, and for how long at most, a collective's caller waits for the
-# backend's worker threads to let go of its tensors (see `settle`).
+# backend's worker threads to let go of its tensors (see `collective`).
 RELEASE_POLL_S = 1e-4
 RELEASE_WAIT_S = 5.0
 
@@ -159,20 +159,14 @@ def all_reduce(tensor: torch.Tensor, op: str, context: DistContext) -> torch.Ten
             "max": dist.ReduceOp.MAX,
             "min": dist.ReduceOp.MIN,
         }
-        held = use_counts([tensor])
-        dist.all_reduce(tensor, op=ops[op])
-        settle([tensor], held)
+        collective(lambda: dist.all_reduce(tensor, op=ops[op]), [tensor])
     return tensor
 
 
-def use_counts(tensors: List[torch.Tensor]) -> List[int]:
-    """How many references each tensor has now (taken before a collective)."""
-    return [tensor._use_count() for tensor in tensors]
-
-
-def settle(tensors: List[torch.Tensor], held: List[int]) -> None:
-    """Wait until the backend's worker threads have let go of `tensors`
-    (back to the reference counts `held` from before the collective).
+def collective(run: Callable[[], object], tensors: List[torch.Tensor]) -> None:
+    """`run()` (a collective operation on `tensors`), then wait until the
+    backend's worker threads have let go of `tensors` (back to the reference
+    counts they had before).
 
     gloo's worker thread drops its references to a collective's tensors just
     after the caller's wait returns, and dropping a tensor that Python also
@@ -182,6 +176,8 @@ def settle(tensors: List[torch.Tensor], held: List[int]) -> None:
     that succeeded: torchrun then reports the whole job failed. Sleeping hands
     the GIL over; the wait is microseconds, bounded by RELEASE_WAIT_S.
     """
+    held = [tensor._use_count() for tensor in tensors]
+    run()
     if dist.get_backend() != "gloo":
         return  # NCCL lets go from its watchdog thread, on its own schedule
     deadline = time.monotonic() + RELEASE_WAIT_S
@@ -198,9 +194,7 @@ def gather_counts(count: int, context: DistContext, device) -> List[int]:
         return [count]
     mine = torch.tensor([count], dtype=torch.int64, device=device)
     every = [torch.zeros_like(mine) for _ in range(context.world_size)]
-    held = use_counts([mine, *every])
-    dist.all_gather(every, mine)
-    settle([mine, *every], held)
+    collective(lambda: dist.all_gather(every, mine), [mine, *every])
     return [int(value) for value in every]
 
 
@@ -213,9 +207,7 @@ def gather_rows(tensor: torch.Tensor, context: DistContext) -> torch.Tensor:
     padded = tensor.new_zeros((max(counts), *tensor.shape[1:]))
     padded[: tensor.shape[0]] = tensor
     every = [torch.empty_like(padded) for _ in counts]
-    held = use_counts([padded, *every])
-    dist.all_gather(every, padded)
-    settle([padded, *every], held)
+    collective(lambda: dist.all_gather(every, padded), [padded, *every])
     return torch.cat([part[:count] for part, count in zip(every, counts)])
 
 
@@ -230,9 +222,7 @@ def check_replicas_agree(model: nn.Module, context: DistContext) -> None:
         return
     mine = torch.cat([p.detach().float().flatten() for p in model.parameters()])
     reference = mine.clone()
-    held = use_counts([reference])
-    dist.broadcast(reference, src=0)
-    settle([reference], held)
+    collective(lambda: dist.broadcast(reference, src=0), [reference])
     drift = (mine - reference).abs().max().reshape(1)
     all_reduce(drift, "max", context)
     if float(drift) > REPLICA_TOLERANCE:
