@@ -112,7 +112,7 @@ def test_report_from_fixture_results(tmp_path):
     for title in SECTIONS:
         assert title in flat, title
     # The architecture diagram is in the PDF (labels only it carries) and on disk.
-    assert "run dir artifact" in flat and "shards of each batch" in flat
+    assert "run dir: model.safetensors" in flat and "each its own shard" in flat
     assert svg.read_text().lstrip().startswith("<?xml")
     assert "<svg" in svg.read_text()
     # Measured figures are quoted from the results; missing files say so.
