@@ -128,15 +128,15 @@ def render(results: Dict[str, Any]) -> str:
    Inference costs {t['infer_us_1']} one row at a time and {t['infer_us_4096']}
    in batches of 4,096: the case for batching, and for a GPU only when batches
    are large. Absolute figures ({_when(results['train_throughput'])}): our loop
-   {t['ours']} at batch 1024, the `DataLoader` {t['dataloader']}, the matmul peak
-   {t['peak']}. {gpu}
+   {t['ours']} at batch {t['batch']}, the `DataLoader` {t['dataloader']}, the
+   matmul peak {t['peak']}. {gpu}
 2. **Parquet vs CSV**: raw data arrives as CSV; every later stage reads typed,
    zstd-compressed Parquet. On the generated table
    ([`storage_formats.md`]({LINK}/storage_formats.md),
    `python -m benchmarks.storage_formats`), CSV against Parquet: the file is
    {s['ratio_file_bytes_100k']} (100k rows) to {s['ratio_file_bytes_10m']} (10M)
    the size; writing takes {s['ratio_write_seconds_1m']} (1M) and
-   {s['ratio_write_seconds_10m']} (10M) the time; reading 3 of 13 columns
+   {s['ratio_write_seconds_10m']} (10M) the time; reading {s['read_share']} columns
    {s['ratio_three_columns_seconds_1m']} (1M) and
    {s['ratio_three_columns_seconds_10m']} (10M); and Parquet keeps every type
    on a schemaless read. A whole typed table into pandas takes

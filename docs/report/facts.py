@@ -97,6 +97,8 @@ def training(results) -> Dict[str, Figure]:
             "{}",
         ),
     }
+    out["batch"] = figure(data, src, lambda d: d["setup"]["batch_size"], "{}")
+    out["cores"] = figure(data, src, lambda d: d["machine"]["cpu_count"], "{}")
     out["peak"] = figure(
         data, src, lambda d: d["matmul_peak"]["gflops"], "{:,.0f} GFLOP/s"
     )
@@ -386,6 +388,13 @@ def storage(results) -> Dict[str, Any]:
         src,
         lambda d: f"{len(d['setup']['three_columns'])} columns "
         f"({', '.join(d['setup']['three_columns'])})",
+        "{}",
+    )
+    out["read_share"] = figure(
+        data,
+        src,
+        lambda d: f"{len(d['setup']['three_columns'])} of "
+        f"{len(d['sizes'][0]['reference_dtypes'])}",
         "{}",
     )
     out["e2e"] = _end_to_end_rows(data)

@@ -40,7 +40,8 @@ def render(results: Dict) -> str:
         (
             "**CPU vs GPU**",
             "the CPU, through one code path: `device=auto` takes CUDA when present",
-            f"training loop {t['ours']} at batch 1024 on 2 cores, {t['vs_dataloader']}"
+            f"training loop {t['ours']} at batch {t['batch']} on {t['cores']} cores,"
+            f" {t['vs_dataloader']}"
             f" a per-row DataLoader; {t['share_4096']} of the matmul peak at batch"
             f" 4096 ([results]({RESULTS}/train_throughput.md))",
             f"the GPU, once a run would pass a {x['cpu_budget_minutes']}-minute"
@@ -50,8 +51,9 @@ def render(results: Dict) -> str:
         (
             "**Parquet vs CSV**",
             "CSV arrives, typed zstd Parquet flows through every later stage",
-            f"at 10M rows CSV is {f['ratio_file_bytes_10m']} larger, reading 3 of 13"
-            f" columns is {f['ratio_three_columns_seconds_10m']} faster from Parquet,"
+            f"at 10M rows CSV is {f['ratio_file_bytes_10m']} larger, reading"
+            f" {f['read_share']} columns is {f['ratio_three_columns_seconds_10m']}"
+            " faster from Parquet,"
             f" and Parquet keeps every type ([results]({RESULTS}/storage_formats.md))",
             f"CSV, for a whole 1M-row table read into pandas: it takes"
             f" {f['ratio_full_seconds_1m']} Parquet's time",
