@@ -700,5 +700,12 @@ def all_facts(results) -> Dict[str, Any]:
         "provenance": provenance(results),
         "gpu_measured": results["throughput_cuda_bf16"] is not None,
         "crossovers": crossovers(results),
+        # The default data set (conf/data/telco_churn.yaml: modeldata/wa_churn).
+        "telco_rows": figure(
+            results["quality"],
+            "quality.json",
+            lambda d: d["results"]["wa_churn"]["rows"],
+            "{:,}",
+        ),
         "requirements": requirements(results),
     }
