@@ -148,11 +148,23 @@ def _cell(data, engine: str, workers: int, rows: int, concurrency: int):
     raise KeyError((engine, workers, rows, concurrency))
 
 
-def load_cell(key, engine="onnx", workers=1, rows=1, concurrency=1):
-    """A getter of one serve_load.json cell's `key` (p50/p99... are latencies)."""
+def one_sided(cell) -> bool:
+    """Whether most of a cell's runs left a worker without connections (the
+    kernel spreads connections over workers; a few can all land on one)."""
+    runs = cell.get("runs", [])
+    lopsided = sum(0 in run.get("connections_per_worker", []) for run in runs)
+    return lopsided > len(runs) // 2
+
+
+def load_cell(key, engine="onnx", workers=1, rows=1, concurrency=1, spread=False):
+    """A getter of one serve_load.json cell's `key` (p50/p99... are latencies).
+    spread=True: a figure of several workers, so a cell that measured one of
+    them (`one_sided`) counts as not measured."""
 
     def get(d):
         found = _cell(d, engine, workers, rows, concurrency)
+        if spread and workers > 1 and one_sided(found):
+            raise KeyError("connections not spread over the workers")
         return found["latency_ms"][key] if key.startswith("p") else found[key]
 
     return get
@@ -175,15 +187,14 @@ def serving(results) -> Dict[str, Figure]:
         "rps_2w_c8": figure(
             data,
             src,
-            cell("requests_per_second", workers=2, concurrency=8),
+            cell("requests_per_second", workers=2, concurrency=8, spread=True),
             "{:,.0f} req/s",
         ),
-        # 2 workers at 32 clients: the kernel spreads 32 connections over both
-        # workers; at 8 it gave one worker all of them in 2 of 3 runs.
+        # 2 workers at 32 clients: 8 connections can all land on one worker.
         "rows_64_2w": figure(
             data,
             src,
-            cell("rows_per_second", workers=2, rows=64, concurrency=32),
+            cell("rows_per_second", workers=2, rows=64, concurrency=32, spread=True),
             "{:,.0f} rows/s",
         ),
         "overhead_1": figure(
@@ -484,16 +495,23 @@ def _quality_table(data) -> Dict[str, Any]:
     }
 
 
-# Digits kept in a mean ± std: the std to its third significant digit at most,
-# never more than MAX_QUALITY_DECIMALS (ROC AUC to 1e-4).
+# Digits kept in a mean ± std: down to the std's third significant digit (the
+# mean's fourth when there is no spread), never more than MAX_QUALITY_DECIMALS
+# (ROC AUC to 1e-4).
 MAX_QUALITY_DECIMALS = 4
+
+
+def _decimals(scale: float, significant: int) -> int:
+    if not math.isfinite(scale) or scale == 0:
+        return MAX_QUALITY_DECIMALS
+    digits = significant - 1 - math.floor(math.log10(abs(scale)))
+    return min(MAX_QUALITY_DECIMALS, max(0, digits))
 
 
 def _mean_std(mean: float, std: float) -> Dict[str, str]:
     """23219.5242 ± 1740.7169 -> '23,220' '± 1,741'; 0.85407 ± 0.01253 -> 4 decimals."""
-    decimals = MAX_QUALITY_DECIMALS
-    if std > 0:
-        decimals = min(MAX_QUALITY_DECIMALS, max(0, 2 - math.floor(math.log10(std))))
+    spread = math.isfinite(std) and std > 0
+    decimals = _decimals(std, 3) if spread else _decimals(mean, 4)
     return {"mean": f"{mean:,.{decimals}f}", "std": f"± {std:,.{decimals}f}"}
 
 
@@ -704,7 +722,11 @@ def all_facts(results) -> Dict[str, Any]:
         "telco_rows": figure(
             results["quality"],
             "quality.json",
-            lambda d: d["results"]["wa_churn"]["rows"],
+            lambda d: (
+                d["results"]["wa_churn"]["rows"]
+                if d["setup"]["max_rows"] is None  # not a subsample
+                else None
+            ),
             "{:,}",
         ),
         "requirements": requirements(results),

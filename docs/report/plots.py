@@ -84,11 +84,14 @@ def storage_figure(data: Optional[Dict[str, Any]]):
     if not data or not data.get("sizes"):
         return None
     sizes = data["sizes"]
-    first = sizes[0]["formats"]
     measures = [
         (label, getter)
         for label, getter in STORAGE_RATIOS
-        if _has(getter, first["parquet"]) and _has(getter, first["csv"])
+        if all(
+            _has(getter, size["formats"][fmt])
+            for size in sizes
+            for fmt in ("parquet", "csv")
+        )
     ]
     fig, ax = plt.subplots(figsize=(6.4, 2.5))
     width = 0.8 / len(sizes)
