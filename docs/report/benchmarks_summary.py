@@ -33,15 +33,13 @@ def _when(data: Optional[Dict[str, Any]]) -> str:
     """'<date>, <n> CPUs (<processor>), 1-minute load <start> -> <end>'."""
     if data is None:
         return facts.NOT_MEASURED
-    load = data.get("load_average_1m", data.get("load_average"))
-    load = data["machine"].get("load_average_1m") if load is None else load
-    if isinstance(load, dict):
-        start, end = load.get("start"), load.get("end")
-        start = start[0] if isinstance(start, list) else start
-        end = end[0] if isinstance(end, list) else end
-        load_text = f"1-minute load {start:.1f} at the start, {end:.1f} at the end"
-    elif load is not None:
-        load_text = f"1-minute load {load:.1f}"
+    span, single = facts.load_start_end(data), facts.load_one_reading(data)
+    if span is not None:
+        load_text = (
+            f"1-minute load {span[0]:.1f} at the start, {span[1]:.1f} at the end"
+        )
+    elif single is not None:
+        load_text = f"1-minute load {single:.1f}"
     else:
         load_text = "load not recorded"
     machine = data["machine"]

@@ -28,7 +28,12 @@ REPO = HERE.parents[1]
 DOT_RENDERER = HERE / "render_dot.mjs"
 sys.path.insert(0, str(HERE))
 
-from facts import RESULT_NAMES, all_facts, load_results  # noqa: E402
+from facts import (  # noqa: E402
+    RESULT_NAMES,
+    all_facts,
+    load_results,
+    load_start_end,
+)
 from plots import serving_chart, storage_chart, training_chart  # noqa: E402
 from svgtext import inline_svg  # noqa: E402
 
@@ -113,15 +118,11 @@ def load_averages(results: Dict[str, Any]) -> List[str]:
     """'file: start a, end b' for each result that recorded its load average."""
     lines = []
     for name, data in results.items():
-        load = (data or {}).get("load_average") or (data or {}).get("load_average_1m")
-        if not load:
-            continue
-        start, end = load.get("start"), load.get("end")
-        first = lambda value: value[0] if isinstance(value, list) else value  # noqa
-        if start is not None and end is not None:
+        span = None if data is None else load_start_end(data)
+        if span is not None:
             lines.append(
-                f"{name}.json: 1-minute load {first(start):.1f} at the start, "
-                f"{first(end):.1f} at the end"
+                f"{name}.json: 1-minute load {span[0]:.1f} at the start, "
+                f"{span[1]:.1f} at the end"
             )
     return lines
 

@@ -515,18 +515,34 @@ def _mean_std(mean: float, std: float) -> Dict[str, str]:
     return {"mean": f"{mean:,.{decimals}f}", "std": f"± {std:,.{decimals}f}"}
 
 
-def _load_span(data) -> Optional[str]:
-    """The 1-minute load average a result file recorded: '0.5 -> 1.4' (start
-    and end of the run), or one reading where the file kept only one."""
+def _first(value):
+    """A load reading: the 1-minute figure of os.getloadavg()'s triple."""
+    return value[0] if isinstance(value, list) else value
+
+
+def load_start_end(data) -> Optional[tuple]:
+    """The 1-minute load a result file recorded at its start and its end, or
+    None where it kept no such pair. The one reader of these fields."""
     for load in (data.get("load_average_1m"), data.get("load_average")):
-        if isinstance(load, dict) and "start" in load and "end" in load:
-            first = [load["start"], load["end"]]
-            first = [value[0] if isinstance(value, list) else value for value in first]
-            return f"{first[0]:.1f} -> {first[1]:.1f}"
-    single = data.get("machine", {}).get("load_average_1m")
-    if isinstance(single, (int, float)):
-        return f"{single:.1f} (one reading)"
+        if isinstance(load, dict) and load.get("start") is not None:
+            if load.get("end") is not None:
+                return _first(load["start"]), _first(load["end"])
     return None
+
+
+def load_one_reading(data) -> Optional[float]:
+    """The single 1-minute load a result file kept in its machine block."""
+    single = data.get("machine", {}).get("load_average_1m")
+    return single if isinstance(single, (int, float)) else None
+
+
+def _load_span(data) -> Optional[str]:
+    """Appendix B's load column: '0.5 -> 1.4' (start and end of the run), or
+    one reading where the file kept only one."""
+    span, single = load_start_end(data), load_one_reading(data)
+    if span is not None:
+        return f"{span[0]:.1f} -> {span[1]:.1f}"
+    return None if single is None else f"{single:.1f} (one reading)"
 
 
 def provenance(results) -> List[Dict[str, str]]:

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+import facts
 from quality_summary import REPO, RESULTS, with_block
 
 DOC = REPO / "docs" / "scaling.md"
@@ -46,7 +47,7 @@ def render(data: Optional[Dict[str, Any]]) -> str:
             )
     target = data["target"]
     highest = max(target["max_peak_rss_mib"].values())
-    setup, load = data["setup"], data["load_average_1m"]
+    setup, (start, end) = data["setup"], facts.load_start_end(data)
     lines += [
         "",
         f"The highest peak of any run, {highest:,.0f} MiB, is "
@@ -56,7 +57,7 @@ def render(data: Optional[Dict[str, Any]]) -> str:
         f"medians of {setup['repeats']} ({setup['large_repeats']} at the largest "
         f"size); measured {data['date'][:10]} on {data['machine']['cpu_count']} "
         f"CPUs ({data['machine']['processor']}), 1-minute load "
-        f"{load['start']:.1f} at the start and {load['end']:.1f} at the end: "
+        f"{start:.1f} at the start and {end:.1f} at the end: "
         "absolute figures on these shared machines vary from day to day.",
     ]
     return "\n".join(lines)

@@ -153,11 +153,7 @@ def test_two_worker_figures_come_from_runs_that_used_both_workers(results):
         if block["workers"] != 2:
             continue
         for cell in block["cells"]:
-            one_sided = (
-                sum(0 in run["connections_per_worker"] for run in cell["runs"])
-                > len(cell["runs"]) // 2
-            )
-            if one_sided and cell["concurrency"] > 1:
+            if facts.one_sided(cell) and cell["concurrency"] > 1:
                 for key, form in (
                     ("requests_per_second", "{:,.0f} req/s"),
                     ("rows_per_second", "{:,.0f} rows/s"),
