@@ -28,6 +28,15 @@ TINY_RECIPES: Dict[str, Tuple[str, Tuple[str, ...]]] = {
     "binary_one_epoch": ("binary", ("train.max_epochs=1", "train.plot=false")),
     "binary_seed_1": ("binary", ("seed=1",)),
     "binary_seed_2": ("binary", ("seed=2",)),
+    # discrete numeric columns also embedded per value (age: 62 values)
+    "binary_levels": (
+        "binary",
+        (
+            "train.max_epochs=1",
+            "train.plot=false",
+            "model.features.numeric_level_max=100",
+        ),
+    ),
     "binary_standard": (
         "binary",
         (

@@ -23,6 +23,8 @@ CHECKPOINT_FILE = "checkpoint.pt"  # resume state, rewritten every epoch
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"  # spec, feature state, schema, config, provenance
 ONNX_FILE = "model.onnx"  # the cached ONNX export, stamped with the weights' hash
+# export.py's default output: one graph from raw columns to scores
+RAW_GRAPH_FILE = "model_raw.onnx"
 PREDICTION_SUMMARY_FILE = "prediction.json"
 JOB_STATUS_FILE = "job_status.json"  # a sweep job's outcome
 TRACKING_FILE = "tracking.json"  # the run trackers' ids: a resumed run continues

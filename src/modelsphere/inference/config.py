@@ -1,5 +1,5 @@
-"""The settings of evaluate.py (`conf/evaluate.yaml`) and predict.py
-(`conf/predict.yaml`)."""
+"""The settings of evaluate.py (`conf/evaluate.yaml`), predict.py
+(`conf/predict.yaml`) and export.py (`conf/export.yaml`)."""
 
 from __future__ import annotations
 
@@ -68,8 +68,24 @@ class PredictAppConfig:
         )
 
 
+@dataclass
+class ExportAppConfig:
+    """`conf/export.yaml`: write a run's model as one ONNX graph from raw
+    columns to scores (inference/raw_export.py)."""
+
+    run_dir: Optional[str] = None  # null: the latest training run
+    output: Optional[str] = None  # null: <run_dir>/model_raw.onnx
+    # the split of the run's own data the graph is checked on before writing
+    check_split: str = setting("test", choices=SPLITS)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
 def validate_evaluate_app(cfg: DictConfig) -> None:
     validate(cfg, EvaluateAppConfig)
+
+
+def validate_export_app(cfg: DictConfig) -> None:
+    validate(cfg, ExportAppConfig)
 
 
 def validate_predict_app(cfg: DictConfig) -> None:
@@ -79,3 +95,4 @@ def validate_predict_app(cfg: DictConfig) -> None:
 
 register_schema("evaluate_schema", EvaluateAppConfig)
 register_schema("predict_schema", PredictAppConfig)
+register_schema("export_schema", ExportAppConfig)

@@ -98,11 +98,14 @@ class OnnxEngine:
         probe = _probe_inputs(n_numeric, cardinalities)
         with torch.inference_mode():
             expected = module(*[torch.from_numpy(block) for block in probe]).numpy()
+        # The graph's bytes are kept: the predictor wraps them in the feature
+        # transform and the scores (raw_graph.py).
+        self.graph: bytes = b""
         self.session = self._cached_session(cache_path, weights_sha256, probe, expected)
         if self.session is None:
             started = time.perf_counter()
             proto = _export(module, weights_sha256)
-            self.session = self._session(proto)
+            self.session, self.graph = self._session(proto), proto
             problem = _disagreement(self.session, probe, expected)
             if problem:  # pragma: no cover - an exporter bug, not a user error
                 raise ModelSphereError(f"the ONNX export {problem}")
@@ -114,20 +117,15 @@ class OnnxEngine:
         self.input_names = [item.name for item in self.session.get_inputs()]
 
     def _session(self, proto: bytes):
-        options = self._ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        return self._ort.InferenceSession(
-            proto, options, providers=["CPUExecutionProvider"]
-        )
+        return onnx_session(self._ort, proto, self.threads)
 
     def _cached_session(self, path, weights_sha256, probe, expected):
         """The cached graph's session, or None (absent, stale or not matching)."""
         if path is None or weights_sha256 is None or not path.is_file():
             return None
         try:
-            session = self._session(path.read_bytes())
+            graph = path.read_bytes()
+            session = self._session(graph)
         except Exception as exc:  # ONNX Runtime's errors have no common type
             log.info("%s is not a usable ONNX graph (%s): exporting again", path, exc)
             return None
@@ -140,6 +138,7 @@ class OnnxEngine:
             log.warning("%s %s: exporting again", path, problem)
             return None
         log.info("loaded the ONNX graph cached in %s", path)
+        self.graph = graph
         return session
 
     def __call__(self, numeric: np.ndarray, categorical: np.ndarray) -> torch.Tensor:
@@ -150,6 +149,15 @@ class OnnxEngine:
             blocks.append(np.ascontiguousarray(categorical, dtype=np.int64))
         feeds = dict(zip(self.input_names, blocks))
         return torch.from_numpy(self.session.run(None, feeds)[0])
+
+
+def onnx_session(ort, proto: bytes, threads: int):
+    """An ONNX Runtime session on the CPU with `threads` intra-op threads."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(proto, options, providers=["CPUExecutionProvider"])
 
 
 def _disagreement(session, probe: List[np.ndarray], expected: np.ndarray) -> str:

@@ -60,7 +60,7 @@ def run_evaluation(cfg: Any, output_dir: str | Path) -> Dict[str, Any]:
             "sha256": sha256_file(cfg.input),
         }
     else:
-        frame, source = _run_split(predictor, cfg.split), {"split": cfg.split}
+        frame, source = run_split(predictor, cfg.split), {"split": cfg.split}
     where = source.get("input", f"{cfg.split} split")
     scores, target = score_labelled(predictor, frame, where)
     metrics = compute_metrics(predictor.task, scores, target)
@@ -82,7 +82,7 @@ def run_evaluation(cfg: Any, output_dir: str | Path) -> Dict[str, Any]:
     return report
 
 
-def _run_split(predictor: Predictor, split: str) -> pd.DataFrame:
+def run_split(predictor: Predictor, split: str) -> pd.DataFrame:
     """The split this run was trained beside (rebuilt from its config if needed)."""
     artifact = predictor.artifact
     record = artifact.meta.get("data", {})

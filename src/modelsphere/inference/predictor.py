@@ -31,12 +31,14 @@ from modelsphere.data.cleaning import clean_frame, clean_records
 from modelsphere.features.transform import FeatureArrays, FeatureTransform
 from modelsphere.inference.engines import make_engine
 from modelsphere.models.artifact import Artifact, load_artifact
-from modelsphere.models.outputs import outputs_to_scores
+from modelsphere.models.outputs import (
+    PREDICTION_COLUMN,
+    PROBABILITY_SUFFIX,
+    outputs_to_scores,
+)
 
 log = logging.getLogger(__name__)
 
-PREDICTION_COLUMN = "prediction"
-PROBABILITY_SUFFIX = "_probability"
 ROWS_SHOWN = 5  # row numbers an error lists before "and N more"
 
 
@@ -97,7 +99,43 @@ class Predictor:
             artifact.run_dir,
             graph_stamp(artifact.meta.get("weights_sha256"), self.model),
         )
+        self.raw_scorer = self._raw_scorer(threads)
         self._announced: set = set()
+
+    def raw_graph(self):
+        """The ONNX graph (a ModelProto) from raw columns to scores
+        (raw_graph.py); needs the ONNX engine, whose network graph it wraps."""
+        # onnx is an optional extra: imported only where the ONNX engine runs
+        import onnx
+
+        from modelsphere.inference.raw_graph import build_raw_graph
+
+        if self.engine.name != "onnx":
+            raise ModelSphereError(
+                "the raw-columns ONNX graph wraps the ONNX engine's network graph, "
+                "and this model runs on engine=torch (see the log for why)"
+            )
+        network = onnx.load_model_from_string(self.engine.graph)
+        return build_raw_graph(network, self.schema, self.feature_state)
+
+    def _raw_scorer(self, threads: int):
+        """With the ONNX engine, records are scored by one run of the raw-columns
+        graph (a RawGraphScorer); if it cannot be built, by the transform and the
+        engine (None)."""
+        if self.engine.name != "onnx":
+            return None
+        from modelsphere.inference.raw_graph import RawGraphScorer
+
+        try:
+            return RawGraphScorer(self.raw_graph(), self.schema, threads)
+        except Exception as exc:  # ONNX's and ONNX Runtime's errors: no common type
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            log.warning(
+                "the raw-columns ONNX graph could not be built (%s); records are "
+                "scored by the feature transform and the network graph",
+                reason[:200],
+            )
+            return None
 
     @classmethod
     def from_run_dir(
@@ -305,6 +343,10 @@ class Predictor:
     ) -> Dict[str, np.ndarray]:
         """Column arrays (`prediction`, `<class>_probability`...) for records whose
         fields were type-checked by the API's request models."""
+        if self.raw_scorer is not None:
+            out = self.raw_scorer(records)
+            if out is not None:  # else a score is not finite: told below
+                return out
         columns = clean_records(records, self.schema)
         arrays = self.transform.transform(columns, len(records))
         return self._outputs(self._scores(arrays), typed=False)

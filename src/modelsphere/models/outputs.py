@@ -16,6 +16,10 @@ from torch import nn
 from modelsphere.core.devices import DeviceChoice, autocast
 from modelsphere.features.target import predicted_values
 
+# The predictor's output columns: the label (or the value), one per class.
+PREDICTION_COLUMN = "prediction"
+PROBABILITY_SUFFIX = "_probability"
+
 
 @torch.inference_mode()
 def predict_outputs(
