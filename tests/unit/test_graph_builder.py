@@ -10,7 +10,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from modelsphere.inference.graph_builder import INTERP_BLOCK, GraphBuilder
+from modelsphere.inference.graph_builder import ML_DOMAIN, ML_OPSET, GraphBuilder
 
 
 def run_graph(build, x: np.ndarray) -> np.ndarray:
@@ -22,7 +22,8 @@ def run_graph(build, x: np.ndarray) -> np.ndarray:
         [helper.make_tensor_value_info("y", TensorProto.DOUBLE, None)],
         initializer=build.initializers,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    opsets = [helper.make_opsetid("", 20), helper.make_opsetid(ML_DOMAIN, ML_OPSET)]
+    model = helper.make_model(graph, opset_imports=opsets)
     session = ort.InferenceSession(
         model.SerializeToString(), providers=["CPUExecutionProvider"]
     )
@@ -30,15 +31,15 @@ def run_graph(build, x: np.ndarray) -> np.ndarray:
 
 
 def knot_sets(rng):
-    """Knot counts around the search's block size; ties (an integer column, a
-    column of one repeated value); a column shorter than a block."""
+    """Knot counts odd, even and powers of two around a search tree's levels;
+    ties (an integer column, a column of one repeated value)."""
     return [
         np.sort(rng.standard_normal(1000)),
         np.sort(rng.integers(0, 72, 1000)).astype(float),
         np.array([0.0, 0.0, 1.0, 1.0, 1.0, 2.0]),
-        np.sort(rng.standard_normal(INTERP_BLOCK - 1)),
-        np.sort(rng.standard_normal(INTERP_BLOCK)),
-        np.sort(rng.standard_normal(INTERP_BLOCK + 1)),
+        np.sort(rng.standard_normal(31)),
+        np.sort(rng.standard_normal(32)),
+        np.sort(rng.standard_normal(33)),
         np.array([5.0, 5.0]),
     ]
 

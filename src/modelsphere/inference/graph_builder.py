@@ -12,15 +12,14 @@ Statistics 37:477, 1988), accurate to about 1e-16 relative, against Cephes'
 
 from __future__ import annotations
 
-from typing import List
+from typing import Dict, List
 
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-# np.interp as a search in two steps: the block of INTERP_BLOCK knots a value
-# falls in (one comparison per block), then its knot inside the block; about
-# 2 x sqrt(knots) comparisons per value instead of one per knot.
-INTERP_BLOCK = 32
+# ONNX's ML operators: LabelEncoder (version 2) and TreeEnsembleRegressor
+# (version 3: double-precision thresholds)
+ML_DOMAIN, ML_OPSET = "ai.onnx.ml", 3
 
 # AS241 (PPND16): rational approximations, coefficients in ascending powers.
 _CENTRAL_NUM = (
@@ -182,61 +181,111 @@ class GraphBuilder:
             "Mul", ratio, self.op("Where", is_central, q, self.op("Sign", q))
         )
 
+    def count_at_most(self, x: str, knots: List[np.ndarray]) -> str:
+        """How many of knots[c] are <= x[:, c] (numpy's searchsorted, side
+        "right"), for every column c of x [rows, columns] (double), as float
+        [rows, columns]: one balanced search tree per column in one
+        ai.onnx.ml TreeEnsembleRegressor, about log2(knots) double-precision
+        comparisons per value, where ONNX has no sorted search of its own."""
+        attributes: Dict[str, list] = {name: [] for name in _TREE_LISTS}
+        thresholds: List[float] = []
+        leaf_counts: List[float] = []
+        for column, column_knots in enumerate(knots):
+            _search_tree(column, column_knots, attributes, thresholds, leaf_counts)
+        return self.op(
+            "TreeEnsembleRegressor",
+            x,
+            domain=ML_DOMAIN,
+            n_targets=len(knots),
+            aggregate_function="SUM",
+            post_transform="NONE",
+            nodes_values_as_tensor=numpy_helper.from_array(
+                np.array(thresholds, np.float64), "thresholds"
+            ),
+            target_weights_as_tensor=numpy_helper.from_array(
+                np.array(leaf_counts, np.float64), "counts"
+            ),
+            **attributes,
+        )
+
     def interp(self, x: str, knots: List[np.ndarray], values: List[np.ndarray]) -> str:
         """np.interp(x[:, c], knots[c], values[c]) for every column c of x
         [rows, columns] (double, finite), knots non-decreasing: the last knot
         <= x is found, then numpy's formula slope * (x - knot) + value, with
         numpy's slopes (precomputed here, as numpy precomputes them); below the
-        first knot, the first value; from the last knot on, the last value."""
-        columns = len(knots)
-        # At least one +inf pad after every column's last knot: its slope is 0,
-        # so from the last knot on the formula gives the last value.
-        blocks = max(len(k) for k in knots) // INTERP_BLOCK + 1
-        width = blocks * INTERP_BLOCK
-        padded_knots = np.full((columns, width), np.inf)
-        padded_values = np.empty((columns, width))
-        slopes = np.zeros((columns, width))
-        for c, (k, v) in enumerate(zip(knots, values)):
-            padded_knots[c, : len(k)], padded_values[c, : len(v)] = k, v
-            padded_values[c, len(v) :] = v[-1]
+        first knot, the first value; from the last knot on, the last value (its
+        slope is 0)."""
+        sizes = np.array([len(k) for k in knots], dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        slopes = []
+        for k, v in zip(knots, values):
             with np.errstate(divide="ignore", invalid="ignore"):  # tied knots
-                slopes[c, : len(k) - 1] = (v[1:] - v[:-1]) / (k[1:] - k[:-1])
-        x3 = self.op("Unsqueeze", x, self.const([2], np.int64))  # [rows, cols, 1]
-        sum_last = self.const([2], np.int64)
-
-        def count_at_most(table: str) -> str:  # entries of table <= x, per column
-            at_most = self.op("LessOrEqual", table, x3)
-            return self.op(
-                "ReduceSum",
-                self.op("Cast", at_most, to=TensorProto.INT64),
-                sum_last,
-                keepdims=0,
-            )
-
-        # The block: how many blocks after the first start at or below x.
-        block = count_at_most(self.const(padded_knots[:, INTERP_BLOCK::INTERP_BLOCK]))
-        column_blocks = self.const(np.arange(columns, dtype=np.int64) * blocks)
-        in_block = self.op(
-            "Gather",
-            self.const(padded_knots.reshape(columns * blocks, INTERP_BLOCK)),
-            self.op("Add", block, column_blocks),
-            axis=0,
-        )  # [rows, cols, INTERP_BLOCK]
-        # The knot's position in the flattened table (x below the first knot:
+                slope = (v[1:] - v[:-1]) / (k[1:] - k[:-1])
+            # a tied knot is never the last one <= x: its slope is never used
+            slopes.append(np.append(np.where(np.isfinite(slope), slope, 0.0), 0.0))
+        count = self.op(
+            "Cast", self.count_at_most(x, knots), to=TensorProto.INT64
+        )  # [rows, cols]
+        # The knot's position in the flattened knots (x below the first knot:
         # one before the column's first, a value the last Where discards).
-        start = self.op(
-            "Add",
-            self.op("Mul", block, self.const(INTERP_BLOCK, np.int64)),
-            self.const(np.arange(columns, dtype=np.int64) * width - 1),
+        at = self.op("Add", count, self.const(starts - 1))
+        flat = {"knots": knots, "values": values, "slopes": slopes}
+        knot, value, slope = (
+            self.op("Gather", self.const(np.concatenate(arrays), hint=name), at)
+            for name, arrays in flat.items()
         )
-        at = self.op("Add", start, count_at_most(in_block))
-        knot = self.op("Gather", self.const(padded_knots.reshape(-1)), at, axis=0)
-        value = self.op("Gather", self.const(padded_values.reshape(-1)), at, axis=0)
-        slope = self.op("Gather", self.const(slopes.reshape(-1)), at, axis=0)
         between = self.op("Add", self.op("Mul", slope, self.op("Sub", x, knot)), value)
-        first_knot, first_value = (
-            self.const(padded_knots[:, 0]),
-            self.const(padded_values[:, 0]),
-        )
-        below = self.op("Less", x, first_knot)
-        return self.op("Where", below, first_value, between)
+        below = self.op("Less", x, self.const([k[0] for k in knots]))
+        return self.op("Where", below, self.const([v[0] for v in values]), between)
+
+
+# TreeEnsembleRegressor's per-node and per-leaf attribute lists
+_TREE_LISTS = (
+    "nodes_treeids",
+    "nodes_nodeids",
+    "nodes_featureids",
+    "nodes_modes",
+    "nodes_truenodeids",
+    "nodes_falsenodeids",
+    "nodes_missing_value_tracks_true",
+    "target_treeids",
+    "target_nodeids",
+    "target_ids",
+)
+
+
+def _search_tree(
+    column: int,
+    knots: np.ndarray,
+    attributes: Dict[str, list],
+    thresholds: List[float],
+    leaf_counts: List[float],
+) -> None:
+    """Tree `column` of the ensemble: a binary search over the sorted knots
+    whose leaf for x holds how many knots are <= x. Built breadth first without
+    recursion; a node covers the answers lo..hi and asks x < knots[mid]."""
+    pending = [(0, len(knots))]  # node i covers answers pending[i]
+    position = 0
+    while position < len(pending):
+        lo, hi = pending[position]
+        attributes["nodes_treeids"].append(column)
+        attributes["nodes_nodeids"].append(position)
+        attributes["nodes_featureids"].append(column)
+        attributes["nodes_missing_value_tracks_true"].append(0)
+        if lo == hi:
+            attributes["nodes_modes"].append("LEAF")
+            attributes["nodes_truenodeids"].append(0)
+            attributes["nodes_falsenodeids"].append(0)
+            thresholds.append(0.0)
+            attributes["target_treeids"].append(column)
+            attributes["target_nodeids"].append(position)
+            attributes["target_ids"].append(column)
+            leaf_counts.append(float(lo))
+        else:
+            mid = (lo + hi) // 2  # x < knots[mid]: answer in lo..mid
+            attributes["nodes_modes"].append("BRANCH_LT")
+            thresholds.append(float(knots[mid]))
+            attributes["nodes_truenodeids"].append(len(pending))
+            attributes["nodes_falsenodeids"].append(len(pending) + 1)
+            pending += [(lo, mid), (mid + 1, hi)]
+        position += 1

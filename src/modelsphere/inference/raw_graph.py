@@ -46,10 +46,9 @@ from modelsphere.features.transform import (
     UNSEEN_CODE,
 )
 from modelsphere.inference.engines import onnx_session
-from modelsphere.inference.graph_builder import GraphBuilder
+from modelsphere.inference.graph_builder import ML_DOMAIN, ML_OPSET, GraphBuilder
 from modelsphere.models.outputs import PREDICTION_COLUMN, PROBABILITY_SUFFIX
 
-ML_DOMAIN, ML_OPSET = "ai.onnx.ml", 3  # LabelEncoder (version 2)
 NETWORK_PREFIX = "network/"  # the network's names inside the raw graph
 FEATURES_PREFIX = "features/"
 SCORES_PREFIX = "scores/"
