@@ -377,7 +377,7 @@ def frame_feeds(cleaned: Any, schema: Schema) -> Dict[str, np.ndarray]:
     }
     for name in schema.categorical:
         text = cleaned[name].to_numpy(dtype=object, na_value=MISSING_TEXT)
-        feeds[name] = text.astype(str).astype(object)[:, None]
+        feeds[name] = text[:, None]
     return feeds
 
 
