@@ -200,6 +200,7 @@ def request_path(run_dir: Path, args) -> Dict[str, Any]:
     )
     frame = run_split(predictor, "test").head(1)
     records = frame[predictor.schema.features].to_dict("records")
+    predictor.warm_up()  # as the API does: builds the graph
     scorer = predictor.raw_scorer
     feeds = scorer.record_feeds(records)
     arrays = predictor.transform.transform(predictor.prepare(frame, "record"), 1)

@@ -211,6 +211,7 @@ def test_records_are_scored_by_one_run_of_the_graph(runs, recipe, monkeypatch):
     predictor = Predictor.from_run_dir(runs[recipe], CPU, 64, engine="onnx")
     frame = hostile_rows(RECIPES[recipe])
     expected = predictor.predict_frame(frame)
+    predictor.warm_up()  # builds the graph, as the API does before serving
 
     def not_called(*args, **kwargs):
         raise AssertionError("the per-column Python path ran")
@@ -312,3 +313,24 @@ def _export_config(run_dir, output, tmp_path):
         ],
         config_name="export",
     )
+
+
+def test_the_records_graph_is_built_once_and_only_for_records(runs, monkeypatch):
+    """predict.py scores in bulk with the Python transform: it never pays for the
+    graph; the API's warm-up builds it once."""
+    from modelsphere.inference import raw_graph
+
+    builds = []
+    real_build = raw_graph.build_raw_graph
+
+    def counted(*args):
+        builds.append(1)
+        return real_build(*args)
+
+    monkeypatch.setattr(raw_graph, "build_raw_graph", counted)
+    predictor = Predictor.from_run_dir(runs["binary"], CPU, 64, engine="onnx")
+    predictor.predict_frame(hostile_rows("binary"))
+    assert builds == []
+    predictor.warm_up()
+    predictor.predict_records(records_of(hostile_rows("binary")))
+    assert builds == [1]

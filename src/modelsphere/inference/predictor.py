@@ -16,6 +16,7 @@ points share every step after typing:
 from __future__ import annotations
 
 import logging
+import threading
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,7 +100,12 @@ class Predictor:
             artifact.run_dir,
             graph_stamp(artifact.meta.get("weights_sha256"), self.model),
         )
-        self.raw_scorer = self._raw_scorer(threads)
+        # the records' graph, built on the first records (predict.py never
+        # needs it; the API's warm-up builds it before the first request)
+        self.threads = threads
+        self._raw: Optional[Any] = None
+        self._raw_built = False
+        self._raw_lock = threading.Lock()
         self._announced: set = set()
 
     def raw_graph(self):
@@ -118,10 +124,24 @@ class Predictor:
         network = onnx.load_model_from_string(self.engine.graph)
         return build_raw_graph(network, self.schema, self.feature_state)
 
-    def _raw_scorer(self, threads: int):
+    @property
+    def raw_scorer(self):
+        """The raw-columns graph's scorer (a RawGraphScorer), or None: records
+        are then scored by the Python transform and the engine."""
+        if not self._raw_built:
+            with self._raw_lock:
+                if not self._raw_built:
+                    self._raw = self._build_raw_scorer(self.threads)
+                    self._raw_built = True
+        return self._raw
+
+    @raw_scorer.setter
+    def raw_scorer(self, scorer) -> None:
+        self._raw, self._raw_built = scorer, True
+
+    def _build_raw_scorer(self, threads: int):
         """With the ONNX engine, records are scored by one run of the raw-columns
-        graph (a RawGraphScorer); if it cannot be built, by the transform and the
-        engine (None)."""
+        graph; if it cannot be built, by the transform and the engine (None)."""
         if self.engine.name != "onnx":
             return None
         from modelsphere.inference.raw_graph import RawGraphScorer
@@ -343,8 +363,9 @@ class Predictor:
     ) -> Dict[str, np.ndarray]:
         """Column arrays (`prediction`, `<class>_probability`...) for records whose
         fields were type-checked by the API's request models."""
-        if self.raw_scorer is not None:
-            out = self.raw_scorer(records)
+        scorer = self.raw_scorer
+        if scorer is not None:
+            out = scorer(records)
             if out is not None:  # else a score is not finite: told below
                 return out
         columns = clean_records(records, self.schema)
