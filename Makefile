@@ -71,6 +71,7 @@ benchmarks: venv
 	$(PY) -m benchmarks.preprocess_scale
 	$(PY) -m benchmarks.serve_load
 	$(PY) -m benchmarks.inference_paths
+	$(PY) -m benchmarks.raw_graph
 	$(PY) -m benchmarks.quality --override "tabm:model.hidden_sizes=[128,128]" \
 	    --override tabm:model.ensemble.k=8
 	$(PY) -m benchmarks.quality --holdout --models mlp mlp_plr lightgbm linear
