@@ -18,7 +18,7 @@ import socket
 import statistics
 import threading
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 from urllib.parse import urlsplit
 
 PERCENTILES = (50, 90, 95, 99)
@@ -28,8 +28,16 @@ HEADERS = {"Content-Type": "application/json", "Connection": "keep-alive"}
 class _Connection:
     """One client connection: sends bodies in turn, records latencies and errors."""
 
-    def __init__(self, base: str, bodies: List[bytes], timeout: float, start: int):
+    def __init__(
+        self,
+        base: str,
+        bodies: List[bytes],
+        timeout: float,
+        start: int,
+        get: Optional[str] = None,
+    ):
         parts = urlsplit(base)
+        self.get = get
         self.host, self.port = parts.hostname, parts.port
         self.bodies, self.timeout, self.next = bodies, timeout, start
         self.latencies_us: List[float] = []
@@ -57,7 +65,10 @@ class _Connection:
             self.next += 1
             started = time.perf_counter()
             try:
-                self.connection.request("POST", "/predict", body, HEADERS)
+                if self.get is None:
+                    self.connection.request("POST", "/predict", body, HEADERS)
+                else:
+                    self.connection.request("GET", self.get, headers=HEADERS)
             except OSError:
                 self.errors["write"] += 1
                 self.connection.close()
@@ -90,11 +101,17 @@ def percentile(sorted_values: List[float], p: float) -> float:
 
 
 def run_load(
-    base: str, bodies: List[bytes], concurrency: int, seconds: float, timeout: float
+    base: str,
+    bodies: List[bytes],
+    concurrency: int,
+    seconds: float,
+    timeout: float,
+    get: Optional[str] = None,
 ) -> Dict:
-    """`concurrency` connections for `seconds`; wrk's summary as a dict."""
+    """`concurrency` connections for `seconds`; wrk's summary as a dict. `get`:
+    GET that path (no body) instead of POSTing the bodies to /predict."""
     connections = [
-        _Connection(base, bodies, timeout, start=i) for i in range(concurrency)
+        _Connection(base, bodies, timeout, start=i, get=get) for i in range(concurrency)
     ]
     started = time.perf_counter()
     deadline = started + seconds

@@ -3,7 +3,8 @@
 --   wrk -t1 -c8 -d10s -s serve_load.lua http://127.0.0.1:8000 -- bodies.jsonl
 --
 -- bodies.jsonl holds one request body per line; each connection cycles through
--- them. done() prints one line "SERVE_LOAD_JSON {...}" with the request count,
+-- them. "-- GET /path" instead sends that one bodiless request (the framework's
+-- floor: a constant-JSON route of the same app). done() prints one line "SERVE_LOAD_JSON {...}" with the request count,
 -- the duration, every error counter and the latency percentiles (microseconds).
 -- wrk counts a response with status > 399 in errors.status.
 
@@ -14,6 +15,10 @@ function init(args)
   local path = args[1]
   if path == nil then
     error("pass the bodies file after --")
+  end
+  if path == "GET" then
+    requests[1] = wrk.format("GET", args[2])
+    return
   end
   for line in io.lines(path) do
     if #line > 0 then

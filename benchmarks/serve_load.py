@@ -65,6 +65,11 @@ SERVING_PACKAGES = ("fastapi", "starlette", "pydantic", "uvicorn", "uvloop")
 SERVING_PACKAGES += ("httptools", "onnxruntime")
 BODY_POOL = 64  # distinct request bodies per request size
 TARGET_P99_MS = 10.0
+# issue 15: 1 row at concurrency 8 at >= this share of a constant-JSON route's
+# requests/s in the same app and run (the framework's floor)
+FLOOR_ROUTE = "/v2/health/live"
+TARGET_FLOOR_SHARE = 0.6
+FLOOR_CELL = {"rows": 1, "concurrency": 8}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -326,12 +331,18 @@ def run_client(args, server, bodies_file: Path, concurrency: int, seconds: int):
     }
 
 
-def _run_python_client(args, server, bodies_file: Path, concurrency, seconds):
-    bodies = [line.encode() for line in bodies_file.read_text().splitlines() if line]
+def _run_python_client(args, server, bodies_file, concurrency, seconds):
+    """`bodies_file`: POST /predict with its bodies; None: GET FLOOR_ROUTE."""
+    bodies, get = [b""], FLOOR_ROUTE
+    if bodies_file is not None:
+        text = bodies_file.read_text()
+        bodies, get = [line.encode() for line in text.splitlines() if line], None
     result = {}
 
     def load():
-        result.update(run_load(server.base, bodies, concurrency, seconds, args.timeout))
+        result.update(
+            run_load(server.base, bodies, concurrency, seconds, args.timeout, get)
+        )
 
     thread = threading.Thread(target=load, daemon=True)
     thread.start()
@@ -341,11 +352,12 @@ def _run_python_client(args, server, bodies_file: Path, concurrency, seconds):
     return result, spread
 
 
-def _run_wrk(args, server, bodies_file: Path, concurrency: int, seconds: int):
+def _run_wrk(args, server, bodies_file, concurrency: int, seconds: int):
+    """`bodies_file`: POST /predict with its bodies; None: GET FLOOR_ROUTE."""
     threads = min(args.threads, concurrency)
     command = [wrk_command(), f"-t{threads}", f"-c{concurrency}", f"-d{seconds}s"]
     command += [f"--timeout={args.timeout}s", "-s", str(LUA), server.base]
-    command += ["--", str(bodies_file)]
+    command += ["--", str(bodies_file)] if bodies_file else ["--", "GET", FLOOR_ROUTE]
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -366,10 +378,14 @@ def _run_wrk(args, server, bodies_file: Path, concurrency: int, seconds: int):
 
 
 def load_cell(args, server: Server, bodies_file: Path, body: str, rows: int, conc: int):
-    """Warm up, then `--repeats` client runs; medians of rates and latencies."""
-    status = http_status(f"{server.base}/predict", body.encode())
+    """Warm up, then `--repeats` client runs; medians of rates and latencies.
+    `bodies_file` None: the constant-JSON route instead."""
+    if bodies_file is None:
+        status = http_status(f"{server.base}{FLOOR_ROUTE}")
+    else:
+        status = http_status(f"{server.base}/predict", body.encode())
     if status != 200:
-        sys.exit(f"POST /predict with a {rows}-row body answered {status}")
+        sys.exit(f"the {rows}-row request of the load answered {status}")
     if args.warmup > 0:
         run_client(args, server, bodies_file, conc, args.warmup)
     runs = [
@@ -416,6 +432,20 @@ def targets(configs: list) -> list:
                 "config": label,
                 "value": p99,
                 "met": None if p99 is None else p99 < TARGET_P99_MS,
+            }
+        )
+        floor = config.get("floor")
+        share = None
+        if cell and floor:
+            share = round(cell["requests_per_second"] / floor["requests_per_second"], 3)
+        out.append(
+            {
+                "target": f"requests/s >= {TARGET_FLOOR_SHARE:g}x GET {FLOOR_ROUTE}'s"
+                " (constant JSON, same app and run), 1 row, concurrency 8",
+                "config": label,
+                "value": share,
+                "unit": "x",
+                "met": None if share is None else share >= TARGET_FLOOR_SHARE,
             }
         )
         at_32 = [c for c in config["cells"] if c["concurrency"] == 32]
@@ -531,6 +561,11 @@ def main(argv=None) -> None:
                             )
                             config["cells"].append(cell)
                             print(summary_line(engine, workers, cell), flush=True)
+                    if find(config["cells"], **FLOOR_CELL):
+                        config["floor"] = load_cell(
+                            args, server, None, "", 0, FLOOR_CELL["concurrency"]
+                        )
+                        print(f"GET {FLOOR_ROUTE}: {config['floor']}", flush=True)
                 configs.append(config)
     load["end"] = os.getloadavg()
     payload = {
@@ -627,6 +662,17 @@ def render_markdown(payload: dict) -> str:
                 f" | {lat['p50']:.2f} | {lat['p95']:.2f} | {lat['p99']:.2f} "
                 f"| {cell['errors']} |" + (f" {spread} |" * several)
             )
+        floor = config.get("floor")
+        if floor:
+            lat = floor["latency_ms"]
+            lines += [
+                "",
+                f"The framework's floor, GET `{FLOOR_ROUTE}` (constant JSON, same "
+                f"server, right after): {floor['requests_per_second']:,.0f} "
+                f"requests/s at concurrency {floor['concurrency']}, p50 "
+                f"{lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms, errors "
+                f"{floor['errors']}.",
+            ]
         if several:
             lines += [
                 "",
@@ -689,7 +735,7 @@ def render_markdown(payload: dict) -> str:
     for t in payload["targets"]:
         value = "not measured" if t["value"] is None else t["value"]
         if isinstance(value, float):
-            value = f"{value:.2f} ms"
+            value = f"{value:.2f}{t.get('unit', ' ms')}"
         met = {None: "not measured", True: "yes", False: "**no**"}[t["met"]]
         lines.append(f"| {t['target']} | {t['config']} | {value} | {met} |")
     return "\n".join(lines) + "\n"

@@ -13,7 +13,7 @@ import sys
 def test_serve_load_smoke(tmp_path, monkeypatch, trained_runs):
     run_dir = trained_runs.copy("binary", tmp_path)
     argv = ["serve_load.py", "--run-dir", str(run_dir), "--engines", "torch"]
-    argv += ["--workers", "1", "--rows", "1", "--concurrency", "1"]
+    argv += ["--workers", "1", "--rows", "1", "--concurrency", "1", "8"]
     argv += ["--duration", "1", "--warmup", "0", "--repeats", "1"]
     argv += ["--inprocess-calls", "20", "--out", str(tmp_path), "--name", "smoke"]
     argv += ["--client", "python"]  # installs with nothing: wrk is for the figures
@@ -26,17 +26,25 @@ def test_serve_load_smoke(tmp_path, monkeypatch, trained_runs):
     assert payload["machine"]["cpu_count"] >= 1
     [config] = payload["results"]
     assert (config["engine"], config["workers"]) == ("torch", 1)
-    [cell] = config["cells"]
-    assert (cell["rows"], cell["concurrency"]) == (1, 1)
+    [alone, cell] = config["cells"]
+    assert (alone["rows"], alone["concurrency"]) == (1, 1)
+    assert (cell["rows"], cell["concurrency"]) == (1, 8)
     assert cell["requests_per_second"] > 0 and cell["rows_per_second"] > 0
     assert cell["requests"] > 0 and cell["errors"] == 0
     [run] = cell["runs"]
-    assert run["connections_per_worker"] in (None, [1])  # None: no `ss` here
+    assert run["connections_per_worker"] in (None, [8])  # None: no `ss` here
     assert 0 < cell["latency_ms"]["p50"] <= cell["latency_ms"]["p99"]
     timing = payload["in_process"]["torch"]["1"]
     assert timing["predict_records_ms"] > 0 and timing["engine_forward_ms"] > 0
     assert "torch,rows=1" in payload["http_overhead"]
+    # the framework's floor in the same server: a constant-JSON route
+    floor = config["floor"]
+    assert floor["requests"] > 0 and floor["errors"] == 0
+    [share] = [t for t in payload["targets"] if "constant JSON" in t["target"]]
+    expected = cell["requests_per_second"] / floor["requests_per_second"]
+    assert share["value"] == round(expected, 3) and share["met"] == (expected >= 0.6)
     assert {t["met"] for t in payload["targets"]} <= {True, False, None}
     assert payload["faster_engine"] is None  # one engine: nothing to compare
     markdown = (tmp_path / "smoke.md").read_text()
     assert "## engine=torch, workers=1" in markdown and "## Targets" in markdown
+    assert "The framework's floor, GET `/v2/health/live`" in markdown
