@@ -48,6 +48,7 @@ HOSTILE_ROWS = 24
 NUMERIC_HOSTILE = (np.nan, np.inf, -np.inf, 1e30, -1e30, 0.0)
 TEXT_HOSTILE = ("", "never-seen-level", None, " ")
 TELCO = "telco (default data)"
+REQUEST_SIZES = (1, 64, 512)  # records per request (serve.max_batch_rows: 1024)
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -183,6 +184,28 @@ def agreement(name: str, run_dir: Path, work: Path) -> Dict[str, Any]:
     return result
 
 
+def _per_size(predictor, scorer, records, args) -> Dict[str, float]:
+    """predict_records with the graph and with the previous path, interleaved,
+    for a request of len(records) rows (microseconds per request, medians)."""
+
+    def previous_path():
+        predictor.raw_scorer = None
+        try:
+            return predictor.predict_records(records)
+        finally:
+            predictor.raw_scorer = scorer
+
+    calls = max(args.calls // len(records), 10)
+    graph, previous = [], []
+    for _ in range(args.rounds):
+        graph.append(median_micros(lambda: predictor.predict_records(records), calls))
+        previous.append(median_micros(previous_path, calls))
+    return {
+        "graph_us": statistics.median(graph),
+        "previous_us": statistics.median(previous),
+    }
+
+
 def median_micros(function: Callable[[], Any], calls: int) -> float:
     started = time.perf_counter()
     for _ in range(calls):
@@ -231,7 +254,13 @@ def request_path(run_dir: Path, args) -> Dict[str, Any]:
             rounds[name].append(median_micros(function, args.calls))
     micros = {name: statistics.median(values) for name, values in rounds.items()}
     names = list(variants)
+    sizes = {}
+    test = run_split(predictor, "test")
+    for rows in REQUEST_SIZES:
+        batch = test.head(rows)[predictor.schema.features].to_dict("records")
+        sizes[str(rows)] = _per_size(predictor, scorer, batch, args)
     return {
+        "by_request_rows": sizes,
         "calls_per_round": args.calls,
         "rounds": rounds,
         "microseconds": micros,
@@ -371,6 +400,19 @@ def render_markdown(payload: Dict[str, Any]) -> str:
         "The feature transform now runs inside the graph: its cost is in the bare "
         "run, not around it.",
     ]
+    lines += [
+        "",
+        "By request size (records per call), `predict_records` with the graph "
+        "against the previous path:",
+        "",
+        "| records | graph us | previous us | previous / graph |",
+        "|---:|---:|---:|---:|",
+    ]
+    for rows, cell in request["by_request_rows"].items():
+        lines.append(
+            f"| {rows} | {cell['graph_us']:,.0f} | {cell['previous_us']:,.0f} "
+            f"| {cell['previous_us'] / cell['graph_us']:.2f} |"
+        )
     bulk = payload["bulk_chunk"]
     lines += [
         "",

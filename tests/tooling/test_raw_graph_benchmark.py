@@ -27,6 +27,7 @@ def test_raw_graph_benchmark_smoke(tmp_path, monkeypatch):
     request = payload["request_path"]
     assert len(request["microseconds"]) == 4
     assert request["ratio_to_bare_graph"] > 0
+    assert set(request["by_request_rows"]) == {"1", "64", "512"}
     assert payload["bulk_chunk"]["rows"] == 512
     markdown = (tmp_path / "smoke.md").read_text()
     assert "2 of 2 data sets agree" in markdown
