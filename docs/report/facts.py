@@ -662,9 +662,9 @@ def _missed_floor_reason(target: Dict[str, Any], serve: Dict[str, Any]) -> str:
     bound = floor_ms / (floor_ms + model_ms)
     return (
         f"validating and scoring one record takes {model_ms:.3f} ms in process, "
-        f"more than the constant route's whole {floor_ms:.3f} ms per request: even "
-        f"with no other cost of its own the route could reach {bound:.2f}x; the "
-        "model's per-call work, not the framework, is the gap"
+        f"against the constant route's whole {floor_ms:.3f} ms per request: with "
+        f"no other cost of its own, /predict could reach at most {bound:.2f}x; the "
+        "rest is its body parsing, request models and response"
     )
 
 
