@@ -228,6 +228,25 @@ def test_records_are_scored_by_one_run_of_the_graph(runs, recipe, monkeypatch):
             )
 
 
+def test_a_large_request_is_scored_by_the_python_transform(runs, monkeypatch):
+    """Above RECORDS_GRAPH_MAX_ROWS records the Python transform + network graph
+    is faster (benchmarks/results/raw_graph.md): it scores them, same outputs."""
+    from modelsphere.inference.predictor import RECORDS_GRAPH_MAX_ROWS
+
+    predictor = Predictor.from_run_dir(runs["binary"], CPU, 64, engine="onnx")
+    frame = make_table(rows=RECORDS_GRAPH_MAX_ROWS + 1, seed=5).drop(columns="label")
+    expected = predictor.predict_frame(frame)
+    predictor.warm_up()
+
+    def not_called(records):
+        raise AssertionError("the graph scored a large request")
+
+    monkeypatch.setattr(predictor, "raw_scorer", not_called)
+    out = predictor.predict_records(records_of(frame))
+    assert list(out["prediction"]) == list(expected["prediction"])
+    np.testing.assert_allclose(out["yes_probability"], expected["yes_probability"])
+
+
 def test_a_row_the_model_cannot_score_is_nan_in_the_graph_and_refused_by_name(runs):
     predictor = Predictor.from_run_dir(runs["binary_standard"], CPU, 64, engine="onnx")
     frame = hostile_rows("binary").head(3)

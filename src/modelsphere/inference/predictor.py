@@ -41,6 +41,11 @@ from modelsphere.models.outputs import (
 log = logging.getLogger(__name__)
 
 ROWS_SHOWN = 5  # row numbers an error lists before "and N more"
+# Requests of up to this many records are scored by the raw-columns graph; larger
+# ones by the Python transform + network graph, faster from a few hundred rows on
+# (benchmarks/results/raw_graph.md: the graph 2.4x faster at 1 record, 1.07x at
+# 64, 0.83x at 512).
+RECORDS_GRAPH_MAX_ROWS = 128
 
 
 @dataclass
@@ -362,8 +367,10 @@ class Predictor:
         self, records: Sequence[Mapping[str, Any]]
     ) -> Dict[str, np.ndarray]:
         """Column arrays (`prediction`, `<class>_probability`...) for records whose
-        fields were type-checked by the API's request models."""
-        scorer = self.raw_scorer
+        fields were type-checked by the API's request models: one run of the
+        raw-columns graph for a request of up to RECORDS_GRAPH_MAX_ROWS records,
+        the Python transform + network graph for a larger one."""
+        scorer = self.raw_scorer if len(records) <= RECORDS_GRAPH_MAX_ROWS else None
         if scorer is not None:
             out = scorer(records)
             if out is not None:  # else a score is not finite: told below
