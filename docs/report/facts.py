@@ -680,7 +680,7 @@ def _missed_batch_reason(paths: Dict[str, Any]) -> str:
     forward = paths["batch_profile"]["stages"]["model forward"]
     return (
         f"the model's matrix products alone need {floor['seconds']:.2f} s for "
-        f"{rows:,} rows at this machine's matmul peak "
+        f"{rows:,} rows at the matmul peak train_throughput.json measured "
         f"({floor['matmul_peak_gflops']:.0f} GFLOP/s), leaving "
         f"{rows / goal - floor['seconds']:.2f} s of the target's {rows / goal:.2f} s "
         f"for reading, typing and writing; the profiled forward pass took "
