@@ -43,8 +43,8 @@ log = logging.getLogger(__name__)
 ROWS_SHOWN = 5  # row numbers an error lists before "and N more"
 # Requests of up to this many records are scored by the raw-columns graph; larger
 # ones by the Python transform + network graph, faster from a few hundred rows on
-# (benchmarks/results/raw_graph.md: the graph 2.4x faster at 1 record, 1.07x at
-# 64, 0.83x at 512).
+# (benchmarks/results/raw_graph.md, "by request size": the graph well ahead at
+# 1 record, slightly at 64, behind at 512).
 RECORDS_GRAPH_MAX_ROWS = 128
 
 
