@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 
 import numpy as np
 import onnx
@@ -226,6 +227,36 @@ def test_records_are_scored_by_one_run_of_the_graph(runs, recipe, monkeypatch):
             np.testing.assert_allclose(
                 out[column], expected[column], rtol=TOLERANCE, atol=TOLERANCE
             )
+
+
+def test_a_category_text_onnx_cannot_hold_is_scored_as_unseen(runs):
+    """A lone surrogate (JSON allows the escape; the API's request models let it
+    through in category fields) cannot become an ONNX string: the record falls
+    back to the Python path, which scores it as an unseen level, as before."""
+    predictor = Predictor.from_run_dir(runs["binary"], CPU, 64, engine="onnx")
+    record = records_of(hostile_rows("binary").iloc[[10]])[0]
+    surrogate = predictor.predict_records([dict(record, plan="\ud800")])
+    unseen = predictor.predict_records([dict(record, plan="never-seen")])
+    assert list(surrogate["prediction"]) == list(unseen["prediction"])
+    np.testing.assert_allclose(surrogate["yes_probability"], unseen["yes_probability"])
+
+
+def test_export_refuses_to_overwrite_the_engines_network_graph(runs, tmp_path, capfd):
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs["binary"], run_dir)
+    Predictor.from_run_dir(run_dir, CPU, 64, engine="onnx")  # caches model.onnx
+    cached = (run_dir / "model.onnx").read_bytes()
+    result = run_cli_in_process(
+        capfd,
+        "export.py",
+        f"run_dir={run_dir}",
+        f"output={run_dir / 'model.onnx'}",
+        f"paths.outputs_dir={tmp_path / 'outputs'}",
+    )
+    said = result.stdout + result.stderr
+    assert result.returncode == 2 and "network graph" in said
+    assert "Traceback" not in said
+    assert (run_dir / "model.onnx").read_bytes() == cached
 
 
 def test_a_large_request_is_scored_by_the_python_transform(runs, monkeypatch):

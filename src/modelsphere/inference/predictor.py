@@ -109,7 +109,7 @@ class Predictor:
         # needs it; the API's warm-up builds it before the first request)
         self.threads = threads
         self._raw: Optional[Any] = None
-        self._raw_built = False
+        self._raw_built = self.engine.name != "onnx"  # the graph wraps its network
         self._raw_lock = threading.Lock()
         self._announced: set = set()
 
@@ -380,8 +380,12 @@ class Predictor:
         return self._outputs(self._scores(arrays), typed=False)
 
     def warm_up(self) -> None:
-        """One forward pass, so the first request does not pay for lazy set-up."""
+        """A forward pass on each path records take (the raw-columns graph, built
+        here, and the transform + engine of larger requests), so the first request
+        does not pay for lazy set-up."""
         self.predict_records([{}])
+        columns = clean_records([{}], self.schema)
+        self._scores(self.transform.transform(columns, 1))
 
 
 def _counted_from(row_offset: int) -> Callable[[int], int]:

@@ -23,7 +23,7 @@ from modelsphere.core.devices import select_device
 from modelsphere.core.errors import ModelSphereError
 from modelsphere.core.extras import require_extra, require_module
 from modelsphere.core.fileio import atomic_write_bytes, atomic_write_json
-from modelsphere.core.runs import RAW_GRAPH_FILE, resolve_run_dir
+from modelsphere.core.runs import ONNX_FILE, RAW_GRAPH_FILE, resolve_run_dir
 from modelsphere.inference.config import PredictAppConfig, validate_export_app
 from modelsphere.inference.engines import onnx_session
 from modelsphere.inference.evaluation import run_split
@@ -48,10 +48,15 @@ def run_export(cfg: Any, output_dir: str | Path) -> Dict[str, Any]:
         raise ModelSphereError(
             f"output={output}: an ONNX graph's file name ends in {GRAPH_SUFFIX}"
         )
+    if output.resolve() == (run_dir / ONNX_FILE).resolve():
+        raise ModelSphereError(
+            f"output={output} is the ONNX engine's cache of the network graph; "
+            f"write the raw-columns graph elsewhere (default: {RAW_GRAPH_FILE})"
+        )
     predictor = Predictor.from_run_dir(
         run_dir, select_device("cpu"), PredictAppConfig.batch_size, engine="onnx"
     )
-    model = predictor.raw_graph()
+    model = _built(predictor)
     graph = model.SerializeToString()
     where = f"{cfg.check_split} split"
     check = check_raw_graph(
@@ -79,6 +84,23 @@ def run_export(cfg: Any, output_dir: str | Path) -> Dict[str, Any]:
     return summary
 
 
+def _built(predictor: Predictor):
+    """The predictor's raw-columns graph; ONNX's own errors (no common type)
+    told as one line."""
+    try:
+        return predictor.raw_graph()
+    except ModelSphereError:
+        raise
+    except Exception as exc:
+        raise ModelSphereError(
+            f"the raw-columns ONNX graph could not be built: {_first_line(exc)}"
+        ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+
+
 def _kind(item) -> str:
     is_text = item.type.tensor_type.elem_type == TensorProto.STRING
     return "string" if is_text else "double"
@@ -90,15 +112,17 @@ def check_raw_graph(
     """Score `frame` with the graph and with the predictor; the largest
     difference, or a ModelSphereError when they disagree."""
     ort = require_module("onnxruntime", "onnx", "export.py")
-    session = onnx_session(ort, graph, CHECK_THREADS)
     expected = predictor.predict_frame(frame, where)
     cleaned = predictor.prepare(frame, where)
-    outputs = dict(
-        zip(
-            output_names(predictor.task),
-            session.run(None, frame_feeds(cleaned, predictor.schema)),
-        )
-    )
+    try:
+        session = onnx_session(ort, graph, CHECK_THREADS)
+        scored = session.run(None, frame_feeds(cleaned, predictor.schema))
+    except Exception as exc:  # ONNX Runtime's errors have no common type
+        raise ModelSphereError(
+            f"ONNX Runtime could not run the raw-columns graph on the {where}: "
+            f"{_first_line(exc)}; nothing was written"
+        ) from exc
+    outputs = dict(zip(output_names(predictor.task), scored))
     if predictor.task == "regression":
         want = expected[PREDICTION_COLUMN].to_numpy(dtype=np.float64)
         got = outputs[PREDICTION_COLUMN].astype(np.float64)

@@ -45,7 +45,7 @@ from modelsphere.features.transform import (
     QUANTILE_CLIP,
     UNSEEN_CODE,
 )
-from modelsphere.inference.engines import onnx_session
+from modelsphere.inference.engines import ONNX_WEIGHTS_KEY, onnx_session
 from modelsphere.inference.graph_builder import ML_DOMAIN, ML_OPSET, GraphBuilder
 from modelsphere.models.outputs import PREDICTION_COLUMN, PROBABILITY_SUFFIX
 
@@ -354,7 +354,8 @@ def build_raw_graph(
     )
     model.ir_version = network.ir_version
     for prop in network.metadata_props:
-        model.metadata_props.add(key=prop.key, value=prop.value)
+        if prop.key != ONNX_WEIGHTS_KEY:  # the stamp of the engine's own cache
+            model.metadata_props.add(key=prop.key, value=prop.value)
     inputs = {name: "numeric" for name in schema.numeric}
     inputs.update({name: "categorical" for name in schema.categorical})
     metadata = {
@@ -421,7 +422,10 @@ class RawGraphScorer:
     ) -> Optional[Dict[str, np.ndarray]]:
         """`prediction` (+ `<class>_probability`) columns; None when a row's
         score is not finite (the caller's own path then says why)."""
-        outputs = self.session.run(None, self.record_feeds(records))
+        try:
+            outputs = self.session.run(None, self.record_feeds(records))
+        except UnicodeEncodeError:  # a lone surrogate: not text ONNX can hold
+            return None  # the Python path scores it as an unseen level
         scores = outputs[-1]
         if not np.isfinite(scores).all():
             return None
