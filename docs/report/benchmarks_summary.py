@@ -227,18 +227,22 @@ def _load_cells(results) -> Dict[str, facts.Figure]:
     return out
 
 
-def _onnx_one_worker(data) -> Dict[str, Any]:
+def _onnx_one_worker(data) -> Optional[Dict[str, Any]]:
     return next(
-        c for c in data["results"] if c["engine"] == "onnx" and c["workers"] == 1
+        (c for c in data["results"] if c["engine"] == "onnx" and c["workers"] == 1),
+        None,
     )
 
 
-def _floor_share(data) -> float:
+def _floor_share(data) -> Optional[float]:
     """Single-row requests/s over the constant-JSON route's (serve_load's target)."""
     return next(
-        t["value"]
-        for t in data["targets"]
-        if "constant JSON" in t["target"] and t["config"].startswith("onnx, 1 ")
+        (
+            t["value"]
+            for t in data["targets"]
+            if "constant JSON" in t["target"] and t["config"].startswith("onnx, 1 ")
+        ),
+        None,
     )
 
 

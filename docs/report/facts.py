@@ -651,13 +651,16 @@ def _missed_training_reason(name: str, data: Dict[str, Any]) -> str:
 def _missed_floor_reason(target: Dict[str, Any], serve: Dict[str, Any]) -> str:
     """Why single-row requests miss their share of the constant-JSON route's
     rate, from the same result file: the model's own work per request."""
-    if "constant JSON" not in target["target"]:
+    if "constant JSON" not in target["target"] or target["value"] is None:
         return ""
     config = next(
-        c for c in serve["results"] if c["engine"] == "onnx" and c["workers"] == 1
+        (c for c in serve["results"] if c["engine"] == "onnx" and c["workers"] == 1),
+        {},
     )
+    timing = serve.get("in_process", {}).get("onnx", {}).get("1")
+    if "floor" not in config or timing is None:
+        return ""
     floor_ms = 1e3 / config["floor"]["requests_per_second"]
-    timing = serve["in_process"]["onnx"]["1"]
     model_ms = timing["validate_request_ms"] + timing["predict_records_ms"]
     bound = floor_ms / (floor_ms + model_ms)
     return (
@@ -707,7 +710,11 @@ def _requirements(results) -> List[Dict[str, Any]]:
                 _requirement(
                     "real-time latency and errors (the service's default engine)",
                     target["target"],
-                    f"{target['value']:,}",
+                    (
+                        "not measured"
+                        if target["value"] is None
+                        else f"{target['value']:,}"
+                    ),
                     target["met"],
                     "serve_load.json",
                     _missed_floor_reason(target, serve),

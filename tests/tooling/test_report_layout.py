@@ -197,3 +197,27 @@ def test_a_two_worker_cell_that_measured_one_worker_is_not_quoted():
     lopsided = facts.serving({"serve_load": data([32, 0])})
     assert not lopsided["rows_64_2w"].measured
     assert not lopsided["rps_2w_c8"].measured
+
+
+def test_a_serve_load_file_without_the_floor_keeps_every_requirement(results):
+    """An older serve_load.json (no floor, no floor target) or one whose floor
+    cell was not run: the other requirements stay, the serving text renders,
+    the floor figures read as not measured."""
+    import benchmarks_summary
+
+    rows = facts.requirements(results)
+    floorless = json.loads(json.dumps(results["serve_load"]))
+    for block in floorless["results"]:
+        block.pop("floor", None)
+    unmeasured = json.loads(json.dumps(floorless))
+    for target in unmeasured["targets"]:
+        if "constant JSON" in target["target"]:
+            target.update(value=None, met=None)
+    floorless["targets"] = [
+        t for t in floorless["targets"] if "constant JSON" not in t["target"]
+    ]
+    for data, expected in ((floorless, len(rows) - 1), (unmeasured, len(rows))):
+        older = dict(results, serve_load=data)
+        assert len(facts.requirements(older)) == expected
+        text = benchmarks_summary.render_serving(older)
+        assert "answers not measured" in text or "not measured" in text
