@@ -58,13 +58,14 @@ OPERATIONS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def served_app(tmp_path_factory, trained_runs):
-    """The app with its model loaded: the TestClient context runs the lifespan
+@pytest.fixture(scope="module", params=["torch", "onnx"])
+def served_app(request, tmp_path_factory, trained_runs):
+    """The app with its model loaded, per engine (onnx: small requests go
+    through the raw-columns graph): the TestClient context runs the lifespan
     (which loads the model in the background), then we wait for readiness."""
     base = tmp_path_factory.mktemp("serving_fuzz")
     run_dir = trained_runs.copy("binary", base)
-    app = create_app(ServeSettings(run_dir=str(run_dir), engine="torch"))
+    app = create_app(ServeSettings(run_dir=str(run_dir), engine=request.param))
     with TestClient(app) as client:
         wait_client_ready(client)
         yield app
