@@ -184,10 +184,9 @@ def agreement(name: str, run_dir: Path, work: Path) -> Dict[str, Any]:
     return result
 
 
-def _per_size(predictor, scorer, records, args) -> Dict[str, float]:
-    """The records through the graph (its scorer, whatever the request's size)
-    and through the previous path, interleaved, for a request of len(records)
-    rows (microseconds per request, medians)."""
+def _previous_path(predictor, scorer, records) -> Callable[[], Any]:
+    """predict_records on `records` through the Python transform + network
+    graph: the graph's scorer set aside for the call."""
 
     def previous_path():
         predictor.raw_scorer = None
@@ -196,6 +195,15 @@ def _per_size(predictor, scorer, records, args) -> Dict[str, float]:
         finally:
             predictor.raw_scorer = scorer
 
+    return previous_path
+
+
+def _per_size(predictor, scorer, records, args) -> Dict[str, float]:
+    """The records through the graph (its scorer, whatever the request's size)
+    and through the previous path, interleaved, for a request of len(records)
+    rows (microseconds per request, medians)."""
+
+    previous_path = _previous_path(predictor, scorer, records)
     calls = max(args.calls // len(records), 10)
     graph, previous = [], []
     for _ in range(args.rounds):
@@ -228,14 +236,7 @@ def request_path(run_dir: Path, args) -> Dict[str, Any]:
     scorer = predictor.raw_scorer
     feeds = scorer.record_feeds(records)
     arrays = predictor.transform.transform(predictor.prepare(frame, "record"), 1)
-
-    def previous_path():
-        predictor.raw_scorer = None
-        try:
-            return predictor.predict_records(records)
-        finally:
-            predictor.raw_scorer = scorer
-
+    previous_path = _previous_path(predictor, scorer, records)
     variants = {
         "predict_records (raw-columns graph)": lambda: predictor.predict_records(
             records

@@ -146,9 +146,8 @@ class Predictor:
 
     def _build_raw_scorer(self, threads: int):
         """With the ONNX engine, records are scored by one run of the raw-columns
-        graph; if it cannot be built, by the transform and the engine (None)."""
-        if self.engine.name != "onnx":
-            return None
+        graph; if it cannot be built, by the transform and the engine (None).
+        Only asked with the ONNX engine (`_raw_built` is set otherwise)."""
         from modelsphere.inference.raw_graph import RawGraphScorer
 
         try:
