@@ -20,7 +20,9 @@ In one process, side by side:
 - the model options users train (`--models`: the default `mlp` with its
   piecewise-linear embeddings and dropout, `mlp_plr`, TabM at its CPU size),
   each in our loop at each batch size, with its own training FLOPs per row and
-  share of the peak, and its speed as a share of the plain MLP's;
+  share of the peak, and its speed as a share of the plain MLP's (the options
+  take turns, one epoch each per round, so a slower spell of the shared
+  machine reaches them alike);
 - inference per row (eval mode, no autograd) at each `--inference-batch-sizes`.
 
 Each figure is the median of `--repeats` runs after a warm-up; ratios come from
@@ -484,38 +486,65 @@ def main() -> None:
 
 def model_option_results(args, data, choice, peak) -> dict:
     """Each model option in our loop at each batch size, with its speed as a
-    share of `mlp_plain`'s at the same batch size (measured first)."""
-    out = {}
+    share of `mlp_plain`'s at the same batch size. The options take turns: each
+    of the `--repeats` rounds times one epoch of every option, so a change in
+    the machine's speed during the run (these CPUs are shared) reaches all of
+    them alike instead of whichever ran last."""
     options = [PLAIN_MODEL] if args.models else []
     options += [option for option in args.models if option != PLAIN_MODEL]
-    for option in options:
-        spec = option_spec(option, data)
-        flops = train_flops_per_row(spec)
-        rows = {}
-        trained = 0
-        for batch in args.batch_sizes:
-            epoch = ours(args, data, choice, batch, spec=spec)
-            trained = parameter_count(epoch.model)
-            times = timed(epoch, args.repeats, choice.device)
-            result = loop_result(times, len(data), batch, flops, peak["gflops"])
-            rows[str(batch)] = result
-            plain = out.get(PLAIN_MODEL, {"batches": rows})["batches"][str(batch)]
-            result["vs_plain_mlp"] = (
-                result["rows_per_second"] / plain["rows_per_second"]
+    specs = {option: option_spec(option, data) for option in options}
+    out = {
+        option: {
+            "overrides": MODEL_OPTIONS[option],
+            "numeric_embedding": embedding_kind(spec),
+            "train_flops_per_row": train_flops_per_row(spec),
+            "batches": {},
+        }
+        for option, spec in specs.items()
+    }
+    for batch in args.batch_sizes:
+        epochs = {
+            option: ours(args, data, choice, batch, spec=specs[option])
+            for option in options
+        }
+        times = interleaved(epochs, args.repeats, choice.device)
+        for option in options:
+            # of the model the loop trained
+            out[option]["parameters"] = parameter_count(epochs[option].model)
+            result = loop_result(
+                times[option],
+                len(data),
+                batch,
+                out[option]["train_flops_per_row"],
+                peak["gflops"],
             )
+            out[option]["batches"][str(batch)] = result
+        plain = out[PLAIN_MODEL]["batches"][str(batch)]["rows_per_second"]
+        for option in options:
+            result = out[option]["batches"][str(batch)]
+            result["vs_plain_mlp"] = result["rows_per_second"] / plain
             print(
                 f"{option:16s} batch {batch:5d} {result['rows_per_second']:12,.0f} "
                 f"rows/s {result['gflops']:8.1f} GFLOP/s "
                 f"({result['vs_plain_mlp']:.2f}x {PLAIN_MODEL})"
             )
-        out[option] = {
-            "overrides": MODEL_OPTIONS[option],
-            "numeric_embedding": embedding_kind(spec),
-            "parameters": trained,  # of the model the loop trained
-            "train_flops_per_row": flops,
-            "batches": rows,
-        }
     return out
+
+
+def interleaved(epochs: dict, repeats: int, device: torch.device) -> dict:
+    """name -> epoch function: each warmed up once, then `repeats` rounds in
+    which each runs one timed epoch; name -> its epoch times."""
+    times = {name: [] for name in epochs}
+    for epoch in epochs.values():
+        epoch()  # warm-up (allocator, kernels)
+    for _ in range(repeats):
+        for name, epoch in epochs.items():
+            synchronize(device)
+            start = time.perf_counter()
+            epoch()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return times
 
 
 def targets(results: dict, batch_sizes, models: dict) -> dict:
@@ -570,7 +599,8 @@ def model_option_lines(models: dict) -> list:
         "",
         "Each option as train.py builds it on this table (bin edges fitted on it); "
         "x plain MLP: its rows/s over `mlp_plain`'s (the default preset without "
-        "numeric embeddings, its dropout included) at the same batch size.",
+        "numeric embeddings, its dropout included) at the same batch size. The "
+        "options take turns: each round times one epoch of every option.",
         "",
         "| model | numeric embedding | parameters | training FLOPs/row | batch "
         "| rows/s | GFLOP/s | share of peak | x plain MLP |",

@@ -7,11 +7,12 @@ extrapolates linearly beyond the first and the last (the encoding's open
 ends). Such a function is fixed by its values at the edges: here each column
 keeps one row of `width` values per edge (its "knots"), and a value x between
 edges k and k+1 reads (1 - f) x row k + f x row k+1, f being x's fraction of the
-bin. The first layer is then a gather of two rows per column (`F.embedding_bag`),
-where the `embedding` form multiplies every bin's encoding by a (bins x
-d_embedding) matrix and the (columns x d_embedding) result by the first Linear.
-Its gradient is the same gather run backwards (`_Interpolate`): the (row, knot)
-pairs sorted by knot, each knot's rows summed, instead of a scatter.
+bin, i.e. row k + f x (row k+1 - row k). The first layer is then a gather of
+two rows per column (`F.embedding_bag`), where the `embedding` form's
+parameters are a (bins x d_embedding) matrix per column and a first Linear of
+the (columns x d_embedding) embeddings.
+Its gradient is the same gather run backwards (`row_gather.py`): the (row,
+knot) pairs sorted by knot, each knot's rows summed, instead of a scatter.
 
 The knots start on a line through the edges, so the initial function is the plain
 MLP's first Linear in x, and training learns the bends. The same function, as an
@@ -25,36 +26,9 @@ import math
 from typing import List, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-
-class _Interpolate(torch.autograd.Function):
-    """out[r] = sum_j weight[r, j] x knots[index[r, j]], with the gradient of the
-    knots computed as a gather of the output gradient's rows (no scatter)."""
-
-    @staticmethod
-    def forward(ctx, knots, index, weight):
-        ctx.save_for_backward(index, weight)
-        ctx.n_knots = knots.shape[0]
-        return F.embedding_bag(index, knots, per_sample_weights=weight, mode="sum")
-
-    @staticmethod
-    def backward(ctx, grad):
-        index, weight = ctx.saved_tensors
-        flat = index.reshape(-1)
-        order = torch.argsort(flat, stable=True)  # a fixed order: deterministic sums
-        rows = torch.div(order, index.shape[1], rounding_mode="floor")
-        counts = torch.bincount(flat, minlength=ctx.n_knots)
-        offsets = counts.cumsum(0) - counts
-        knots_grad = F.embedding_bag(
-            rows,
-            grad.float().contiguous(),
-            offsets=offsets,
-            per_sample_weights=weight.reshape(-1)[order],
-            mode="sum",
-        )
-        return knots_grad, None, None
+from modelsphere.models.row_gather import step_and_slope
 
 
 class PiecewiseLinearTables(nn.Module):
@@ -97,9 +71,10 @@ class PiecewiseLinearTables(nn.Module):
 
     def forward(self, numeric: torch.Tensor) -> torch.Tensor:
         lower, fraction = self.bin_and_fraction(numeric)
-        index = torch.stack([lower, lower + 1], dim=2).flatten(1)
-        weight = torch.stack([1 - fraction, fraction], dim=2).flatten(1)
-        return self.bias + _Interpolate.apply(self.knots, index, weight)
+        # (1 - f) x knot k + f x knot k+1 = knot k + f x (knot k+1 - knot k);
+        # a column's last knot is never a lower one, so its (padding) rise is unread
+        rise = torch.cat([self.knots[1:] - self.knots[:-1], self.knots[-1:]])
+        return self.bias + step_and_slope(self.knots, rise, lower, fraction)
 
     def bin_rows(self) -> torch.Tensor:
         """Every knot but each column's last: the knot rows the bins start at."""

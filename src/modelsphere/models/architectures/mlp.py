@@ -21,21 +21,25 @@ from modelsphere.models.numeric_embeddings import (
     numeric_modules,
     piecewise_form,
 )
+from modelsphere.models.piecewise_first_layer import PiecewiseFirstLayer
 from modelsphere.models.piecewise_tables import PiecewiseLinearTables
 from modelsphere.models.spec import Architecture, ModelSpec
 
 
 class TabularMLP(nn.Module):
     """An MLP over [numeric features (embedded or as they are), one embedding per
-    categorical column]. With piecewise-linear numerics in the `tables` form,
-    the first hidden layer is their bins' rows (PiecewiseLinearTables) plus a
-    Linear of the categorical embeddings."""
+    categorical column]. With piecewise-linear numerics in the `embedding` form
+    (the default), the first Linear over the embeddings is computed without
+    them (PiecewiseFirstLayer: same weights, same function, a fraction of the
+    arithmetic); in the `tables` form, the first hidden layer is their bins'
+    rows (PiecewiseLinearTables) plus a Linear of the categorical embeddings."""
 
     def __init__(self, spec: ModelSpec):
         super().__init__()
         self.spec = spec
         self.tables = None
         self.categorical_first = None
+        self.first_layer = None
         categorical_width = sum(spec.embedding_dims)
         # The seeded initial weights, and so every trained model, depend on the
         # order the layers are built in: each form keeps the order its results
@@ -56,6 +60,10 @@ class TabularMLP(nn.Module):
                 spec.cardinalities, spec.embedding_dims
             )
             width_in, first_linear = numeric_width + categorical_width, True
+            if "piecewise" in spec.extra and self.numeric_embeddings is not None:
+                self.first_layer = PiecewiseFirstLayer(
+                    spec.extra["piecewise"]["edges"], self.numeric_embeddings
+                )
         self.backbone, width = mlp_backbone(
             width_in,
             spec.hidden_sizes,
@@ -73,6 +81,14 @@ class TabularMLP(nn.Module):
             if self.categorical_first is not None:
                 x = x + self.categorical_first(torch.cat(categorical_parts, dim=1))
             return self.head(self.backbone(x))
+        if self.first_layer is not None:
+            first, *rest = self.backbone
+            x = self.first_layer(
+                numeric, categorical_parts, self.numeric_embeddings, first
+            )
+            for layer in rest:
+                x = layer(x)
+            return self.head(x)
         if self.numeric_embeddings is not None:
             numeric = self.numeric_embeddings(numeric).flatten(1)
         parts = [numeric] + categorical_parts

@@ -1,0 +1,146 @@
+"""The default MLP's first hidden layer over piecewise-linear numerics (the
+`embedding` form), computed without materialising the embeddings.
+
+The embeddings have no activation (version "B"), so per numeric column c the
+first Linear of the flattened embeddings is linear in the column's encoding
+e = [1, ..., 1, f, 0, ..., 0] (x in bin j, f its fraction of it). With
+R_c = E_c W_c^T, the column's bin rows (`linear.weight[c]`, [bins, d]) through
+its slice of the first Linear ([hidden, d]), the column adds
+
+    sum_{k<j} R_c[k] + f R_c[j] + x (W_c a_c) + W_c b_c
+
+(a_c, b_c: its `linear0`): a row of the exclusive cumulative sum of R_c plus f
+times a row of R_c, two gathered rows, instead of the (bins x d) product per
+column and the (columns x d) x hidden product of the first Linear. R is computed
+once per batch from the same parameters, so the model, its gradients (autograd
+through the product and the cumulative sum) and its saved weights are those of
+the embedding form; only the order of the floating-point sums differs. Per
+training row this costs about what the plain MLP's first layer does plus the
+gather (benchmarks/results/train_throughput.md).
+"""
+
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modelsphere.models.row_gather import step_and_slope
+
+
+class _ThroughColumns(torch.autograd.Function):
+    """[columns, n, d] rows -> [columns, n, hidden]: each column's rows through
+    its [hidden, d] slice of a Linear's [hidden, inputs] weight (the first
+    columns x d inputs). The weight's gradient is written in the weight's own
+    layout; through a reshaped view, autograd would transpose it element by
+    element, which costs about as much as the product."""
+
+    @staticmethod
+    def forward(ctx, rows, weight):
+        ctx.save_for_backward(rows, weight)
+        return torch.bmm(rows, _column_slices(weight, rows).transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx, grad):
+        rows, weight = ctx.saved_tensors
+        grad = grad.to(rows.dtype)  # a bfloat16 product's under autocast
+        slices = _column_slices(weight, rows)
+        rows_grad = torch.bmm(grad, slices) if ctx.needs_input_grad[0] else None
+        hidden, (n_columns, _, d) = weight.shape[0], rows.shape
+        weight_grad = torch.empty_like(weight)
+        weight_grad[:, n_columns * d :] = 0  # the other inputs' share is not ours
+        per_column = torch.bmm(grad.transpose(1, 2), rows)  # [columns, hidden, d]
+        weight_grad[:, : n_columns * d].view(hidden, n_columns, d).copy_(
+            per_column.transpose(0, 1)
+        )
+        return rows_grad, weight_grad
+
+
+def _column_slices(weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """A Linear's weight as [columns, hidden, d] slices (a view)."""
+    n_columns, _, d = rows.shape
+    hidden, inputs = weight.shape
+    return weight.as_strided((n_columns, hidden, d), (d, inputs, 1))
+
+
+class PiecewiseFirstLayer(nn.Module):
+    """first(cat([flatten(embedding(numeric)), categorical])) for a
+    PiecewiseLinearEmbeddings `embedding` (the package's, version "B") and the
+    Linear `first`. Holds only what the bin edges fix, as buffers that are not
+    saved: the weights stay in `embedding` and `first`. Built on the CPU, as
+    the embedding is (even inside a `torch.device("meta")` block: it reads the
+    embedding's values)."""
+
+    def __init__(self, edges: Sequence[Sequence[float]], embedding: nn.Module):
+        super().__init__()
+        with torch.device("cpu"):
+            self._build(edges, embedding)
+
+    def _build(self, edges: Sequence[Sequence[float]], embedding: nn.Module) -> None:
+        impl = embedding.impl
+        n_features, n_positions = impl.weight.shape
+        bins = [len(column) - 1 for column in edges]
+        padded = [
+            list(column) + [float("inf")] * (n_positions - n)
+            for column, n in zip(edges, bins)
+        ]
+        # per position of the package's [columns x positions] layout: the scale
+        # and shift of a value's fraction of the bin there
+        encoding = torch.stack([impl.weight, impl.bias], dim=-1)
+        self.register_buffer("edges", torch.tensor(padded), persistent=False)
+        last_bin = torch.tensor(bins, dtype=torch.int32) - 1
+        self.register_buffer("last_bin", last_bin, persistent=False)
+        # a column's position 0 (int32 indices: a faster sort in the backward)
+        offsets = torch.arange(n_features, dtype=torch.int32) * n_positions
+        self.register_buffer("offset", offsets, persistent=False)
+        self.register_buffer("encoding", encoding.reshape(-1, 2), persistent=False)
+
+    def positions(self, numeric: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """[rows, columns] numerics -> the position of each value's bin in the
+        package's flattened [columns x positions] layout (a column's last bin
+        sits at its last position) and the value's fraction of that bin (below
+        0 or above 1 beyond the outer edges, as the package's encoding)."""
+        x = numeric.T.contiguous()
+        n_positions = len(self.encoding) // len(self.offset)
+        last = self.last_bin[:, None]
+        found = torch.searchsorted(self.edges, x, right=True, out_int32=True) - 1
+        found = torch.minimum(found.clamp_min(0), last)
+        position = (
+            torch.where(found == last, n_positions - 1, found) + self.offset[:, None]
+        )
+        scale, shift = F.embedding(position, self.encoding).unbind(-1)
+        return position.T, (x * scale + shift).T
+
+    def forward(
+        self,
+        numeric: torch.Tensor,
+        categorical: List[torch.Tensor],
+        embedding: nn.Module,
+        first: nn.Linear,
+    ) -> torch.Tensor:
+        impl, bin_weight = embedding.impl, embedding.linear.weight
+        n_features, n_positions, d = bin_weight.shape
+        hidden = first.weight.shape[0]
+        if impl.mask is not None:  # the package's padding positions stay zero
+            bin_weight = bin_weight * impl.mask[..., None]
+        linear0 = embedding.linear0
+        # every [d] row a column maps through its [d, hidden] slice of `first`:
+        # its bins' rows, then linear0's slope and bias, in one batched product
+        through = torch.cat(
+            [bin_weight, linear0.weight[:, None], linear0.bias[:, None]], dim=1
+        )
+        mapped = _ThroughColumns.apply(through, first.weight)
+        rows = mapped[:, :n_positions]
+        below = torch.cat([torch.zeros_like(rows[:, :1]), rows[:, :-1].cumsum(1)], 1)
+        position, encoded = self.positions(numeric)
+        bias = first.bias + mapped[:, n_positions + 1].sum(0)
+        out = torch.addmm(bias, numeric.to(mapped.dtype), mapped[:, n_positions])
+        out = out + step_and_slope(
+            below.reshape(-1, hidden), rows.reshape(-1, hidden), position, encoded
+        )
+        if categorical:
+            categorical_weight = first.weight[:, n_features * d :]
+            out = out + F.linear(torch.cat(categorical, dim=1), categorical_weight)
+        return out

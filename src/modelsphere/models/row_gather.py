@@ -1,0 +1,61 @@
+"""A sum of gathered rows, with its gradient computed without a scatter.
+
+Both forms of the piecewise-linear first layer (`piecewise_tables.py`,
+`piecewise_first_layer.py`) reduce to it: per value, the row of its bin in one
+table plus its fraction of the bin times the same row of a second. The gradient
+of such a table is the same gather run backwards: the (row, table row) pairs
+sorted by table row, each table row's output gradients summed, in a fixed order
+(deterministic sums)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+class _StepAndSlope(torch.autograd.Function):
+    """out[r] = sum_c step[position[r, c]] + fraction[r, c] x slope[position[r, c]]
+    (two tables of the same shape read at the same rows), its gradient one sort
+    of the positions and two gathers."""
+
+    @staticmethod
+    def forward(ctx, step, slope, position, fraction):
+        ctx.save_for_backward(position, fraction)
+        ctx.n_rows, ctx.dtype = step.shape[0], step.dtype
+        steps = F.embedding_bag(position, step, mode="sum")
+        fraction = fraction.to(slope.dtype)
+        return steps + F.embedding_bag(
+            position, slope, per_sample_weights=fraction, mode="sum"
+        )
+
+    @staticmethod
+    def backward(ctx, grad):
+        position, fraction = ctx.saved_tensors
+        flat = position.reshape(-1)
+        order = torch.argsort(flat, stable=True)
+        rows = torch.div(order, position.shape[1], rounding_mode="floor")
+        counts = torch.bincount(flat, minlength=ctx.n_rows)
+        offsets = counts.cumsum(0) - counts
+        grad = grad.contiguous()
+        step_grad = F.embedding_bag(rows, grad, offsets=offsets, mode="sum")
+        slope_grad = F.embedding_bag(
+            rows,
+            grad,
+            offsets=offsets,
+            per_sample_weights=fraction.reshape(-1)[order].to(grad.dtype),
+            mode="sum",
+        )
+        return step_grad.to(ctx.dtype), slope_grad.to(ctx.dtype), None, None
+
+
+def step_and_slope(
+    step: torch.Tensor,
+    slope: torch.Tensor,
+    position: torch.Tensor,
+    fraction: torch.Tensor,
+) -> torch.Tensor:
+    """[rows, columns] positions (rows of `step` and `slope`, both [n, width])
+    and fractions -> [rows, width]: per row, the sum over its columns of the
+    step row plus the fraction times the slope row. Differentiable in the two
+    tables only."""
+    return _StepAndSlope.apply(step, slope, position, fraction)
