@@ -177,9 +177,10 @@ GATHER_FLOPS = {
 
 
 def train_flops_per_row(spec: ModelSpec, batch_size: int = 256) -> int:
-    """FLOPs of the matrix products and weighted gathers one training step runs
-    per row (forward and backward, as torch.utils.flop_counter counts them, with
-    GATHER_FLOPS), on the CPU in float32."""
+    """FLOPs of the matrix products and weighted gathers one training step of
+    `batch_size` rows runs, per row (forward and backward, as
+    torch.utils.flop_counter counts them, with GATHER_FLOPS), on the CPU in
+    float32."""
     model = build_model(spec)
     model.train()
     generator = torch.Generator().manual_seed(0)
@@ -497,7 +498,8 @@ def model_option_results(args, data, choice, peak) -> dict:
         option: {
             "overrides": MODEL_OPTIONS[option],
             "numeric_embedding": embedding_kind(spec),
-            "train_flops_per_row": train_flops_per_row(spec),
+            # at the first batch size (each batch's own: in its result)
+            "train_flops_per_row": train_flops_per_row(spec, args.batch_sizes[0]),
             "batches": {},
         }
         for option, spec in specs.items()
@@ -511,13 +513,11 @@ def model_option_results(args, data, choice, peak) -> dict:
         for option in options:
             # of the model the loop trained
             out[option]["parameters"] = parameter_count(epochs[option].model)
-            result = loop_result(
-                times[option],
-                len(data),
-                batch,
-                out[option]["train_flops_per_row"],
-                peak["gflops"],
-            )
+            # per row: a model's per-step work (the default's bin rows)
+            # spreads over the batch
+            flops = train_flops_per_row(specs[option], batch)
+            result = loop_result(times[option], len(data), batch, flops, peak["gflops"])
+            result["train_flops_per_row"] = flops
             out[option]["batches"][str(batch)] = result
         plain = out[PLAIN_MODEL]["batches"][str(batch)]["rows_per_second"]
         for option in options:
@@ -610,7 +610,7 @@ def model_option_lines(models: dict) -> list:
         for batch, result in model["batches"].items():
             lines.append(
                 f"| {option} | {model['numeric_embedding']} "
-                f"| {model['parameters']:,} | {model['train_flops_per_row']:,} "
+                f"| {model['parameters']:,} | {result['train_flops_per_row']:,} "
                 f"| {int(batch):,} | {result['rows_per_second']:,.0f} "
                 f"| {result['gflops']:,.1f} | {result['fraction_of_peak']:.0%} "
                 f"| {result['vs_plain_mlp']:.2f} |"

@@ -638,7 +638,7 @@ def _missed_training_reason(name: str, data: Dict[str, Any]) -> str:
     models = data.get("models", {})
     if name.startswith("default_model") and {"mlp", "mlp_plain"} <= set(models):
         default, plain = models["mlp"], models["mlp_plain"]
-        flops = default["train_flops_per_row"] / plain["train_flops_per_row"]
+        flops = _flops_at_1024(default) / _flops_at_1024(plain)
         parameters = default["parameters"] / plain["parameters"]
         return (
             f"the default does {flops:.1f}x the plain MLP's arithmetic per row, "
@@ -647,6 +647,13 @@ def _missed_training_reason(name: str, data: Dict[str, Any]) -> str:
             "parameters every step: the cost is the model's, not the loop's"
         )
     return ""
+
+
+def _flops_at_1024(model: Dict[str, Any]) -> float:
+    """A model option's training FLOPs per row at batch 1024 (files before
+    per-batch counts hold one count)."""
+    batch = model["batches"].get("1024", {})
+    return batch.get("train_flops_per_row", model["train_flops_per_row"])
 
 
 def _missed_floor_reason(target: Dict[str, Any], serve: Dict[str, Any]) -> str:
