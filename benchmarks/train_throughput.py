@@ -164,16 +164,18 @@ def fresh_model(args, device, dropout: float = 0.0, spec=None):
     return model, make_optimizer(model, 1e-3, 1e-4)
 
 
-def _weighted_gather_flops(weight_shape, indices_shape, *args, **kwargs) -> int:
-    """A weighted embedding_bag: a multiply and an add per index and column."""
-    return 2 * math.prod(indices_shape) * weight_shape[1]
+def _gather_flops(weight_shape, indices_shape, *args, **kwargs) -> int:
+    """An embedding_bag in sum mode: an add per index and column, and a
+    multiply too where it is weighted (`per_sample_weights`, its 7th argument)."""
+    weighted = len(args) > 4 and args[4] is not None
+    return (2 if weighted else 1) * math.prod(indices_shape) * weight_shape[1]
 
 
 # What torch's flop counter does not count: the weighted gathers of the default
 # model's first layer (forward, and its gradient run as a gather too).
 GATHER_FLOPS = {
-    torch.ops.aten._embedding_bag: _weighted_gather_flops,
-    torch.ops.aten._embedding_bag_forward_only: _weighted_gather_flops,
+    torch.ops.aten._embedding_bag: _gather_flops,
+    torch.ops.aten._embedding_bag_forward_only: _gather_flops,
 }
 
 
@@ -497,7 +499,9 @@ def model_option_results(args, data, choice, peak) -> dict:
     of the `--repeats` rounds times one epoch of every option, so a change in
     the machine's speed during the run (these CPUs are shared) reaches all of
     them alike instead of whichever ran last."""
-    options = [PLAIN_MODEL] if args.models else []
+    if not args.models:
+        return {}
+    options = [PLAIN_MODEL]
     options += [option for option in args.models if option != PLAIN_MODEL]
     specs = {option: option_spec(option, data) for option in options}
     out = {

@@ -642,9 +642,9 @@ def _missed_training_reason(name: str, data: Dict[str, Any]) -> str:
         parameters = default["parameters"] / plain["parameters"]
         return (
             f"the default does {flops:.1f}x the plain MLP's arithmetic per row, "
-            "its first layer as gathers of two rows per value (bound by memory, "
-            f"not by the matrix units), and updates {parameters:.1f}x its "
-            "parameters every step: the cost is the model's, not the loop's"
+            "its first layer as gathers of two rows per value rather than matrix "
+            f"products, and updates {parameters:.1f}x its parameters every step: "
+            "the cost is the model's, not the loop's"
         )
     return ""
 

@@ -460,8 +460,9 @@ def test_the_default_first_layer_is_the_embeddings_through_the_first_linear(
 
 def test_the_default_first_layer_costs_about_what_a_plain_first_layer_does():
     """A training step of the default MLP on 64 numeric columns (48 bins each),
-    counted in FLOPs: at most twice the plain MLP's, where computing the
-    embeddings and their 2,048-wide first layer costs about eight times."""
+    its matrix products counted in FLOPs (torch's counter leaves the gathers
+    out): at most twice the plain MLP's, where computing the embeddings and
+    their 2,048-wide first layer costs about eight times."""
     from torch.utils.flop_counter import FlopCounterMode
 
     gen = torch.Generator().manual_seed(0)
@@ -524,3 +525,49 @@ def test_the_default_first_layer_trains_under_bfloat16_autocast():
     for full, half in zip(*grads):
         assert half.dtype == torch.float32
         assert (half - full).norm() <= 0.03 * full.norm()
+
+
+def test_the_default_first_layer_reads_a_weight_of_any_layout():
+    """The first Linear's weight in another memory layout (same values): the
+    same outputs and gradients, as slices are views that follow its strides."""
+    edges = FIRST_LAYER_EDGES[0]
+    spec = ModelSpec(
+        n_numeric=len(edges),
+        cardinalities=[5],
+        embedding_dims=[3],
+        hidden_sizes=[16],
+        n_outputs=1,
+        extra={"piecewise": {"d_embedding": 4, "edges": edges, "form": "embedding"}},
+    )
+    gen = torch.Generator().manual_seed(1)
+    numeric = torch.randn(32, len(edges), generator=gen)
+    categorical = torch.randint(0, 5, (32, 1), generator=gen)
+    results = []
+    for column_major in (False, True):
+        torch.manual_seed(0)
+        model = build_model(spec)
+        for parameter in model.parameters():
+            torch.nn.init.normal_(parameter, std=0.5)
+        first = model.backbone[0]
+        if column_major:
+            first.weight.data = first.weight.data.T.contiguous().T
+            assert not first.weight.is_contiguous()
+        out = model(numeric, categorical)
+        out.sum().backward()
+        results.append((out.detach(), first.weight.grad.clone()))
+    (out, grad), (moved_out, moved_grad) = results
+    torch.testing.assert_close(moved_out, out)
+    torch.testing.assert_close(moved_grad, grad)
+
+
+def test_the_default_first_layer_refuses_embeddings_it_does_not_compute():
+    from modelsphere.models.piecewise_first_layer import PiecewiseFirstLayer
+
+    edges = FIRST_LAYER_EDGES[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        activated = import_rtdl().PiecewiseLinearEmbeddings(
+            [torch.tensor(column) for column in edges], 4, activation=True, version="B"
+        )
+    with pytest.raises(ValueError, match="version B embeddings without an"):
+        PiecewiseFirstLayer(edges, activated)

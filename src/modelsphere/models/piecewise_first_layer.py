@@ -14,9 +14,13 @@ times a row of R_c, two gathered rows, instead of the (bins x d) product per
 column and the (columns x d) x hidden product of the first Linear. R is computed
 once per batch from the same parameters, so the model, its gradients (autograd
 through the product and the cumulative sum) and its saved weights are those of
-the embedding form; only the order of the floating-point sums differs. Per
-training row this costs about what the plain MLP's first layer does plus the
-gather (benchmarks/results/train_throughput.md).
+the embedding form; only the order of the floating-point sums differs. The
+cumulative sums are taken on the [bins, d] rows before the product (a
+triangular matrix product: deterministic on CUDA too, where a cumulative sum
+is not). Per training step this costs one product of every bin's two rows
+with the first Linear, shared by the batch, and per row two gathered rows per
+column (benchmarks/results/train_throughput.md). Differentiable in the
+weights only: the training loop's inputs need no gradient.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import List, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from modelsphere.models.row_gather import step_and_slope
 
@@ -43,26 +48,27 @@ class _ThroughColumns(torch.autograd.Function):
         return torch.bmm(rows, _column_slices(weight, rows).transpose(1, 2))
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         rows, weight = ctx.saved_tensors
         grad = grad.to(rows.dtype)  # a bfloat16 product's under autocast
         slices = _column_slices(weight, rows)
         rows_grad = torch.bmm(grad, slices) if ctx.needs_input_grad[0] else None
-        hidden, (n_columns, _, d) = weight.shape[0], rows.shape
+        if not ctx.needs_input_grad[1]:
+            return rows_grad, None
+        n_columns, _, d = rows.shape
         weight_grad = torch.empty_like(weight)
         weight_grad[:, n_columns * d :] = 0  # the other inputs' share is not ours
         per_column = torch.bmm(grad.transpose(1, 2), rows)  # [columns, hidden, d]
-        weight_grad[:, : n_columns * d].view(hidden, n_columns, d).copy_(
-            per_column.transpose(0, 1)
-        )
+        _column_slices(weight_grad, rows).copy_(per_column)
         return rows_grad, weight_grad
 
 
 def _column_slices(weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """A Linear's weight as [columns, hidden, d] slices (a view)."""
+    """A Linear's [hidden, inputs] weight as [columns, hidden, d] slices of its
+    first columns x d inputs (a view, whatever the weight's strides)."""
     n_columns, _, d = rows.shape
-    hidden, inputs = weight.shape
-    return weight.as_strided((n_columns, hidden, d), (d, inputs, 1))
+    return weight[:, : n_columns * d].unflatten(1, (n_columns, d)).transpose(0, 1)
 
 
 class PiecewiseFirstLayer(nn.Module):
@@ -79,6 +85,15 @@ class PiecewiseFirstLayer(nn.Module):
             self._build(edges, embedding)
 
     def _build(self, edges: Sequence[Sequence[float]], embedding: nn.Module) -> None:
+        if (
+            embedding.linear0 is None
+            or embedding.linear.bias is not None
+            or embedding.activation is not None
+        ):
+            raise ValueError(
+                "PiecewiseFirstLayer computes version B embeddings without an "
+                "activation (a linear0, no bias in linear): this one differs"
+            )
         impl = embedding.impl
         n_features, n_positions = impl.weight.shape
         bins = [len(column) - 1 for column in edges]
@@ -96,6 +111,10 @@ class PiecewiseFirstLayer(nn.Module):
         offsets = torch.arange(n_features, dtype=torch.int32) * n_positions
         self.register_buffer("offset", offsets, persistent=False)
         self.register_buffer("encoding", encoding.reshape(-1, 2), persistent=False)
+        # a [positions, positions] strictly lower triangle: each position's sum
+        # of the rows before it
+        before = torch.ones(n_positions, n_positions).tril(-1)
+        self.register_buffer("before", before, persistent=False)
 
     def positions(self, numeric: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """[rows, columns] numerics -> the position of each value's bin in the
@@ -127,16 +146,26 @@ class PiecewiseFirstLayer(nn.Module):
             bin_weight = bin_weight * impl.mask[..., None]
         linear0 = embedding.linear0
         # every [d] row a column maps through its [d, hidden] slice of `first`:
-        # its bins' rows, then linear0's slope and bias, in one batched product
+        # its bins' rows, the sums of the rows before each, then linear0's slope
+        # and bias, in one batched product
         through = torch.cat(
-            [bin_weight, linear0.weight[:, None], linear0.bias[:, None]], dim=1
+            [
+                bin_weight,
+                self.before.to(bin_weight.dtype) @ bin_weight,
+                linear0.weight[:, None],
+                linear0.bias[:, None],
+            ],
+            dim=1,
         )
         mapped = _ThroughColumns.apply(through, first.weight)
-        rows = mapped[:, :n_positions]
-        below = torch.cat([torch.zeros_like(rows[:, :1]), rows[:, :-1].cumsum(1)], 1)
+        rows, below, (slope, shift) = (
+            mapped[:, :n_positions],
+            mapped[:, n_positions : 2 * n_positions],
+            mapped[:, 2 * n_positions :].unbind(1),
+        )
         position, encoded = self.positions(numeric)
-        bias = first.bias + mapped[:, n_positions + 1].sum(0)
-        out = torch.addmm(bias, numeric.to(mapped.dtype), mapped[:, n_positions])
+        bias = first.bias + shift.sum(0)
+        out = torch.addmm(bias, numeric.to(mapped.dtype), slope)
         out = out + step_and_slope(
             below.reshape(-1, hidden), rows.reshape(-1, hidden), position, encoded
         )

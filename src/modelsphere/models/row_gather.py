@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 
 class _StepAndSlope(torch.autograd.Function):
     """out[r] = sum_c step[position[r, c]] + fraction[r, c] x slope[position[r, c]]
     (two tables of the same shape read at the same rows), its gradient one sort
-    of the positions and two gathers."""
+    of the positions and two gathers; none for the fractions."""
 
     @staticmethod
     def forward(ctx, step, slope, position, fraction):
         ctx.save_for_backward(position, fraction)
-        ctx.n_rows, ctx.dtype = step.shape[0], step.dtype
+        ctx.n_rows, ctx.dtypes = step.shape[0], (step.dtype, slope.dtype)
         steps = F.embedding_bag(position, step, mode="sum")
         fraction = fraction.to(slope.dtype)
         return steps + F.embedding_bag(
@@ -29,23 +30,25 @@ class _StepAndSlope(torch.autograd.Function):
         )
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         position, fraction = ctx.saved_tensors
         flat = position.reshape(-1)
         order = torch.argsort(flat, stable=True)
-        rows = torch.div(order, position.shape[1], rounding_mode="floor")
+        batch_rows = torch.div(order, position.shape[1], rounding_mode="floor")
         counts = torch.bincount(flat, minlength=ctx.n_rows)
         offsets = counts.cumsum(0) - counts
         grad = grad.contiguous()
-        step_grad = F.embedding_bag(rows, grad, offsets=offsets, mode="sum")
+        step_grad = F.embedding_bag(batch_rows, grad, offsets=offsets, mode="sum")
         slope_grad = F.embedding_bag(
-            rows,
+            batch_rows,
             grad,
             offsets=offsets,
             per_sample_weights=fraction.reshape(-1)[order].to(grad.dtype),
             mode="sum",
         )
-        return step_grad.to(ctx.dtype), slope_grad.to(ctx.dtype), None, None
+        step_dtype, slope_dtype = ctx.dtypes
+        return step_grad.to(step_dtype), slope_grad.to(slope_dtype), None, None
 
 
 def step_and_slope(
@@ -57,5 +60,5 @@ def step_and_slope(
     """[rows, columns] positions (rows of `step` and `slope`, both [n, width])
     and fractions -> [rows, width]: per row, the sum over its columns of the
     step row plus the fraction times the slope row. Differentiable in the two
-    tables only."""
+    tables only (once)."""
     return _StepAndSlope.apply(step, slope, position, fraction)
