@@ -13,14 +13,14 @@ its slice of the first Linear ([hidden, d]), the column adds
 times a row of R_c, two gathered rows, instead of the (bins x d) product per
 column and the (columns x d) x hidden product of the first Linear. R is computed
 once per batch from the same parameters, so the model, its gradients (autograd
-through the product and the cumulative sum) and its saved weights are those of
-the embedding form; only the order of the floating-point sums differs. The
-cumulative sums are taken on the [bins, d] rows before the product (a
-triangular matrix product: deterministic on CUDA too, where a cumulative sum
-is not). Per training step this costs one product of every bin's two rows
-with the first Linear, shared by the batch, and per row two gathered rows per
-column (benchmarks/results/train_throughput.md). Differentiable in the
-weights only: the training loop's inputs need no gradient.
+through the products) and its saved weights are those of the embedding form;
+only the order of the floating-point sums differs. The cumulative sums are
+taken on the [bins, d] rows before the product, as a triangular matrix
+product (deterministic on CUDA too, where a cumulative sum is not). Per
+training step this costs one product of every bin's two rows with the first
+Linear, shared by the batch, and per row two gathered rows per column
+(benchmarks/results/train_throughput.md). Differentiable in the weights only:
+the training loop's inputs need no gradient.
 """
 
 from __future__ import annotations
