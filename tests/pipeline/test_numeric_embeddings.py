@@ -404,6 +404,19 @@ FIRST_LAYER_EDGES = [
 ]
 
 
+def embedding_form_spec(edges, cards, hidden_sizes=(16, 8), n_outputs=3):
+    """The default MLP's spec (the embedding form) over these bin edges and
+    categorical cardinalities."""
+    return ModelSpec(
+        n_numeric=len(edges),
+        cardinalities=list(cards),
+        embedding_dims=[3] * len(cards),
+        hidden_sizes=list(hidden_sizes),
+        n_outputs=n_outputs,
+        extra={"piecewise": {"d_embedding": 4, "edges": edges, "form": "embedding"}},
+    )
+
+
 @pytest.mark.parametrize("edges", FIRST_LAYER_EDGES)
 @pytest.mark.parametrize("cards", [[5, 4], []])
 def test_the_default_first_layer_is_the_embeddings_through_the_first_linear(
@@ -415,14 +428,7 @@ def test_the_default_first_layer_is_the_embeddings_through_the_first_linear(
     beyond the outer ones. (In float64 but for the encoding's float32 scale and
     shift per bin: on an edge, a fraction off by their rounding, ~1e-8, which
     the package clamps to the bin and this layer does not.)"""
-    spec = ModelSpec(
-        n_numeric=len(edges),
-        cardinalities=cards,
-        embedding_dims=[3] * len(cards),
-        hidden_sizes=[16, 8],
-        n_outputs=3,
-        extra={"piecewise": {"d_embedding": 4, "edges": edges, "form": "embedding"}},
-    )
+    spec = embedding_form_spec(edges, cards)
     torch.manual_seed(0)
     model = build_model(spec).double()
     assert model.first_layer is not None
@@ -499,14 +505,7 @@ def test_the_default_first_layer_trains_under_bfloat16_autocast():
     with the CPU's autocast); the gradients stay within bfloat16's precision of
     float32's."""
     edges = FIRST_LAYER_EDGES[0]
-    spec = ModelSpec(
-        n_numeric=len(edges),
-        cardinalities=[5],
-        embedding_dims=[3],
-        hidden_sizes=[16, 8],
-        n_outputs=1,
-        extra={"piecewise": {"d_embedding": 4, "edges": edges, "form": "embedding"}},
-    )
+    spec = embedding_form_spec(edges, [5], n_outputs=1)
     torch.manual_seed(0)
     model = build_model(spec)
     for parameter in model.parameters():
@@ -531,14 +530,7 @@ def test_the_default_first_layer_reads_a_weight_of_any_layout():
     """The first Linear's weight in another memory layout (same values): the
     same outputs and gradients, as slices are views that follow its strides."""
     edges = FIRST_LAYER_EDGES[0]
-    spec = ModelSpec(
-        n_numeric=len(edges),
-        cardinalities=[5],
-        embedding_dims=[3],
-        hidden_sizes=[16],
-        n_outputs=1,
-        extra={"piecewise": {"d_embedding": 4, "edges": edges, "form": "embedding"}},
-    )
+    spec = embedding_form_spec(edges, [5], hidden_sizes=[16], n_outputs=1)
     gen = torch.Generator().manual_seed(1)
     numeric = torch.randn(32, len(edges), generator=gen)
     categorical = torch.randint(0, 5, (32, 1), generator=gen)
