@@ -5,6 +5,7 @@ column names listed, and chosen by its file suffix."""
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from modelsphere.core.errors import ModelSphereError
@@ -48,6 +49,44 @@ def test_a_typed_table_round_trips(tmp_path, name):
     assert pa.concat_tables(chunks).equals(table(40).select(["x", "label"]))
     frames = list(fmt.frames(path, 16, 1 << 20, CsvOptions()))
     assert sum(len(frame) for frame in frames) == 40
+
+
+def written(tmp_path, name: str, rows: int, group_rows: int):
+    fmt = format_named(name)
+    path = tmp_path / f"t{fmt.suffixes[0]}"
+    writer = fmt.open_writer(path, LAYOUT, row_group_rows=group_rows)
+    writer.write(table(rows))
+    writer.close()
+    return fmt, path
+
+
+@pytest.mark.parametrize("name", sorted(FORMATS))
+def test_a_range_of_rows_reads_back_those_rows_only(tmp_path, name):
+    fmt, path = written(tmp_path, name, rows=100, group_rows=16)
+    # inside one group, across groups, from the start, to the end, none
+    for rows in (range(18, 30), range(10, 75), range(0, 16), range(90, 100)):
+        chunks = list(fmt.iter_typed(path, LAYOUT, ["x", "label"], 7, rows))
+        wanted = table(100).select(["x", "label"]).slice(rows.start, len(rows))
+        assert pa.concat_tables(chunks).equals(wanted)
+    assert (
+        sum(t.num_rows for t in fmt.iter_typed(path, LAYOUT, ["x"], 7, range(0))) == 0
+    )
+    with pytest.raises(ValueError, match="contiguous"):
+        list(fmt.iter_typed(path, LAYOUT, ["x"], 7, range(0, 10, 2)))
+
+
+def test_parquet_reads_only_the_row_groups_that_hold_the_range(tmp_path, monkeypatch):
+    fmt, path = written(tmp_path, "parquet", rows=100, group_rows=16)
+    read = []
+    original = pq.ParquetFile.read_row_group
+
+    def counted(self, index, *args, **kwargs):
+        read.append(index)
+        return original(self, index, *args, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", counted)
+    list(fmt.iter_typed(path, LAYOUT, ["x"], 64, range(20, 50)))  # rows 16..63
+    assert read == [1, 2, 3]
 
 
 def test_an_unknown_suffix_names_the_setting_and_the_formats(tmp_path):

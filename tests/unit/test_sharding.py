@@ -5,12 +5,12 @@ process rebuilds, and a split read for some of its rows."""
 from __future__ import annotations
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 
 from helpers import compose_config, make_table
 from modelsphere.core.errors import ModelSphereError
-from modelsphere.data import splits
 from modelsphere.features import tensors
 from modelsphere.data.preprocessing import prepare_data
 from modelsphere.features.fit import fit_feature_state_from_split
@@ -133,7 +133,7 @@ def test_a_mid_epoch_checkpoint_resumes_with_the_same_shards_only():
             EpochProgress.from_payload(saved, "cpu").resume_on(other)
 
 
-def processed_table(tmp_path, rows: int):
+def processed_table(tmp_path, rows: int, *overrides: str):
     """A small table preprocessed into splits, and its fitted feature state."""
     make_table(rows=rows).to_csv(tmp_path / "t.csv", index=False)
     cfg = compose_config(
@@ -142,6 +142,7 @@ def processed_table(tmp_path, rows: int):
             f"data.path={tmp_path / 't.csv'}",
             "data.target=label",
             f"paths.data_dir={tmp_path / 'data'}",
+            *overrides,
         ]
     )
     data = prepare_data(cfg.data, cfg.paths.data_dir)
@@ -151,15 +152,13 @@ def processed_table(tmp_path, rows: int):
 def test_a_split_read_for_some_rows_equals_those_rows_of_the_whole(
     tmp_path, monkeypatch
 ):
-    def in_small_chunks(data, split):  # rows are picked across several chunks
-        return splits.iter_split_frames(data, split, chunk_rows=64)
-
-    monkeypatch.setattr(tensors, "iter_split_frames", in_small_chunks)
+    # rows are picked across several chunks
+    monkeypatch.setattr(tensors, "SPLIT_CHUNK_ROWS", 64)
     data, state = processed_table(tmp_path, rows=300)
     whole = split_tensors(data, "train", state, torch.device("cpu"))
     rows = np.random.default_rng(0).permutation(len(whole))[:50]
     # shuffled, a range past the first chunks, repeated rows, none
-    for wanted in (rows, range(150, 200), [5, 5, 3], []):
+    for wanted in (rows, range(150, 200), [5, 5, 3], [], range(180, 180)):
         part = split_tensors(data, "train", state, torch.device("cpu"), wanted)
         index = torch.as_tensor(np.asarray(wanted, dtype=np.int64))
         assert torch.equal(part.numeric, whole.numeric[index])
@@ -169,10 +168,30 @@ def test_a_split_read_for_some_rows_equals_those_rows_of_the_whole(
         split_tensors(data, "train", state, torch.device("cpu"), [len(whole)])
 
 
+def test_a_shard_is_read_from_its_own_row_groups_only(tmp_path, monkeypatch):
+    data, state = processed_table(tmp_path, 400, "data.write_row_group_rows=32")
+    whole = split_tensors(data, "train", state, torch.device("cpu"))
+    read = []
+    original = pq.ParquetFile.read_row_group
+
+    def counted(self, index, *args, **kwargs):
+        read.append(index)
+        return original(self, index, *args, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", counted)
+    shard = shard_rows(len(whole), ranks(2)[1])  # the second half
+    part = split_tensors(data, "train", state, torch.device("cpu"), shard)
+    assert torch.equal(part.numeric, whole.numeric[shard.start : shard.stop])
+    assert torch.equal(part.target, whole.target[shard.start : shard.stop])
+    first_group = shard.start // 32
+    assert read == list(range(first_group, -(-len(whole) // 32)))
+
+
 def test_a_split_file_that_disagrees_with_its_manifest_is_refused(tmp_path):
     data, state = processed_table(tmp_path, rows=120)
     n_rows = data.split_rows("train")
     for claimed in (n_rows - 1, n_rows + 1):  # the arrays are sized from it
         data.manifest["splits"]["train"]["rows"] = claimed
-        with pytest.raises(ModelSphereError, match="where the processed data's"):
-            split_tensors(data, "train", state, torch.device("cpu"))
+        for rows in (None, range(0, 10)):  # a shard's read checks it too
+            with pytest.raises(ModelSphereError, match="where the processed data's"):
+                split_tensors(data, "train", state, torch.device("cpu"), rows)

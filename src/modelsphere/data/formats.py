@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 import pandas as pd
 import pyarrow as pa
@@ -79,9 +79,15 @@ class TableFormat:
         raise NotImplementedError
 
     def iter_typed(
-        self, path: Path, layout: pa.Schema, names: List[str], chunk_rows: int
+        self,
+        path: Path,
+        layout: pa.Schema,
+        names: List[str],
+        chunk_rows: int,
+        rows: Optional[range] = None,
     ) -> Iterator[pa.Table]:
-        """The same, a chunk at a time, in bounded memory."""
+        """The same, a chunk at a time, in bounded memory; with `rows` (a
+        contiguous range of row positions), only those rows."""
         raise NotImplementedError
 
     def columns(self, path: Path, csv: CsvOptions) -> List[str]:
@@ -117,9 +123,15 @@ class ParquetFormat(TableFormat):
         return pq.read_table(path, columns=names)
 
     def iter_typed(
-        self, path: Path, layout: pa.Schema, names: List[str], chunk_rows: int
+        self,
+        path: Path,
+        layout: pa.Schema,
+        names: List[str],
+        chunk_rows: int,
+        rows: Optional[range] = None,
     ) -> Iterator[pa.Table]:
-        return iter_parquet_tables(pq.ParquetFile(path), chunk_rows, names)
+        """Only the row groups that hold some of `rows` are read."""
+        return iter_parquet_tables(pq.ParquetFile(path), chunk_rows, names, rows)
 
     def columns(self, path: Path, csv: CsvOptions) -> List[str]:
         return list(_parquet_file(path).schema_arrow.names)
@@ -158,15 +170,21 @@ class CsvFormat(TableFormat):
         return pacsv.read_csv(path, convert_options=_typed_csv(layout, names))
 
     def iter_typed(
-        self, path: Path, layout: pa.Schema, names: List[str], chunk_rows: int
+        self,
+        path: Path,
+        layout: pa.Schema,
+        names: List[str],
+        chunk_rows: int,
+        rows: Optional[range] = None,
     ) -> Iterator[pa.Table]:
-        """One table per CSV block (`chunk_rows` does not apply to CSV)."""
+        """One table per CSV block (`chunk_rows` does not apply to CSV); the
+        blocks before `rows` are parsed too (a CSV has no row index)."""
         batches = pacsv.open_csv(
             path,
             read_options=pacsv.ReadOptions(block_size=CSV_READ_BLOCK_BYTES),
             convert_options=_typed_csv(layout, names),
         )
-        return (pa.Table.from_batches([batch]) for batch in batches)
+        return rows_within((pa.Table.from_batches([b]) for b in batches), rows)
 
     def columns(self, path: Path, csv: CsvOptions) -> List[str]:
         return read_header(path, csv.delimiter, csv.encoding, csv.option_prefix)
@@ -226,19 +244,73 @@ def _parquet_file(path: Path) -> pq.ParquetFile:
         raise ModelSphereError(f"{path} is not a readable Parquet file: {exc}") from exc
 
 
-def iter_parquet_tables(
-    parquet: pq.ParquetFile, rows: int, columns: Optional[List[str]] = None
+def _overlap(start: int, end: int, rows: range) -> Optional[Tuple[int, int]]:
+    """Where rows [start, end) of a file meet `rows`: (offset from start,
+    length), or None."""
+    first, stop = max(rows.start, start), min(rows.stop, end)
+    return (first - start, stop - first) if first < stop else None
+
+
+def _contiguous(rows: range) -> range:
+    if rows.step != 1:
+        raise ValueError(f"rows must be a contiguous range, not {rows}")
+    return rows
+
+
+def rows_within(
+    tables: Iterable[pa.Table], rows: Optional[range] = None
 ) -> Iterator[pa.Table]:
-    """The file's rows in tables of `rows` rows (the last may be shorter), read one
-    row group at a time: memory is bounded by the largest row group plus one table.
+    """The rows at positions `rows` (None: all) of a file given as consecutive
+    tables, stopping at the first table past them."""
+    if rows is None:
+        yield from tables
+        return
+    rows, start = _contiguous(rows), 0
+    for table in tables:
+        end = start + table.num_rows
+        part = _overlap(start, end, rows)
+        if part is not None:
+            yield table.slice(*part)
+        if end >= rows.stop:
+            return
+        start = end
+
+
+def _row_groups(
+    parquet: pq.ParquetFile, columns: Optional[List[str]], rows: Optional[range]
+) -> Iterator[pa.Table]:
+    """The file's row groups in order, cut to `rows` (None: all): a group that
+    holds none of them is not read (the footer has each group's row count)."""
+    if rows is None:
+        rows = range(parquet.metadata.num_rows)
+    rows, start = _contiguous(rows), 0
+    for index in range(parquet.num_row_groups):
+        end = start + parquet.metadata.row_group(index).num_rows
+        part = _overlap(start, end, rows)
+        if part is not None:
+            group = parquet.read_row_group(index, columns=columns)
+            yield group if part == (0, group.num_rows) else group.slice(*part)
+        if end >= rows.stop:
+            return
+        start = end
+
+
+def iter_parquet_tables(
+    parquet: pq.ParquetFile,
+    rows: int,
+    columns: Optional[List[str]] = None,
+    positions: Optional[range] = None,
+) -> Iterator[pa.Table]:
+    """The file's rows (only those at `positions`, when given) in tables of
+    `rows` rows (the last may be shorter), read one row group at a time: memory
+    is bounded by the largest row group plus one table.
 
     (pyarrow's `ParquetFile.iter_batches` keeps memory across row groups: on a
     10M-row file its allocations grew to 630 MB by the end, with pyarrow 26.)
     """
     pending: List[pa.Table] = []
     pending_rows = 0
-    for index in range(parquet.num_row_groups):
-        group = parquet.read_row_group(index, columns=columns)
+    for group in _row_groups(parquet, columns, positions):
         pending.append(group)
         pending_rows += group.num_rows
         while pending_rows >= rows:

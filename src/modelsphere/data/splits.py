@@ -18,7 +18,13 @@ from modelsphere.data.schema import Schema
 from modelsphere.data.formats import format_named
 
 SPLITS = ("train", "val", "test")
-SPLIT_CHUNK_ROWS = 131_072  # rows per chunk when a split is streamed back
+# Rows per chunk when a split is streamed back (fitting the features, making
+# tensors): the temporaries of reading and transforming a chunk grow with it. On
+# 1M rows x 64 columns, chunks of 131,072 rows peaked ~570 MiB above the
+# libraries while fitting and ~460 MiB above the tensors while loading; chunks
+# of 32,768 rows ~375 and ~270, with the same fitted state, and made the train
+# split's tensors faster (7.2 s against 9.5-10.0 s).
+SPLIT_CHUNK_ROWS = 32_768
 
 
 @dataclass
@@ -38,6 +44,11 @@ class ProcessedData:
 
     def split_rows(self, split: str) -> int:
         return int(self.manifest["splits"][split]["rows"])
+
+    def stored_rows(self, split: str) -> Optional[int]:
+        """The rows the split file itself says it holds (Parquet's footer; None
+        for CSV, where only reading it all would tell)."""
+        return format_named(self.format).rows(self.split_path(split))
 
 
 def arrow_schema(schema: Schema) -> pa.Schema:
@@ -114,14 +125,17 @@ def iter_split_columns(
     fmt: str,
     columns: Optional[List[str]] = None,
     chunk_rows: int = SPLIT_CHUNK_ROWS,
+    rows: Optional[range] = None,
 ) -> Iterator[pd.DataFrame]:
-    """A processed split (or some of its columns) as frames typed like
+    """A processed split (or some of its columns; only the rows at positions
+    `rows`, a contiguous range, when given) as frames typed like
     `read_split_columns`, `chunk_rows` rows each (Parquet, read a row group at a
-    time) or one 1 MiB block each (CSV); an empty split gives one empty frame."""
+    time) or one 1 MiB block each (CSV); no rows give one empty frame."""
     layout = arrow_schema(schema)
     names = columns or layout.names
     empty = True
-    for table in format_named(fmt).iter_typed(path, layout, names, chunk_rows):
+    tables = format_named(fmt).iter_typed(path, layout, names, chunk_rows, rows)
+    for table in tables:
         empty = False
         yield _split_frame(table)
     if empty:
@@ -144,11 +158,13 @@ def iter_split_frames(
     split: str,
     columns: Optional[List[str]] = None,
     chunk_rows: int = SPLIT_CHUNK_ROWS,
+    rows: Optional[range] = None,
 ) -> Iterator[pd.DataFrame]:
-    """`load_split` in chunks of at most `chunk_rows` rows, in bounded memory."""
+    """`load_split` in chunks of at most `chunk_rows` rows, in bounded memory;
+    with `rows` (a contiguous range of positions), only those rows are read."""
     path = _checked_split_path(processed, split)
     return iter_split_columns(
-        path, processed.schema, processed.format, columns, chunk_rows
+        path, processed.schema, processed.format, columns, chunk_rows, rows
     )
 
 

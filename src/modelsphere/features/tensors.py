@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from modelsphere.core.errors import ModelSphereError
-from modelsphere.data.splits import ProcessedData, iter_split_frames
+from modelsphere.data.splits import SPLIT_CHUNK_ROWS, ProcessedData, iter_split_frames
 from modelsphere.features.transform import encode_target, transform_features
 
 
@@ -47,25 +47,18 @@ def split_tensors(
 ) -> SplitTensors:
     """A split's model inputs and targets, transformed chunk by chunk into arrays
     of their final size (no second copy while they are put together); with
-    `rows`, only those rows (positions in the split, in the order given): the
-    other rows are read a chunk at a time and never transformed or kept."""
+    `rows`, only those rows (positions in the split, in the order given). Only
+    the span from the first to the last of them is read (in Parquet, only the
+    row groups that hold it); a contiguous `range` (a DDP process's shard) is
+    read without an index of its rows."""
     n_rows = data.split_rows(split)
-    target_name = feature_state["target"]["name"]
-    if rows is None:
-        ascending = order = None
-    else:
-        wanted = np.asarray(rows, dtype=np.int64)
-        order = np.argsort(wanted, kind="stable")  # output slot of each, sorted
-        ascending = wanted[order]
-        if len(wanted) and (ascending[0] < 0 or ascending[-1] >= n_rows):
-            raise ModelSphereError(
-                f"rows {int(ascending[0])}..{int(ascending[-1])} asked of the "
-                f"{split} split, which has {n_rows} rows"
-            )
-    size = n_rows if rows is None else len(ascending)
-    filled = offset = 0
+    span, ascending, order = _rows_to_read(data, split, n_rows, rows)
+    size = len(span) if ascending is None else len(ascending)
+    filled, offset = 0, span.start
     out = None
-    for frame in iter_split_frames(data, split):
+    reading = None if rows is None else span  # a whole read also checks the length
+    frames = iter_split_frames(data, split, chunk_rows=SPLIT_CHUNK_ROWS, rows=reading)
+    for frame in frames:
         start, offset = offset, offset + len(frame)
         if ascending is not None:
             lo, hi = np.searchsorted(ascending, [start, offset])
@@ -73,12 +66,7 @@ def split_tensors(
             slots = order[lo:hi]
         else:
             slots = slice(filled, filled + len(frame))
-        arrays = transform_features(frame, feature_state)
-        parts = (
-            arrays.numeric,
-            arrays.categorical,
-            encode_target(frame[target_name], feature_state, f"{split} split"),
-        )
+        parts = _model_inputs(frame, feature_state, split)
         if out is None:
             out = [np.empty((size, *p.shape[1:]), dtype=p.dtype) for p in parts]
         if filled + len(frame) > size:
@@ -86,10 +74,50 @@ def split_tensors(
         for buffer, part in zip(out, parts):
             buffer[slots] = part
         filled += len(frame)
-    if filled != size or offset != n_rows:
+    if filled != size or offset != span.stop:
         found = f"{offset}" if offset <= n_rows else f"more than {n_rows}"
-        raise ModelSphereError(
-            f"{data.split_path(split)}: {found} rows where the processed data's "
-            f"manifest says {n_rows}: run data_preprocessing.py again"
-        )
+        raise _disagrees_with_manifest(data, split, found)
     return SplitTensors(*(torch.from_numpy(part).to(device) for part in out))
+
+
+def _model_inputs(frame, feature_state, split: str):
+    arrays = transform_features(frame, feature_state)
+    target = frame[feature_state["target"]["name"]]
+    return (
+        arrays.numeric,
+        arrays.categorical,
+        encode_target(target, feature_state, f"{split} split"),
+    )
+
+
+def _rows_to_read(data, split: str, n_rows: int, rows):
+    """The contiguous span of the split to read and, for rows that are not a
+    contiguous range, those rows sorted and the output slot of each."""
+    stored = data.stored_rows(split)
+    if stored is not None and stored != n_rows:
+        raise _disagrees_with_manifest(data, split, f"{stored}")
+    if rows is None:
+        return range(n_rows), None, None
+    if isinstance(rows, range) and rows.step == 1:
+        ascending = order = None
+        first, last = rows.start, rows.stop - 1
+    else:
+        wanted = np.asarray(rows, dtype=np.int64)
+        order = np.argsort(wanted, kind="stable")  # output slot of each, sorted
+        ascending = wanted[order]
+        first, last = (int(ascending[0]), int(ascending[-1])) if len(rows) else (0, 0)
+    if not len(rows):
+        return range(0), ascending, order
+    if first < 0 or last >= n_rows:
+        raise ModelSphereError(
+            f"rows {first}..{last} asked of the {split} split, which has "
+            f"{n_rows} rows"
+        )
+    return range(first, last + 1), ascending, order
+
+
+def _disagrees_with_manifest(data, split: str, found: str) -> ModelSphereError:
+    return ModelSphereError(
+        f"{data.split_path(split)}: {found} rows where the processed data's "
+        f"manifest says {data.split_rows(split)}: run data_preprocessing.py again"
+    )
