@@ -141,6 +141,7 @@ def test_distributed_scale_benchmark_smoke(tmp_path, monkeypatch):
     argv += ["--epochs", "1", "--batch-size", "256", "--out", str(tmp_path)]
     argv += ["--name", "smoke", "--work-dir", str(tmp_path / "work")]
     argv += ["--row-group-rows", "500", "--speed-runs", "2"]
+    argv += ["--memory-rows", "6000", "--memory-batch-size", "512"]
     monkeypatch.setattr(sys, "argv", argv)
     runpy.run_module(
         "benchmarks.distributed_scale", run_name="__main__", alter_sys=True
@@ -168,6 +169,18 @@ def test_distributed_scale_benchmark_smoke(tmp_path, monkeypatch):
         streamed["loading"] == "stream" and sum(streamed["rows_per_process"]) == n_train
     )
     assert payload["targets"]["stream_speed"]["measured"] > 0
+    # the memory target is taken on the larger table, one process against two
+    memory = payload["memory"]["results"]
+    assert list(memory) == ["1 process x 2 threads", "2 processes x 1 thread, shards"]
+    (big_train,) = memory["1 process x 2 threads"]["rows_held_per_process"]
+    assert big_train == 2 * n_train  # 70% of 6,000 rows against 70% of 3,000
+    shard_peaks = memory["2 processes x 1 thread, shards"]["peak_rss_mib_per_process"]
+    ratio = max(shard_peaks) / max(
+        memory["1 process x 2 threads"]["peak_rss_mib_per_process"]
+    )
+    assert payload["targets"]["peak_rss_ratio"]["measured"] == round(ratio, 3)
+    assert payload["libraries_peak_rss_mib"] > 50
+    assert "Per-process memory on 6,000 rows" in (tmp_path / "smoke.md").read_text()
 
 
 def test_stream_scale_benchmark_smoke(tmp_path, monkeypatch):
