@@ -25,7 +25,15 @@ RESULT_NAMES = (
     "throughput_cuda_bf16",
     "throughput_cuda_fp32",
     "throughput_gpu_host_cpu",
+    "distributed_scale",
+    "stream_scale",
 )
+# The targets of the scale-out result files the report lists (their other
+# entries are figures without a target).
+SCALE_TARGETS = {
+    "distributed_scale": ("rows_per_process", "peak_rss_ratio", "stream_speed"),
+    "stream_scale": ("peak_rss",),
+}
 NOT_MEASURED = "not measured yet"
 
 
@@ -622,6 +630,49 @@ def crossovers(results) -> Dict[str, Figure]:
     }
 
 
+def scale_out(results) -> Dict[str, Figure]:
+    """Several processes and tables larger than memory: distributed_scale.json
+    and stream_scale.json."""
+    data, src = results["distributed_scale"], "distributed_scale.json"
+    one, two = "1 process x 2 threads", "2 processes x 1 thread, shards"
+
+    def rows_per_second(run):
+        return lambda d: d["results"][run]["rows_per_second"]
+
+    def peak(run, part="memory"):
+        return lambda d: max(d[part]["results"][run]["peak_rss_mib_per_process"])
+
+    streamed = results["stream_scale"]
+    return {
+        "rows": figure(data, src, lambda d: d["setup"]["rows"], "{:,}"),
+        "one": figure(data, src, rows_per_second(one), "{:,.0f} rows/s"),
+        "two": figure(data, src, rows_per_second(two), "{:,.0f} rows/s"),
+        "memory_rows": figure(
+            data, src, lambda d: d["memory"]["setup"]["rows"], "{:,}"
+        ),
+        "peak_one": figure(data, src, peak(one), "{:,.0f} MiB"),
+        "peak_two": figure(data, src, peak(two), "{:,.0f} MiB"),
+        "peak_ratio": figure(
+            data, src, lambda d: d["targets"]["peak_rss_ratio"]["measured"], "{:.2f}x"
+        ),
+        "libraries": figure(
+            data, src, lambda d: d["libraries_peak_rss_mib"], "{:,.0f} MiB"
+        ),
+        "stream_speed": figure(
+            data, src, lambda d: d["targets"]["stream_speed"]["measured"], "{:.2f}x"
+        ),
+        "stream_rows": figure(
+            streamed, "stream_scale.json", lambda d: d["setup"]["rows"], "{:,}"
+        ),
+        "stream_peak": figure(
+            streamed,
+            "stream_scale.json",
+            lambda d: d["targets"]["peak_rss"]["measured"],
+            "{:,.0f} MiB",
+        ),
+    }
+
+
 def _requirement(name, target, value, met, source, why="") -> Dict[str, Any]:
     return {
         "name": name,
@@ -765,6 +816,18 @@ def _requirements(results) -> List[Dict[str, Any]]:
                 "preprocess_scale.json",
             )
         )
+    for name, keys in SCALE_TARGETS.items():
+        for key in keys if results[name] is not None else ():
+            target = results[name]["targets"][key]
+            rows.append(
+                _requirement(
+                    "scaling out: " + key.replace("_", " "),
+                    target["goal"],
+                    f"{target['measured']}",
+                    target["met"],
+                    f"{name}.json",
+                )
+            )
     train = results["train_throughput"]
     for name, target in ((train or {}).get("targets") or {}).items():
         rows.append(
@@ -787,6 +850,7 @@ def all_facts(results) -> Dict[str, Any]:
         "batch": batch(results),
         "paths": inference_paths(results),
         "storage": storage(results),
+        "scale": scale_out(results),
         "quality": quality(results),
         "provenance": provenance(results),
         "gpu_measured": results["throughput_cuda_bf16"] is not None,
