@@ -673,6 +673,17 @@ def scale_out(results) -> Dict[str, Figure]:
     }
 
 
+def _measured_text(measured) -> str:
+    """A target's measured value as the report prints it: a per-process count
+    ({"held": [350000, 350000]}) as "held 350,000 / 350,000"."""
+    if isinstance(measured, dict):
+        return "; ".join(
+            f"{key} " + " / ".join(f"{value:,}" for value in values)
+            for key, values in measured.items()
+        )
+    return f"{measured}"
+
+
 def _requirement(name, target, value, met, source, why="") -> Dict[str, Any]:
     return {
         "name": name,
@@ -823,7 +834,7 @@ def _requirements(results) -> List[Dict[str, Any]]:
                 _requirement(
                     "scaling out: " + key.replace("_", " "),
                     target["goal"],
-                    f"{target['measured']}",
+                    _measured_text(target["measured"]),
                     target["met"],
                     f"{name}.json",
                 )

@@ -192,3 +192,55 @@ def test_the_decisions_decide_and_gaps_are_stated_not_coloured():
         assert row["met"] or str(escape(reason)) in body, row
     if not module["all_facts"](results)["gpu_measured"]:
         assert "Pending measurements." in body
+
+
+def _distributed_scale():
+    def run(rows_per_second, peaks):
+        return {"rows_per_second": rows_per_second, "peak_rss_mib_per_process": peaks}
+
+    def target(measured, met=True):
+        return {"goal": "a goal", "measured": measured, "met": met}
+
+    one, two = "1 process x 2 threads", "2 processes x 1 thread, shards"
+    return {
+        "setup": {"rows": 1_000_000},
+        "results": {one: run(117_912.0, [1171.2]), two: run(82_441.0, [948.0, 887.0])},
+        "libraries_peak_rss_mib": 397.4,
+        "memory": {
+            "setup": {"rows": 20_000_000},
+            "results": {one: run(1.0, [8869.1]), two: run(1.0, [4822.3, 4801.0])},
+        },
+        "targets": {
+            "rows_per_process": target({"held": [350_000, 350_000]}),
+            "peak_rss_ratio": target(0.544),
+            "stream_speed": target(0.77, met=False),
+        },
+    }
+
+
+def test_the_scaling_out_row_and_its_targets_come_from_the_scale_results(tmp_path):
+    """Section 4's "Scaling out" row quotes distributed_scale.json and
+    stream_scale.json, and each of their targets is a requirement row, a count
+    per process printed as counts."""
+    module = runpy.run_path(str(BUILD))
+    (tmp_path / "distributed_scale.json").write_text(json.dumps(_distributed_scale()))
+    stream = {
+        "setup": {"rows": 20_000_000},
+        "targets": {"peak_rss": {"goal": "g", "measured": 1644.4, "met": True}},
+    }
+    (tmp_path / "stream_scale.json").write_text(json.dumps(stream))
+    results = module["load_results"](tmp_path)
+    flat = " ".join(module["render_html"](results, "<svg></svg>").split())
+    assert "117,912 rows/s (1 process x 2 threads) against 82,441 rows/s" in flat
+    assert "8,869 MiB alone, 4,822 MiB with 2 shards (0.54x)" in flat
+    assert "the libraries (397 MiB)" in flat
+    assert "one streamed epoch of 20,000,000 rows at 1,644 MiB" in flat
+    rows = {
+        row["name"]: row
+        for row in module["all_facts"](results)["requirements"]
+        if row["name"].startswith("scaling out")
+    }
+    assert rows["scaling out: rows per process"]["value"] == "held 350,000 / 350,000"
+    assert rows["scaling out: peak rss ratio"]["value"] == "0.544"
+    assert rows["scaling out: stream speed"]["met"] is False
+    assert rows["scaling out: peak rss"]["source"] == "stream_scale.json"
