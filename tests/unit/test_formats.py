@@ -9,7 +9,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from modelsphere.core.errors import ModelSphereError
-from modelsphere.data.formats import FORMATS, CsvOptions, format_named, format_of
+from modelsphere.data.formats import (
+    FORMATS,
+    CsvOptions,
+    format_named,
+    format_of,
+    rows_within,
+)
 
 LAYOUT = pa.schema(
     [
@@ -95,3 +101,22 @@ def test_an_unknown_suffix_names_the_setting_and_the_formats(tmp_path):
     message = str(error.value)
     assert "output=" in message and "unsupported file type '.txt'" in message
     assert "use .csv or .parquet" in message
+
+
+@pytest.mark.parametrize(
+    "rows", [range(0, 50), range(3, 18), range(14, 21), range(45, 60), range(10, 10)]
+)
+def test_rows_within_cuts_consecutive_tables_to_the_range(rows):
+    """A file read as consecutive tables (CSV blocks): the rows at `rows`, none
+    past the file's end, and no table read after the one that ends the range."""
+    pieces = pa.table({"x": list(range(50))}).to_batches(max_chunksize=7)
+    consumed = []
+
+    def tables():
+        for piece in pieces:
+            consumed.append(piece)
+            yield pa.Table.from_batches([piece])
+
+    found = [v for t in rows_within(tables(), rows) for v in t["x"].to_pylist()]
+    assert found == list(range(50))[rows.start : rows.stop]
+    assert len(consumed) == min(len(pieces), max(1, -(-rows.stop // 7)))

@@ -149,12 +149,13 @@ def processed_table(tmp_path, rows: int, *overrides: str):
     return data, fit_feature_state_from_split(data, cfg.model.features, cfg.seed)
 
 
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
 def test_a_split_read_for_some_rows_equals_those_rows_of_the_whole(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, fmt
 ):
     # rows are picked across several chunks
     monkeypatch.setattr(tensors, "SPLIT_CHUNK_ROWS", 64)
-    data, state = processed_table(tmp_path, rows=300)
+    data, state = processed_table(tmp_path, 300, f"data.format={fmt}")
     whole = split_tensors(data, "train", state, torch.device("cpu"))
     rows = np.random.default_rng(0).permutation(len(whole))[:50]
     # shuffled, a range past the first chunks, repeated rows, none
@@ -187,11 +188,20 @@ def test_a_shard_is_read_from_its_own_row_groups_only(tmp_path, monkeypatch):
     assert read == list(range(first_group, -(-len(whole) // 32)))
 
 
-def test_a_split_file_that_disagrees_with_its_manifest_is_refused(tmp_path):
-    data, state = processed_table(tmp_path, rows=120)
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_a_split_file_that_disagrees_with_its_manifest_is_refused(tmp_path, fmt):
+    # CSV says its length only when read to the end: every shard reads it all
+    data, state = processed_table(tmp_path, 120, f"data.format={fmt}")
     n_rows = data.split_rows("train")
     for claimed in (n_rows - 1, n_rows + 1):  # the arrays are sized from it
         data.manifest["splits"]["train"]["rows"] = claimed
-        for rows in (None, range(0, 10)):  # a shard's read checks it too
+        for rows in (None, range(0, 10), [3, 1]):  # a shard's read checks it too
             with pytest.raises(ModelSphereError, match="where the processed data's"):
                 split_tensors(data, "train", state, torch.device("cpu"), rows)
+
+
+def test_a_missing_split_file_says_to_run_preprocessing(tmp_path):
+    data, state = processed_table(tmp_path, 120)
+    data.split_path("train").unlink()
+    with pytest.raises(ModelSphereError, match="processed split not found.*run data_"):
+        split_tensors(data, "train", state, torch.device("cpu"), range(0, 10))

@@ -48,7 +48,7 @@ class ProcessedData:
     def stored_rows(self, split: str) -> Optional[int]:
         """The rows the split file itself says it holds (Parquet's footer; None
         for CSV, where only reading it all would tell)."""
-        return format_named(self.format).rows(self.split_path(split))
+        return format_named(self.format).rows(_checked_split_path(self, split))
 
 
 def arrow_schema(schema: Schema) -> pa.Schema:

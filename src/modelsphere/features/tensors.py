@@ -32,9 +32,7 @@ class SplitTensors:
 
 def frame_tensors(frame, feature_state, device: torch.device, where: str):
     """Model inputs and targets of the rows of one frame of a split."""
-    arrays = transform_features(frame, feature_state)
-    target = encode_target(frame[feature_state["target"]["name"]], feature_state, where)
-    parts = (arrays.numeric, arrays.categorical, target)
+    parts = _model_inputs(frame, feature_state, where)
     return SplitTensors(*(torch.from_numpy(part).to(device) for part in parts))
 
 
@@ -52,11 +50,11 @@ def split_tensors(
     row groups that hold it); a contiguous `range` (a DDP process's shard) is
     read without an index of its rows."""
     n_rows = data.split_rows(split)
-    span, ascending, order = _rows_to_read(data, split, n_rows, rows)
+    span, ascending, order, whole = _rows_to_read(data, split, n_rows, rows)
     size = len(span) if ascending is None else len(ascending)
-    filled, offset = 0, span.start
+    filled, offset = 0, 0 if whole else span.start
     out = None
-    reading = None if rows is None else span  # a whole read also checks the length
+    reading = None if whole else span
     frames = iter_split_frames(data, split, chunk_rows=SPLIT_CHUNK_ROWS, rows=reading)
     for frame in frames:
         start, offset = offset, offset + len(frame)
@@ -65,8 +63,12 @@ def split_tensors(
             frame = frame.iloc[ascending[lo:hi] - start]
             slots = order[lo:hi]
         else:
+            lo, hi = max(span.start, start), min(span.stop, offset)
+            frame = frame.iloc[lo - start : max(lo, hi) - start]
             slots = slice(filled, filled + len(frame))
-        parts = _model_inputs(frame, feature_state, split)
+        if out is not None and not len(frame):
+            continue  # a frame outside the rows, read to count the file's rows
+        parts = _model_inputs(frame, feature_state, f"{split} split")
         if out is None:
             out = [np.empty((size, *p.shape[1:]), dtype=p.dtype) for p in parts]
         if filled + len(frame) > size:
@@ -74,28 +76,35 @@ def split_tensors(
         for buffer, part in zip(out, parts):
             buffer[slots] = part
         filled += len(frame)
-    if filled != size or offset != span.stop:
+    if filled != size or offset != (n_rows if whole else span.stop):
         found = f"{offset}" if offset <= n_rows else f"more than {n_rows}"
+        if offset < span.stop and not whole:
+            found = f"fewer than {span.stop}"
         raise _disagrees_with_manifest(data, split, found)
     return SplitTensors(*(torch.from_numpy(part).to(device) for part in out))
 
 
-def _model_inputs(frame, feature_state, split: str):
+def _model_inputs(frame, feature_state, where: str):
+    """The numeric and categorical arrays and the encoded target of a frame."""
     arrays = transform_features(frame, feature_state)
-    target = frame[feature_state["target"]["name"]]
-    return (
-        arrays.numeric,
-        arrays.categorical,
-        encode_target(target, feature_state, f"{split} split"),
-    )
+    target = encode_target(frame[feature_state["target"]["name"]], feature_state, where)
+    return arrays.numeric, arrays.categorical, target
 
 
 def _rows_to_read(data, split: str, n_rows: int, rows):
-    """The contiguous span of the split to read and, for rows that are not a
-    contiguous range, those rows sorted and the output slot of each."""
+    """The contiguous span of the split that holds the rows; for rows that are
+    not a contiguous range, those rows sorted and the output slot of each; and
+    whether the whole file is read: a CSV split says its length only when read to
+    the end, so every process reads it all (keeping only its rows) and each
+    checks the length, where a Parquet footer is checked before reading."""
     stored = data.stored_rows(split)
     if stored is not None and stored != n_rows:
         raise _disagrees_with_manifest(data, split, f"{stored}")
+    span, ascending, order = _span_of(split, n_rows, rows)
+    return span, ascending, order, rows is None or stored is None
+
+
+def _span_of(split: str, n_rows: int, rows):
     if rows is None:
         return range(n_rows), None, None
     if isinstance(rows, range) and rows.step == 1:
