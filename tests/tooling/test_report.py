@@ -244,3 +244,23 @@ def test_the_scaling_out_row_and_its_targets_come_from_the_scale_results(tmp_pat
     assert rows["scaling out: peak rss ratio"]["value"] == "0.544"
     assert rows["scaling out: stream speed"]["met"] is False
     assert rows["scaling out: peak rss"]["source"] == "stream_scale.json"
+
+
+def test_an_older_scale_result_without_the_memory_runs_is_quoted_as_not_measured(
+    tmp_path,
+):
+    """A distributed_scale.json written before the memory runs (its ratio taken
+    on the small table, no stream target): the memory cells read "not measured"
+    and the targets it has are still listed; the report builds."""
+    module = runpy.run_path(str(BUILD))
+    older = _distributed_scale()
+    del older["memory"], older["targets"]["stream_speed"]
+    (tmp_path / "distributed_scale.json").write_text(json.dumps(older))
+    results = module["load_results"](tmp_path)
+    scale = module["all_facts"](results)["scale"]
+    assert not scale["peak_ratio"].measured and not scale["peak_two"].measured
+    assert scale["one"].measured
+    names = [row["name"] for row in module["all_facts"](results)["requirements"]]
+    assert "scaling out: peak rss ratio" in names
+    assert "scaling out: stream speed" not in names
+    module["render_html"](results, "<svg></svg>")
