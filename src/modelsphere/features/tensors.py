@@ -71,8 +71,6 @@ def split_tensors(
         parts = _model_inputs(frame, feature_state, f"{split} split")
         if out is None:
             out = [np.empty((size, *p.shape[1:]), dtype=p.dtype) for p in parts]
-        if filled + len(frame) > size:
-            break
         for buffer, part in zip(out, parts):
             buffer[slots] = part
         filled += len(frame)
