@@ -32,7 +32,7 @@ SUITES = {
 }
 REGRESSION = "quality_regression"
 REGRESSION_COLUMNS = (
-    ("mlp_previous", "previous default"),
+    ("mlp_previous", "previous default (one network)"),
     ("mlp", "default"),
     ("mlp_log_target", "default, target_transform=auto"),
     ("lightgbm", "LightGBM"),

@@ -21,9 +21,15 @@ from modelsphere.features.tensors import SplitTensors
 from modelsphere.inference import engines
 from modelsphere.inference.predictor import Predictor
 from modelsphere.models import config as config_module
-from modelsphere.models.architectures.tabm import mean_of_members
 from modelsphere.models.artifact import load_artifact
+from modelsphere.models.members import (
+    MEMBERS_FOR_REGRESSION,
+    Members,
+    mean_of_members,
+    member_count,
+)
 from modelsphere.models.config import ModelConfig, validate_model
+from modelsphere.models import registry
 from modelsphere.models.registry import ARCHITECTURES, build_model, spec_from_config
 from modelsphere.models.spec import ModelSpec
 from modelsphere.training.epochs import batch_loss
@@ -61,12 +67,14 @@ def tiny_spec(
     n_numeric: int = 3,
     cards=None,
     numeric_embedding=None,
+    members=None,
 ):
     cfg = OmegaConf.structured(
         ModelConfig(
             architecture=architecture,
             hidden_sizes=[8, 8],
             numeric_embedding=numeric_embedding or EMBEDDING[architecture],
+            members=members,
         )
     )
     cfg.ensemble.k, cfg.periodic.n_frequencies, cfg.piecewise.n_bins = 3, 4, 4
@@ -158,6 +166,8 @@ def test_spec_without_architecture_field_loads_as_mlp():
         (["model=tabm", "model.normalization=layernorm"], "normalization=none"),
         (["model=tabm", "model.ensemble.k=0"], "ensemble.k"),
         (["model=tabm", "model.ensemble.arch_type=big"], "arch_type"),
+        (["model=tabm", "model.members=2"], "is an ensemble already"),
+        (["model.members=0"], "model.members must be >= 1"),
         (["model=mlp_plr", "model.periodic.frequency_init_scale=0"], "init_scale"),
         (["model=mlp_plr", "model.numeric_embedding=none"], "must be periodic"),
         (["model.numeric_embedding=splines"], "model.numeric_embedding"),
@@ -191,6 +201,57 @@ def test_tabm_trains_k_members_and_predicts_their_mean_probability():
         assert torch.allclose(to_probability(combined), expected, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "task, members, expected",
+    [
+        ("regression", None, MEMBERS_FOR_REGRESSION),
+        ("binary", None, 1),
+        ("multiclass", None, 1),
+        ("regression", 1, 1),
+        ("binary", 3, 3),
+    ],
+)
+def test_members_rule_gives_a_regression_target_an_ensemble(task, members, expected):
+    spec = tiny_spec("mlp", task, members=members)
+    assert member_count(spec) == expected
+    model = build_model(spec)
+    assert isinstance(model, Members) == (expected > 1)
+    if expected == 1:  # a single network's spec and weights are as they were
+        assert "members" not in spec.extra
+        assert not any(key.startswith("members.") for key in model.state_dict())
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass", "regression"])
+def test_members_train_as_k_networks_and_predict_their_mean(task):
+    spec = tiny_spec("mlp", task, members=3)
+    torch.manual_seed(0)
+    model = build_model(spec)
+    torch.manual_seed(0)
+    single = build_model(tiny_spec("mlp", task, members=1))
+    first = model.members[0].state_dict()
+    for key, value in single.state_dict().items():  # member 0 starts as one would
+        assert torch.equal(first[key], value), key
+    second = model.members[1].state_dict()
+    assert any(not torch.equal(first[k], second[k]) for k in first)
+    numeric, categorical = inputs(spec)
+    model.train()
+    assert model(numeric, categorical).shape == (6, 3, spec.n_outputs)
+    model.eval()
+    each = torch.stack([m(numeric, categorical) for m in model.members], dim=1)
+    combined = model(numeric, categorical)
+    if task == "regression":
+        assert torch.allclose(combined, each.mean(dim=1), atol=1e-6)
+    elif task == "binary":
+        expected = torch.sigmoid(each).mean(dim=1)
+        assert torch.allclose(torch.sigmoid(combined), expected, atol=1e-6)
+    else:
+        expected = torch.softmax(each, dim=-1).mean(dim=1)
+        assert torch.allclose(torch.softmax(combined, -1), expected, atol=1e-6)
+    folded = registry.inference_form(model)
+    assert len(folded.members) == 3
+    assert torch.allclose(folded(numeric, categorical), combined, atol=1e-5)
+
+
 def test_mean_of_members_for_regression_is_the_mean_value():
     outputs = torch.randn(5, 4, 1)
     assert torch.allclose(mean_of_members(outputs, "regression"), outputs.mean(1))
@@ -218,6 +279,10 @@ def test_train_save_reload_predict(tmp_path, option, task):
     run_dir = train_tiny(tmp_path, *SMALL[option], task=task)
     artifact = load_artifact(run_dir)
     assert artifact.spec.architecture == option.split("+")[0]
+    regression_mlp = task == "regression" and option.startswith("mlp")
+    assert member_count(artifact.spec) == (
+        MEMBERS_FOR_REGRESSION if regression_mlp else 1
+    )
     frame = make_table(rows=40, task=task, seed=3).drop(columns=["label"])
     first = Predictor(artifact, CPU, 16).predict_frame(frame)
     again = Predictor.from_run_dir(run_dir, CPU, 7).predict_frame(frame)

@@ -38,13 +38,14 @@ def test_quality_benchmark_smoke(tmp_path, monkeypatch):
     # The options ran the real pipeline: one run dir each, with its artifact;
     # the variants: the skew rule choosing the target's scale, and the default
     # before the regression changes.
-    transforms = {}
+    transforms, members = {}, {}
     for model in ("mlp", "mlp_plr", "tabm", "mlp_log_target", "mlp_previous"):
         run_dir = tmp_path / "work" / "outputs" / "ames" / f"{model}_seed0"
         meta = json.loads((run_dir / "model.json").read_text())
         option = "mlp" if model in ("mlp_log_target", "mlp_previous") else model
         assert meta["model_spec"]["architecture"] == option
         transforms[model] = meta["feature_state"]["target"]["transform"]
+        members[model] = meta["model_spec"]["extra"].get("members", {}).get("k", 1)
         assert meta["config"]["train"]["max_epochs"] == 2  # --quick wins
     assert transforms == {
         "mlp": "none",
@@ -52,6 +53,15 @@ def test_quality_benchmark_smoke(tmp_path, monkeypatch):
         "tabm": "none",
         "mlp_log_target": "log1p",  # the skew rule: ames' prices are skewed
         "mlp_previous": "none",
+    }
+    # A regression target gets the ensemble rule's members; the previous
+    # default is one network (tabm is an ensemble of its own).
+    assert members == {
+        "mlp": 4,
+        "mlp_plr": 4,
+        "tabm": 1,
+        "mlp_log_target": 4,
+        "mlp_previous": 1,
     }
     # Every model is scored in the target's own units (sale prices in dollars).
     ames = payload["results"]["ames"]["runs"]

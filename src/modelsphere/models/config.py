@@ -36,6 +36,9 @@ class ModelConfig:
     periodic: PeriodicConfig = field(default_factory=PeriodicConfig)
     piecewise: PiecewiseConfig = field(default_factory=PiecewiseConfig)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    # copies of the network trained together, their outputs averaged
+    # (models/members.py); null: 4 for a regression target, 1 otherwise
+    members: Optional[int] = setting(None, ge=1)
     features: FeatureConfig = field(default_factory=FeatureConfig)
 
     @staticmethod

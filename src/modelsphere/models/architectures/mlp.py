@@ -4,7 +4,7 @@ piecewise-linearly; `mlp_plr` is the same network with periodic embeddings."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Dict
 
 import torch
 from torch import nn
@@ -14,6 +14,12 @@ from modelsphere.models.layers import (
     categorical_embeddings,
     embed_categorical,
     mlp_backbone,
+)
+from modelsphere.models.members import (
+    Members,
+    MeanOfMembers,
+    member_count,
+    member_settings,
 )
 from modelsphere.models.numeric_embeddings import (
     fold_embedding,
@@ -105,9 +111,18 @@ def check_mlp_plr(model_cfg: Any, key: str) -> None:
     )
 
 
-def folded(model: TabularMLP) -> nn.Module:
+def build_mlp(spec: ModelSpec) -> nn.Module:
+    """One TabularMLP, or `model.members` of them averaged (models/members.py)."""
+    if member_count(spec) > 1:
+        return Members(spec, TabularMLP)
+    return TabularMLP(spec)
+
+
+def folded(model: nn.Module) -> nn.Module:
     """With piecewise-linear numerics, the same function as one encoding and one
-    first layer (numeric_embeddings.FoldedPiecewiseMLP)."""
+    first layer (numeric_embeddings.FoldedPiecewiseMLP), member by member."""
+    if isinstance(model, Members):
+        return MeanOfMembers(model, folded)
     if model.tables is not None:
         return fold_tables(model)
     if "piecewise" in model.spec.extra and model.numeric_embeddings is not None:
@@ -115,8 +130,17 @@ def folded(model: TabularMLP) -> nn.Module:
     return model
 
 
+def mlp_settings(model_cfg: Any, task: str) -> Dict[str, Any]:
+    return member_settings(model_cfg.members, task)
+
+
 ARCHITECTURES = {
-    "mlp": Architecture(build=TabularMLP, inference_form=folded),
+    "mlp": Architecture(build=build_mlp, settings=mlp_settings, inference_form=folded),
     # the same MLP; its spec holds the periodic settings
-    "mlp_plr": Architecture(build=TabularMLP, check=check_mlp_plr),
+    "mlp_plr": Architecture(
+        build=build_mlp,
+        settings=mlp_settings,
+        check=check_mlp_plr,
+        inference_form=folded,
+    ),
 }

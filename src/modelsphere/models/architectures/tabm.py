@@ -12,16 +12,15 @@ export treat it like any other model.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Dict
 
 import torch
 from omegaconf import OmegaConf
 from torch import nn
-from torch.nn import functional as F
 
 from modelsphere.core.config import require, setting
+from modelsphere.models.members import mean_of_members
 from modelsphere.models.numeric_embeddings import import_rtdl, numeric_modules
 from modelsphere.models.spec import Architecture, ModelSpec
 
@@ -45,20 +44,6 @@ class EnsembleConfig:
 
     k: int = setting(32, ge=1)  # ensemble members
     arch_type: str = setting("tabm", choices=ARCH_TYPES)
-
-
-def mean_of_members(outputs: torch.Tensor, task: str) -> torch.Tensor:
-    """[rows, k, n_outputs] -> [rows, n_outputs]: logits of the mean probability
-    (binary, multiclass) or the mean value (regression)."""
-    if task == "regression":
-        return outputs.mean(dim=1)
-    log_k = math.log(outputs.shape[1])
-    if task == "binary":  # logit(mean p) = log(mean p) - log(mean (1 - p))
-        log_p = torch.logsumexp(F.logsigmoid(outputs), dim=1) - log_k
-        log_q = torch.logsumexp(F.logsigmoid(-outputs), dim=1) - log_k
-        return log_p - log_q
-    # multiclass: softmax(log(mean p)) == mean p, since mean p sums to one
-    return torch.logsumexp(F.log_softmax(outputs, dim=2), dim=1) - log_k
 
 
 class TabMEnsemble(nn.Module):
@@ -109,6 +94,11 @@ def ensemble_settings(model_cfg: Any, task: str) -> Dict[str, Any]:
 
 
 def check_tabm(model_cfg: Any, key: str) -> None:
+    require(
+        OmegaConf.select(model_cfg, "members") in (None, 1),
+        f"{key}.architecture=tabm is an ensemble already ({key}.ensemble.k "
+        f"members): use {key}.members=null or 1, got {model_cfg.members}",
+    )
     require(
         len(set(model_cfg.hidden_sizes)) == 1,
         f"{key}.architecture=tabm needs equal {key}.hidden_sizes (TabM's blocks "

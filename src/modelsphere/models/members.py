@@ -1,0 +1,105 @@
+"""An ensemble of independently initialised copies of one network
+(`model.members`), trained together and averaged.
+
+Every member sees the same batches; each starts from its own initial weights
+(built one after the other from the run's seed, so member 0 starts where a
+single model would) and draws its own dropout masks. In training mode the
+ensemble returns every member's output, [rows, k, n_outputs], and the loss is
+the mean of the members' losses (`training.epochs.batch_loss`), so each member
+learns as it would alone; validation and early stopping see the ensemble's
+mean. In eval mode it returns one output per row, the members' mean (of values
+for regression, of probabilities otherwise), so evaluation, prediction, the API
+and the ONNX graph treat it like any single model.
+
+The rule (`members: null`): MEMBERS_FOR_REGRESSION for a regression target, one
+for classification. Under squared error, the error of the members' mean is the
+members' mean error minus their spread around that mean (Krogh and Vedelsby
+1995, the ambiguity decomposition), so averaging can only lower the RMSE the
+model is scored on, by as much as the members disagree; the quality benchmark
+measured that disagreement to be worth most of the default's gap to LightGBM on
+its regression sets (benchmarks/results/quality_regression.md). The price is k
+times the training and inference arithmetic.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Dict, Optional
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from modelsphere.models.spec import ModelSpec
+
+MEMBERS_FOR_REGRESSION = 4  # members of the default (`members: null`) regressor
+MEMBERS_KEY = "members"  # spec.extra[MEMBERS_KEY]: {"k": members, "task": task}
+
+
+def members_for(requested: Optional[int], task: str) -> int:
+    """`model.members`: as set, or the rule's count for `task` when null."""
+    if requested is not None:
+        return int(requested)
+    return MEMBERS_FOR_REGRESSION if task == "regression" else 1
+
+
+def member_settings(requested: Optional[int], task: str) -> Dict[str, Any]:
+    """What the spec records: nothing for a single network (so its artifact is
+    what it was before ensembles existed), else the count and the task."""
+    k = members_for(requested, task)
+    return {MEMBERS_KEY: {"k": k, "task": task}} if k > 1 else {}
+
+
+def member_count(spec: ModelSpec) -> int:
+    return int(spec.extra.get(MEMBERS_KEY, {}).get("k", 1))
+
+
+def mean_of_members(outputs: torch.Tensor, task: str) -> torch.Tensor:
+    """[rows, k, n_outputs] -> [rows, n_outputs]: logits of the mean probability
+    (binary, multiclass) or the mean value (regression)."""
+    if task == "regression":
+        return outputs.mean(dim=1)
+    log_k = math.log(outputs.shape[1])
+    if task == "binary":  # logit(mean p) = log(mean p) - log(mean (1 - p))
+        log_p = torch.logsumexp(F.logsigmoid(outputs), dim=1) - log_k
+        log_q = torch.logsumexp(F.logsigmoid(-outputs), dim=1) - log_k
+        return log_p - log_q
+    # multiclass: softmax(log(mean p)) == mean p, since mean p sums to one
+    return torch.logsumexp(F.log_softmax(outputs, dim=2), dim=1) - log_k
+
+
+class Members(nn.Module):
+    """k networks built by `build(spec)`, one after the other."""
+
+    def __init__(self, spec: ModelSpec, build: Callable[[ModelSpec], nn.Module]):
+        super().__init__()
+        self.spec = spec
+        self.task = spec.extra[MEMBERS_KEY]["task"]
+        self.members = nn.ModuleList(build(spec) for _ in range(member_count(spec)))
+
+    def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+        outputs = torch.stack(
+            [member(numeric, categorical) for member in self.members], dim=1
+        )
+        if self.training:
+            return outputs
+        return mean_of_members(outputs, self.task)
+
+
+class MeanOfMembers(nn.Module):
+    """The inference form of `Members`: each member's own inference form, their
+    outputs averaged as in eval mode."""
+
+    def __init__(
+        self, model: Members, inference_form: Callable[[nn.Module], nn.Module]
+    ):
+        super().__init__()
+        self.spec = model.spec
+        self.task = model.task
+        self.members = nn.ModuleList(inference_form(member) for member in model.members)
+
+    def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+        outputs = torch.stack(
+            [member(numeric, categorical) for member in self.members], dim=1
+        )
+        return mean_of_members(outputs, self.task)
