@@ -13,11 +13,11 @@ and the ONNX graph treat it like any single model.
 
 The rule (`members: null`): MEMBERS_FOR_REGRESSION for a regression target, one
 for classification. Under squared error, the error of the members' mean is the
-members' mean error minus their spread around that mean (Krogh and Vedelsby
-1995, the ambiguity decomposition), so averaging can only lower the RMSE the
-model is scored on, by as much as the members disagree; the quality benchmark
-measured that disagreement to be worth most of the default's gap to LightGBM on
-its regression sets (benchmarks/results/quality_regression.md). The price is k
+members' mean squared error minus their mean squared spread around that mean
+(Krogh and Vedelsby 1995, the ambiguity decomposition), so averaging can only
+lower the RMSE the model is scored on, by as much as the members disagree; on
+the quality benchmark's regression sets that was worth the default's gap to
+LightGBM on hotel_rates (benchmarks/results/quality_regression.md). The price is k
 times the training and inference arithmetic.
 """
 
