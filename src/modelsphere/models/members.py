@@ -68,6 +68,13 @@ def mean_of_members(outputs: torch.Tensor, task: str) -> torch.Tensor:
     return torch.logsumexp(F.log_softmax(outputs, dim=2), dim=1) - log_k
 
 
+def each_member(
+    members: nn.ModuleList, numeric: torch.Tensor, categorical: torch.Tensor
+) -> torch.Tensor:
+    """Every member's output, [rows, k, n_outputs]."""
+    return torch.stack([member(numeric, categorical) for member in members], dim=1)
+
+
 class Members(nn.Module):
     """k networks built by `build(spec)`, one after the other."""
 
@@ -78,9 +85,7 @@ class Members(nn.Module):
         self.members = nn.ModuleList(build(spec) for _ in range(member_count(spec)))
 
     def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
-        outputs = torch.stack(
-            [member(numeric, categorical) for member in self.members], dim=1
-        )
+        outputs = each_member(self.members, numeric, categorical)
         if self.training:
             return outputs
         return mean_of_members(outputs, self.task)
@@ -99,7 +104,5 @@ class MeanOfMembers(nn.Module):
         self.members = nn.ModuleList(inference_form(member) for member in model.members)
 
     def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
-        outputs = torch.stack(
-            [member(numeric, categorical) for member in self.members], dim=1
-        )
+        outputs = each_member(self.members, numeric, categorical)
         return mean_of_members(outputs, self.task)
