@@ -68,6 +68,8 @@ def tiny_spec(
     cards=None,
     numeric_embedding=None,
     members=None,
+    member_sampling="online_bagging",
+    dropout=0.1,
 ):
     cfg = OmegaConf.structured(
         ModelConfig(
@@ -75,6 +77,8 @@ def tiny_spec(
             hidden_sizes=[8, 8],
             numeric_embedding=numeric_embedding or EMBEDDING[architecture],
             members=members,
+            member_sampling=member_sampling,
+            dropout=dropout,
         )
     )
     cfg.ensemble.k, cfg.periodic.n_frequencies, cfg.piecewise.n_bins = 3, 4, 4
@@ -168,6 +172,7 @@ def test_spec_without_architecture_field_loads_as_mlp():
         (["model=tabm", "model.ensemble.arch_type=big"], "arch_type"),
         (["model=tabm", "model.members=2"], "is an ensemble already"),
         (["model.members=0"], "model.members must be >= 1"),
+        (["model.member_sampling=bootstrap"], "model.member_sampling"),
         (["model=mlp_plr", "model.periodic.frequency_init_scale=0"], "init_scale"),
         (["model=mlp_plr", "model.numeric_embedding=none"], "must be periodic"),
         (["model.numeric_embedding=splines"], "model.numeric_embedding"),
@@ -250,6 +255,76 @@ def test_members_train_as_k_networks_and_predict_their_mean(task):
     folded = registry.inference_form(model)
     assert len(folded.members) == 3
     assert torch.allclose(folded(numeric, categorical), combined, atol=1e-5)
+
+
+def twin_members(task: str, sampling: str):
+    """Two members with the same weights and no dropout: only the sampling of
+    rows can make them learn differently."""
+    spec = tiny_spec("mlp", task, members=2, member_sampling=sampling, dropout=0.0)
+    model = build_model(spec)
+    model.members[1].load_state_dict(model.members[0].state_dict())
+    return spec, model.train()
+
+
+def member_gradients(model, spec, seed: int, weights=None):
+    """Each member's gradients after one batch's loss; `weights` [rows, k, 1]
+    scales the loss of each (row, member) instead of the model's own sampling."""
+    numeric, categorical = inputs(spec, rows=16)
+    gen = torch.Generator().manual_seed(1)
+    if model.task == "regression":
+        target = torch.randn(16, generator=gen)
+    else:
+        target = torch.randint(0, 2, (16,), generator=gen)
+    model.zero_grad()
+    torch.manual_seed(seed)
+    outputs = model(numeric, categorical)
+    if weights is not None:  # the same values, gradients scaled by the weights
+        outputs = outputs * weights + (outputs * (1 - weights)).detach()
+    batch_loss(make_loss(model.task, target, "none"), outputs, target).backward()
+    return [
+        torch.cat([p.grad.flatten() for p in member.parameters()])
+        for member in model.members
+    ]
+
+
+@pytest.mark.parametrize("task", ["regression", "binary"])
+def test_online_bagging_gives_each_member_its_own_weighting_of_the_rows(task):
+    spec, model = twin_members(task, "shared")
+    first, second = member_gradients(model, spec, seed=3)
+    assert torch.equal(first, second)  # twins under shared rows stay twins
+    spec, model = twin_members(task, "online_bagging")
+    assert spec.extra["members"]["sampling"] == "online_bagging"
+    first, second = member_gradients(model, spec, seed=3)
+    assert not torch.allclose(first, second)
+    # the gradients are those of the loss with each (row, member) weighted by a
+    # Poisson(1) count drawn from the run's generator
+    torch.manual_seed(3)
+    counts = torch.poisson(torch.ones(16, 2, 1))
+    assert counts.min() == 0 and counts.max() > 1
+    model.sampling = "shared"
+    expected = member_gradients(model, spec, seed=3, weights=counts)
+    model.sampling = "online_bagging"
+    got = member_gradients(model, spec, seed=3)
+    for member_got, member_expected in zip(got, expected):
+        assert torch.allclose(member_got, member_expected, atol=1e-6)
+
+
+def test_online_bagging_leaves_outputs_and_evaluation_alone():
+    spec, bagged = twin_members("regression", "online_bagging")
+    _, shared = twin_members("regression", "shared")
+    shared.load_state_dict(bagged.state_dict())
+    numeric, categorical = inputs(spec)
+    torch.manual_seed(0)
+    train_outputs = bagged(numeric, categorical)
+    assert torch.equal(train_outputs, shared(numeric, categorical))
+    bagged.eval(), shared.eval()
+    assert torch.equal(bagged(numeric, categorical), shared(numeric, categorical))
+
+
+def test_a_spec_from_before_member_sampling_trains_with_shared_rows():
+    spec = tiny_spec("mlp", "regression", members=2)
+    del spec.extra["members"]["sampling"]
+    assert build_model(spec).sampling == "shared"
 
 
 def test_mean_of_members_for_regression_is_the_mean_value():

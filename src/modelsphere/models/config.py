@@ -15,6 +15,7 @@ from modelsphere.features.config import FeatureConfig
 from modelsphere.models import numeric_embeddings
 from modelsphere.models.architectures.tabm import EnsembleConfig
 from modelsphere.models.layers import ACTIVATIONS, NORMALIZATIONS
+from modelsphere.models.members import MEMBER_SAMPLING
 from modelsphere.models.numeric_embeddings import PeriodicConfig, PiecewiseConfig
 from modelsphere.models.registry import ARCHITECTURES, architecture
 
@@ -39,6 +40,9 @@ class ModelConfig:
     # copies of the network trained together, their outputs averaged
     # (models/members.py); null: 4 for a regression target, 1 otherwise
     members: Optional[int] = setting(None, ge=1)
+    # how each member weighs the rows of a batch in training: a Poisson(1) count
+    # per row and member (online bagging) or each row once (shared)
+    member_sampling: str = setting("online_bagging", choices=MEMBER_SAMPLING)
     features: FeatureConfig = field(default_factory=FeatureConfig)
 
     @staticmethod

@@ -11,6 +11,17 @@ mean. In eval mode it returns one output per row, the members' mean (of values
 for regression, of probabilities otherwise), so evaluation, prediction, the API
 and the ONNX graph treat it like any single model.
 
+How a member weighs a batch's rows (`model.member_sampling`): `online_bagging`
+(the default) draws, for each row and member, a fresh Poisson(1) count each
+time the row is presented, and scales that member's gradient from the row by
+it. This is online bagging (Oza and Russell 2001), the streaming form of the
+bootstrap, which a mini-batch loop can apply without holding k resampled
+copies of the split: members walk different effective samples, not only from
+different starting points, so they disagree more and their mean depends less
+on the seed. The counts touch gradients only: the training loss the run
+reports is the members' plain mean, and eval mode is unchanged. `shared`:
+every member weighs every row once.
+
 The rule (`members: null`): MEMBERS_FOR_REGRESSION for a regression target, one
 for classification. Under squared error, the error of the members' mean is the
 members' mean squared error minus their mean squared spread around that mean
@@ -33,7 +44,10 @@ from torch.nn import functional as F
 from modelsphere.models.spec import ModelSpec
 
 MEMBERS_FOR_REGRESSION = 4  # members of the default (`members: null`) regressor
-MEMBERS_KEY = "members"  # spec.extra[MEMBERS_KEY]: {"k": members, "task": task}
+MEMBERS_KEY = "members"  # spec.extra[MEMBERS_KEY]: {"k", "task", "sampling"}
+MEMBER_SAMPLING = ("online_bagging", "shared")
+# what a spec from before `model.member_sampling` trained with
+SAMPLING_BEFORE_THE_SETTING = "shared"
 
 
 def members_for(requested: Optional[int], task: str) -> int:
@@ -43,11 +57,16 @@ def members_for(requested: Optional[int], task: str) -> int:
     return MEMBERS_FOR_REGRESSION if task == "regression" else 1
 
 
-def member_settings(requested: Optional[int], task: str) -> Dict[str, Any]:
+def member_settings(
+    requested: Optional[int], task: str, sampling: str
+) -> Dict[str, Any]:
     """What the spec records: nothing for a single network (so its artifact is
-    what it was before ensembles existed), else the count and the task."""
+    what it was before ensembles existed), else the count, the task and how
+    the members weigh the rows in training."""
     k = members_for(requested, task)
-    return {MEMBERS_KEY: {"k": k, "task": task}} if k > 1 else {}
+    if k == 1:
+        return {}
+    return {MEMBERS_KEY: {"k": k, "task": task, "sampling": sampling}}
 
 
 def member_count(spec: ModelSpec) -> int:
@@ -68,6 +87,28 @@ def mean_of_members(outputs: torch.Tensor, task: str) -> torch.Tensor:
     return torch.logsumexp(F.log_softmax(outputs, dim=2), dim=1) - log_k
 
 
+class _GradientWeights(torch.autograd.Function):
+    """The identity forward; the backward multiplies the gradient by `weights`."""
+
+    @staticmethod
+    def forward(ctx, outputs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(weights)
+        return outputs.view_as(outputs)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (weights,) = ctx.saved_tensors
+        return grad * weights, None
+
+
+def online_bagging(outputs: torch.Tensor) -> torch.Tensor:
+    """[rows, k, n_outputs] with each (row, member)'s gradient scaled by its own
+    Poisson(1) count, drawn from the run's seeded generator as dropout masks
+    are (so a resumed run draws what an uninterrupted one would)."""
+    rate = torch.ones(outputs.shape[:2] + (1,), device=outputs.device)
+    return _GradientWeights.apply(outputs, torch.poisson(rate).to(outputs.dtype))
+
+
 def each_member(
     members: nn.ModuleList, numeric: torch.Tensor, categorical: torch.Tensor
 ) -> torch.Tensor:
@@ -81,14 +122,18 @@ class Members(nn.Module):
     def __init__(self, spec: ModelSpec, build: Callable[[ModelSpec], nn.Module]):
         super().__init__()
         self.spec = spec
-        self.task = spec.extra[MEMBERS_KEY]["task"]
+        settings = spec.extra[MEMBERS_KEY]
+        self.task = settings["task"]
+        self.sampling = settings.get("sampling", SAMPLING_BEFORE_THE_SETTING)
         self.members = nn.ModuleList(build(spec) for _ in range(member_count(spec)))
 
     def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
         outputs = each_member(self.members, numeric, categorical)
-        if self.training:
-            return outputs
-        return mean_of_members(outputs, self.task)
+        if not self.training:
+            return mean_of_members(outputs, self.task)
+        if self.sampling == "online_bagging":
+            return online_bagging(outputs)
+        return outputs
 
 
 class MeanOfMembers(nn.Module):

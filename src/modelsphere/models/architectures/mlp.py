@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any, Dict
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from modelsphere.core.config import require
@@ -19,6 +20,7 @@ from modelsphere.models.members import (
     Members,
     MeanOfMembers,
     member_count,
+    SAMPLING_BEFORE_THE_SETTING,
     member_settings,
 )
 from modelsphere.models.numeric_embeddings import (
@@ -131,7 +133,11 @@ def folded(model: nn.Module) -> nn.Module:
 
 
 def mlp_settings(model_cfg: Any, task: str) -> Dict[str, Any]:
-    return member_settings(model_cfg.members, task)
+    # a config saved before `model.member_sampling` existed trained with shared
+    sampling = OmegaConf.select(
+        model_cfg, "member_sampling", default=SAMPLING_BEFORE_THE_SETTING
+    )
+    return member_settings(model_cfg.members, task, sampling)
 
 
 ARCHITECTURES = {
