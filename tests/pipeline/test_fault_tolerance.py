@@ -266,8 +266,13 @@ def test_a_handler_installed_before_training_does_the_requeue(
     assert json.loads(marker.read_text())["run_dir"] == str(run_dir.resolve())
 
 
-def test_mid_epoch_interrupt_resumes_at_the_next_batch(table, tmp_path, monkeypatch):
+# regression: the default's members, each drawing its online-bagging counts
+@pytest.mark.parametrize("task", ["binary", "regression"])
+def test_mid_epoch_interrupt_resumes_at_the_next_batch(
+    table, tmp_path, monkeypatch, task
+):
     """Deterministic: stop in epoch 3 at batch 8, resume, compare bitwise."""
+    make_table(rows=320, task=task).to_csv(table, index=False)
     reference = reference_run(table, tmp_path)
     run_dir = tmp_path / "outputs" / "train" / "mid"
     steps_per_epoch = -(-224 // 8)  # 320 rows -> 224 train rows, batch 8
