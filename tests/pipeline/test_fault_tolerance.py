@@ -52,14 +52,14 @@ def overrides(table: Path, base: Path, *extra: str):
     return csv_overrides(table, base) + LONG_RUN + list(extra)
 
 
-def reference_run(table: Path, base: Path) -> Path:
+def reference_run(table: Path, base: Path, *extra: str) -> Path:
     run_dir = base / "outputs" / "train" / "reference"
-    run_training(compose_config(overrides(table, base)), run_dir)
+    run_training(compose_config(overrides(table, base, *extra)), run_dir)
     return run_dir
 
 
-def resume(table: Path, base: Path, run_dir: Path) -> None:
-    cfg = compose_config(overrides(table, base, f"train.resume={run_dir}"))
+def resume(table: Path, base: Path, run_dir: Path, *extra: str) -> None:
+    cfg = compose_config(overrides(table, base, f"train.resume={run_dir}", *extra))
     run_training(cfg, base / "unused")
 
 
@@ -266,14 +266,18 @@ def test_a_handler_installed_before_training_does_the_requeue(
     assert json.loads(marker.read_text())["run_dir"] == str(run_dir.resolve())
 
 
-# regression: the default's members, each drawing its online-bagging counts
-@pytest.mark.parametrize("task", ["binary", "regression"])
+# regression: the default's members, here with online bagging, which draws
+# from the run's generator at every batch
+@pytest.mark.parametrize(
+    "task, extra",
+    [("binary", ()), ("regression", ("model.member_sampling=online_bagging",))],
+)
 def test_mid_epoch_interrupt_resumes_at_the_next_batch(
-    table, tmp_path, monkeypatch, task
+    table, tmp_path, monkeypatch, task, extra
 ):
     """Deterministic: stop in epoch 3 at batch 8, resume, compare bitwise."""
     make_table(rows=320, task=task).to_csv(table, index=False)
-    reference = reference_run(table, tmp_path)
+    reference = reference_run(table, tmp_path, *extra)
     run_dir = tmp_path / "outputs" / "train" / "mid"
     steps_per_epoch = -(-224 // 8)  # 320 rows -> 224 train rows, batch 8
     calls = 2 * (steps_per_epoch + 1) + 7  # one check per batch + one per epoch end
@@ -284,13 +288,13 @@ def test_mid_epoch_interrupt_resumes_at_the_next_batch(
 
     monkeypatch.setattr(training, "stop_requests", fake_stop_requests)
     with pytest.raises(TrainingInterrupted, match="epoch 3, batch 8") as raised:
-        run_training(compose_config(overrides(table, tmp_path)), run_dir)
+        run_training(compose_config(overrides(table, tmp_path, *extra)), run_dir)
     assert raised.value.exit_code == 128 + signal.SIGTERM
     payload = load_checkpoint(run_dir)
     assert payload["epoch"] == 2
     assert payload["partial"]["epoch"] == 3 and payload["partial"]["next_step"] == 7
     monkeypatch.undo()
-    resume(table, tmp_path, run_dir)
+    resume(table, tmp_path, run_dir, *extra)
     assert_identical_runs(reference, run_dir)
 
 

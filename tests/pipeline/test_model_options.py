@@ -68,7 +68,7 @@ def tiny_spec(
     cards=None,
     numeric_embedding=None,
     members=None,
-    member_sampling="online_bagging",
+    member_sampling=None,
     dropout=0.1,
 ):
     cfg = OmegaConf.structured(
@@ -77,10 +77,11 @@ def tiny_spec(
             hidden_sizes=[8, 8],
             numeric_embedding=numeric_embedding or EMBEDDING[architecture],
             members=members,
-            member_sampling=member_sampling,
             dropout=dropout,
         )
     )
+    if member_sampling is not None:
+        cfg.member_sampling = member_sampling
     cfg.ensemble.k, cfg.periodic.n_frequencies, cfg.piecewise.n_bins = 3, 4, 4
     cards = [5, 4] if cards is None else cards
     classes = ["a", "b", "c"] if task == "multiclass" else ["no", "yes"]
@@ -221,6 +222,8 @@ def test_members_rule_gives_a_regression_target_an_ensemble(task, members, expec
     assert member_count(spec) == expected
     model = build_model(spec)
     assert isinstance(model, Members) == (expected > 1)
+    if expected > 1:  # the default: every member weighs every row once
+        assert spec.extra["members"]["sampling"] == "shared"
     if expected == 1:  # a single network's spec and weights are as they were
         assert "members" not in spec.extra
         assert not any(key.startswith("members.") for key in model.state_dict())

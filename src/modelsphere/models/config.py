@@ -40,9 +40,9 @@ class ModelConfig:
     # copies of the network trained together, their outputs averaged
     # (models/members.py); null: 4 for a regression target, 1 otherwise
     members: Optional[int] = setting(None, ge=1)
-    # how each member weighs the rows of a batch in training: a Poisson(1) count
-    # per row and member (online bagging) or each row once (shared)
-    member_sampling: str = setting("online_bagging", choices=MEMBER_SAMPLING)
+    # how each member weighs the rows of a batch in training: each row once
+    # (shared) or a Poisson(1) count per row and member (online_bagging)
+    member_sampling: str = setting("shared", choices=MEMBER_SAMPLING)
     features: FeatureConfig = field(default_factory=FeatureConfig)
 
     @staticmethod

@@ -11,16 +11,17 @@ mean. In eval mode it returns one output per row, the members' mean (of values
 for regression, of probabilities otherwise), so evaluation, prediction, the API
 and the ONNX graph treat it like any single model.
 
-How a member weighs a batch's rows (`model.member_sampling`): `online_bagging`
-(the default) draws, for each row and member, a fresh Poisson(1) count each
-time the row is presented, and scales that member's gradient from the row by
-it. This is online bagging (Oza and Russell 2001), the streaming form of the
-bootstrap, which a mini-batch loop can apply without holding k resampled
-copies of the split: members walk different effective samples, not only from
-different starting points, so they disagree more and their mean depends less
-on the seed. The counts touch gradients only: the training loss the run
-reports is the members' plain mean, and eval mode is unchanged. `shared`:
-every member weighs every row once.
+How a member weighs a batch's rows (`model.member_sampling`): `shared` (the
+default), each row once for every member; or `online_bagging`, a fresh
+Poisson(1) count for each row and member each time the row is presented, which
+scales that member's gradient from the row. This is online bagging (Oza and
+Russell 2001), the streaming form of the bootstrap, which a mini-batch loop can
+apply without holding k resampled copies of the split, so members walk
+different effective samples, not only from different starting points. The
+counts touch gradients only: the training loss the run reports is the
+members' plain mean, and eval mode is unchanged. It is not the default: on the
+quality benchmark's regression sets it did not narrow ames' spread over the
+seeds, and it raised the mean RMSE on computers (quality_regression.md, notes).
 
 The rule (`members: null`): MEMBERS_FOR_REGRESSION for a regression target, one
 for classification. Under squared error, the error of the members' mean is the
@@ -45,7 +46,7 @@ from modelsphere.models.spec import ModelSpec
 
 MEMBERS_FOR_REGRESSION = 4  # members of the default (`members: null`) regressor
 MEMBERS_KEY = "members"  # spec.extra[MEMBERS_KEY]: {"k", "task", "sampling"}
-MEMBER_SAMPLING = ("online_bagging", "shared")
+MEMBER_SAMPLING = ("shared", "online_bagging")
 # what a spec from before `model.member_sampling` trained with
 SAMPLING_BEFORE_THE_SETTING = "shared"
 
