@@ -17,7 +17,7 @@ from modelsphere.core.errors import ModelSphereError
 from modelsphere.models.artifact import load_artifact
 from modelsphere.models.config import validate_model
 from modelsphere.models.layers import categorical_embeddings, mlp_backbone
-from modelsphere.models.members import MeanOfMembers
+from modelsphere.models.members import MEMBERS_FOR_REGRESSION, MeanOfMembers
 from modelsphere.models.numeric_embeddings import (
     FoldedPiecewiseMLP,
     fit_bin_edges,
@@ -175,7 +175,8 @@ def test_the_default_model_saves_its_edges_and_reloads_them(tmp_path):
         torch.testing.assert_close(tensor, artifact.state_dict[name])
     # a regression target: the default's members, each folded for predictions
     built = artifact.build(torch.device("cpu"))
-    assert isinstance(built, MeanOfMembers) and len(built.members) == 4
+    assert isinstance(built, MeanOfMembers)
+    assert len(built.members) == MEMBERS_FOR_REGRESSION
     assert all(isinstance(member, FoldedPiecewiseMLP) for member in built.members)
 
 

@@ -8,6 +8,8 @@ import math
 import runpy
 import sys
 
+from modelsphere.models.members import MEMBERS_FOR_REGRESSION
+
 DATASETS = ["credit_data", "hpc_data", "ames"]
 MODELS = [
     *("mlp", "mlp_plr", "tabm", "mlp_log_target", "mlp_previous"),
@@ -57,10 +59,10 @@ def test_quality_benchmark_smoke(tmp_path, monkeypatch):
     # A regression target gets the ensemble rule's members; the previous
     # default is one network (tabm is an ensemble of its own).
     assert members == {
-        "mlp": 4,
-        "mlp_plr": 4,
+        "mlp": MEMBERS_FOR_REGRESSION,
+        "mlp_plr": MEMBERS_FOR_REGRESSION,
         "tabm": 1,
-        "mlp_log_target": 4,
+        "mlp_log_target": MEMBERS_FOR_REGRESSION,
         "mlp_previous": 1,
     }
     # Every model is scored in the target's own units (sale prices in dollars).

@@ -38,7 +38,7 @@ class ModelConfig:
     piecewise: PiecewiseConfig = field(default_factory=PiecewiseConfig)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     # copies of the network trained together, their outputs averaged
-    # (models/members.py); null: 4 for a regression target, 1 otherwise
+    # (models/members.py); null: 8 for a regression target, 1 otherwise
     members: Optional[int] = setting(None, ge=1)
     # how each member weighs the rows of a batch in training: each row once
     # (shared) or a Poisson(1) count per row and member (online_bagging)

@@ -44,7 +44,7 @@ from torch.nn import functional as F
 
 from modelsphere.models.spec import ModelSpec
 
-MEMBERS_FOR_REGRESSION = 4  # members of the default (`members: null`) regressor
+MEMBERS_FOR_REGRESSION = 8  # members of the default (`members: null`) regressor
 MEMBERS_KEY = "members"  # spec.extra[MEMBERS_KEY]: {"k", "task", "sampling"}
 MEMBER_SAMPLING = ("shared", "online_bagging")
 # what a spec from before `model.member_sampling` trained with

@@ -9,7 +9,7 @@ Every module in `models/architectures/` declares its options in `ARCHITECTURES`
 - `tabm` (architectures/tabm.py): TabM, an efficient ensemble of k MLPs.
 
 `model.members` averages copies of the `mlp` / `mlp_plr` network (members.py;
-by default 4 for a regression target, one otherwise).
+by default 8 for a regression target, one otherwise).
 
 `model.numeric_embedding` (none | piecewise_linear | periodic) picks how numeric
 features enter any of them (numeric_embeddings.py). `spec_from_config` turns a
