@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from modelsphere.models.row_gather import step_and_slope
+from modelsphere.models.row_gather import gathered_rows, gathered_rows_gradients
 
 
 class _ThroughColumns(torch.autograd.Function):
@@ -62,6 +62,50 @@ class _ThroughColumns(torch.autograd.Function):
         per_column = torch.bmm(grad.transpose(1, 2), rows)  # [columns, hidden, d]
         _column_slices(weight_grad, rows).copy_(per_column)
         return rows_grad, weight_grad
+
+
+class _MappedRowsSum(torch.autograd.Function):
+    """[columns, 2 positions + 2, hidden] mapped rows (per column: its bins'
+    rows, the sums of the rows before each, linear0's slope and bias) and the
+    first Linear's bias -> the first layer's numeric part, [rows, hidden]: per
+    value, a row of the sums plus its fraction times a row of the bins, plus
+    the value times the slope; plus every bias. Positions index the mapped
+    rows' own layout (bin j of column c at c x (2 positions + 2) + j), so both
+    tables are views of them. The backward writes their gradient as one
+    tensor: through slices of it, autograd would zero-fill and add a tensor of
+    its size per slice, which cost more than the gathers at 48 bins."""
+
+    @staticmethod
+    def forward(ctx, mapped, bias, numeric, position, fraction):
+        n_columns, width, hidden = mapped.shape
+        n_positions = (width - 2) // 2
+        ctx.save_for_backward(numeric, position, fraction)
+        ctx.shape, ctx.dtype = mapped.shape, mapped.dtype
+        ctx.bias_dtype = bias.dtype
+        flat = mapped.reshape(-1, hidden)
+        slope, shift = mapped[:, 2 * n_positions :].unbind(1)
+        out = torch.addmm(bias + shift.sum(0), numeric.to(mapped.dtype), slope)
+        # a bin's sum of the rows before it: n_positions rows after its own row
+        return out + gathered_rows(flat[n_positions:], flat, position, fraction)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        numeric, position, fraction = ctx.saved_tensors
+        n_columns, width, hidden = ctx.shape
+        n_positions = (width - 2) // 2
+        grad = grad.to(ctx.dtype).contiguous()
+        below_grad, rows_grad = gathered_rows_gradients(
+            position, fraction, grad, n_columns * width
+        )
+        mapped_grad = rows_grad.view(ctx.shape)
+        mapped_grad[:, n_positions : 2 * n_positions] = below_grad.view(ctx.shape)[
+            :, :n_positions
+        ]
+        mapped_grad[:, 2 * n_positions] = numeric.T.to(ctx.dtype) @ grad
+        mapped_grad[:, 2 * n_positions + 1] = grad.sum(0)
+        bias_grad = mapped_grad[0, 2 * n_positions + 1].to(ctx.bias_dtype)
+        return mapped_grad, bias_grad, None, None, None
 
 
 def _column_slices(weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -101,28 +145,33 @@ class PiecewiseFirstLayer(nn.Module):
             list(column) + [float("inf")] * (n_positions - n)
             for column, n in zip(edges, bins)
         ]
-        # per position of the package's [columns x positions] layout: the scale
-        # and shift of a value's fraction of the bin there
-        encoding = torch.stack([impl.weight, impl.bias], dim=-1)
+        # per position of the mapped rows' layout (`_MappedRowsSum`: a column's
+        # 2 x positions + 2 rows), the scale and shift of a value's fraction of
+        # the bin there (zeros where no bin is)
+        width = 2 * n_positions + 2
+        encoding = torch.zeros(n_features, width, 2)
+        encoding[:, :n_positions] = torch.stack([impl.weight, impl.bias], dim=-1)
         self.register_buffer("edges", torch.tensor(padded), persistent=False)
         last_bin = torch.tensor(bins, dtype=torch.int32) - 1
         self.register_buffer("last_bin", last_bin, persistent=False)
         # a column's position 0 (int32 indices: a faster sort in the backward)
-        offsets = torch.arange(n_features, dtype=torch.int32) * n_positions
+        offsets = torch.arange(n_features, dtype=torch.int32) * width
         self.register_buffer("offset", offsets, persistent=False)
         self.register_buffer("encoding", encoding.reshape(-1, 2), persistent=False)
+        self.n_positions = n_positions
         # a [positions, positions] strictly lower triangle: each position's sum
         # of the rows before it
         before = torch.ones(n_positions, n_positions).tril(-1)
         self.register_buffer("before", before, persistent=False)
 
     def positions(self, numeric: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """[rows, columns] numerics -> the position of each value's bin in the
-        package's flattened [columns x positions] layout (a column's last bin
-        sits at its last position) and the value's fraction of that bin (below
-        0 or above 1 beyond the outer edges, as the package's encoding)."""
+        """[rows, columns] numerics -> the row of each value's bin in the mapped
+        rows' layout (as in the package's [columns x positions] one, a column's
+        last bin sits at its last position) and the value's fraction of that
+        bin (below 0 or above 1 beyond the outer edges, as the package's
+        encoding)."""
         x = numeric.T.contiguous()
-        n_positions = len(self.encoding) // len(self.offset)
+        n_positions = self.n_positions
         last = self.last_bin[:, None]
         found = torch.searchsorted(self.edges, x, right=True, out_int32=True) - 1
         found = torch.minimum(found.clamp_min(0), last)
@@ -141,7 +190,6 @@ class PiecewiseFirstLayer(nn.Module):
     ) -> torch.Tensor:
         impl, bin_weight = embedding.impl, embedding.linear.weight
         n_features, n_positions, d = bin_weight.shape
-        hidden = first.weight.shape[0]
         if impl.mask is not None:  # the package's padding positions stay zero
             bin_weight = bin_weight * impl.mask[..., None]
         linear0 = embedding.linear0
@@ -158,17 +206,8 @@ class PiecewiseFirstLayer(nn.Module):
             dim=1,
         )
         mapped = _ThroughColumns.apply(through, first.weight)
-        rows, below, (slope, shift) = (
-            mapped[:, :n_positions],
-            mapped[:, n_positions : 2 * n_positions],
-            mapped[:, 2 * n_positions :].unbind(1),
-        )
         position, encoded = self.positions(numeric)
-        bias = first.bias + shift.sum(0)
-        out = torch.addmm(bias, numeric.to(mapped.dtype), slope)
-        out = out + step_and_slope(
-            below.reshape(-1, hidden), rows.reshape(-1, hidden), position, encoded
-        )
+        out = _MappedRowsSum.apply(mapped, first.bias, numeric, position, encoded)
         if categorical:
             categorical_weight = first.weight[:, n_features * d :]
             out = out + F.linear(torch.cat(categorical, dim=1), categorical_weight)

@@ -23,32 +23,65 @@ class _StepAndSlope(torch.autograd.Function):
     def forward(ctx, step, slope, position, fraction):
         ctx.save_for_backward(position, fraction)
         ctx.n_rows, ctx.dtypes = step.shape[0], (step.dtype, slope.dtype)
-        steps = F.embedding_bag(position, step, mode="sum")
-        fraction = fraction.to(slope.dtype)
-        return steps + F.embedding_bag(
-            position, slope, per_sample_weights=fraction, mode="sum"
-        )
+        return gathered_rows(step, slope, position, fraction)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
         position, fraction = ctx.saved_tensors
-        flat = position.reshape(-1)
-        order = torch.argsort(flat, stable=True)
-        batch_rows = torch.div(order, position.shape[1], rounding_mode="floor")
-        counts = torch.bincount(flat, minlength=ctx.n_rows)
-        offsets = counts.cumsum(0) - counts
-        grad = grad.contiguous()
-        step_grad = F.embedding_bag(batch_rows, grad, offsets=offsets, mode="sum")
-        slope_grad = F.embedding_bag(
-            batch_rows,
-            grad,
-            offsets=offsets,
-            per_sample_weights=fraction.reshape(-1)[order].to(grad.dtype),
-            mode="sum",
+        step_grad, slope_grad = gathered_rows_gradients(
+            position, fraction, grad, ctx.n_rows
         )
         step_dtype, slope_dtype = ctx.dtypes
         return step_grad.to(step_dtype), slope_grad.to(slope_dtype), None, None
+
+
+def gathered_rows(
+    step: torch.Tensor,
+    slope: torch.Tensor,
+    position: torch.Tensor,
+    fraction: torch.Tensor,
+) -> torch.Tensor:
+    """The sum itself, without autograd (see `step_and_slope`)."""
+    steps = F.embedding_bag(position, step, mode="sum")
+    fraction = fraction.to(slope.dtype)
+    return steps + F.embedding_bag(
+        position, slope, per_sample_weights=fraction, mode="sum"
+    )
+
+
+def sorted_reads(position: torch.Tensor):
+    """[rows, columns] table rows read -> the reads in the order of a stable
+    sort of the table rows (flat indices into `position`) and the row of each
+    read."""
+    order = torch.argsort(position.reshape(-1), stable=True)
+    batch_rows = torch.div(order, position.shape[1], rounding_mode="floor")
+    return order, batch_rows
+
+
+def gathered_rows_gradients(
+    position: torch.Tensor,
+    fraction: torch.Tensor,
+    grad: torch.Tensor,
+    n_rows: int,
+):
+    """The gradients of the two [n_rows, width] tables of `gathered_rows` from
+    its output's [rows, width] gradient: per table row, the sum of the output
+    gradients of the rows that read it (times their fractions, for the slope
+    table), in the order of a stable sort of the positions."""
+    order, batch_rows = sorted_reads(position)
+    counts = torch.bincount(position.reshape(-1), minlength=n_rows)
+    offsets = counts.cumsum(0) - counts
+    grad = grad.contiguous()
+    step_grad = F.embedding_bag(batch_rows, grad, offsets=offsets, mode="sum")
+    slope_grad = F.embedding_bag(
+        batch_rows,
+        grad,
+        offsets=offsets,
+        per_sample_weights=fraction.reshape(-1)[order].to(grad.dtype),
+        mode="sum",
+    )
+    return step_grad, slope_grad
 
 
 def step_and_slope(
