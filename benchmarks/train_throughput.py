@@ -18,7 +18,8 @@ In one process, side by side:
   the peak;
 - ours at each `--data-rows` (data size: cache effects);
 - the model options users train (`--models`: the default `mlp` with its
-  piecewise-linear embeddings and dropout, `mlp_plr`, TabM at its CPU size),
+  piecewise-linear embeddings and dropout, its `tables` form, the default at
+  48 bins per column, `mlp_plr`, TabM at its CPU size),
   each in our loop at each batch size, with its own training FLOPs per row and
   share of the peak, and its speed as a share of the plain MLP's (the options
   take turns, one epoch each per round, so a slower spell of the shared

@@ -557,6 +557,25 @@ def test_the_default_first_layer_reads_a_weight_of_any_layout():
     torch.testing.assert_close(moved_grad, grad)
 
 
+def test_the_default_first_layer_gradients_hold_only_their_own_memory():
+    """The first Linear's bias gradient is computed with all the layer's mapped
+    rows' gradient ([columns, 2 x bins + 2, hidden]): it is a tensor of its own,
+    not a view that would keep that buffer alive as `bias.grad` until the next
+    zero_grad (and share it with every in-place change to the gradients)."""
+    edges = FIRST_LAYER_EDGES[0]
+    spec = embedding_form_spec(edges, [5], hidden_sizes=[16], n_outputs=1)
+    torch.manual_seed(0)
+    model = build_model(spec)
+    gen = torch.Generator().manual_seed(1)
+    numeric = torch.randn(32, len(edges), generator=gen)
+    categorical = torch.randint(0, 5, (32, 1), generator=gen)
+    model(numeric, categorical).sum().backward()
+    for name, parameter in model.named_parameters():
+        grad = parameter.grad
+        own_bytes = grad.numel() * grad.element_size()
+        assert grad.untyped_storage().nbytes() == own_bytes, name
+
+
 def test_the_default_first_layer_refuses_embeddings_it_does_not_compute():
     from modelsphere.models.piecewise_first_layer import PiecewiseFirstLayer
 

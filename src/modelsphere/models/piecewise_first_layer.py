@@ -104,7 +104,8 @@ class _MappedRowsSum(torch.autograd.Function):
         ]
         mapped_grad[:, 2 * n_positions] = numeric.T.to(ctx.dtype) @ grad
         mapped_grad[:, 2 * n_positions + 1] = grad.sum(0)
-        bias_grad = mapped_grad[0, 2 * n_positions + 1].to(ctx.bias_dtype)
+        # a copy: as a view it would hold all of mapped_grad as the bias's grad
+        bias_grad = mapped_grad[0, 2 * n_positions + 1].to(ctx.bias_dtype, copy=True)
         return mapped_grad, bias_grad, None, None, None
 
 
@@ -154,7 +155,8 @@ class PiecewiseFirstLayer(nn.Module):
         self.register_buffer("edges", torch.tensor(padded), persistent=False)
         last_bin = torch.tensor(bins, dtype=torch.int32) - 1
         self.register_buffer("last_bin", last_bin, persistent=False)
-        # a column's position 0 (int32 indices: a faster sort in the backward)
+        # a column's first mapped row (int32 indices: a faster sort in the
+        # backward)
         offsets = torch.arange(n_features, dtype=torch.int32) * width
         self.register_buffer("offset", offsets, persistent=False)
         self.register_buffer("encoding", encoding.reshape(-1, 2), persistent=False)

@@ -65,10 +65,11 @@ def gathered_rows_gradients(
     grad: torch.Tensor,
     n_rows: int,
 ):
-    """The gradients of the two [n_rows, width] tables of `gathered_rows` from
-    its output's [rows, width] gradient: per table row, the sum of the output
-    gradients of the rows that read it (times their fractions, for the slope
-    table), in the order of a stable sort of the positions."""
+    """The gradients of the two tables of `gathered_rows` from its output's
+    [rows, width] gradient, each [n_rows, width] (n_rows: at least the largest
+    position + 1; rows no value reads get zeros): per table row, the sum of the
+    output gradients of the rows that read it (times their fractions, for the
+    slope table), in the order of a stable sort of the positions."""
     order, batch_rows = sorted_reads(position)
     counts = torch.bincount(position.reshape(-1), minlength=n_rows)
     offsets = counts.cumsum(0) - counts
