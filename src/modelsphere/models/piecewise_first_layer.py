@@ -160,7 +160,6 @@ class PiecewiseFirstLayer(nn.Module):
         offsets = torch.arange(n_features, dtype=torch.int32) * width
         self.register_buffer("offset", offsets, persistent=False)
         self.register_buffer("encoding", encoding.reshape(-1, 2), persistent=False)
-        self.n_positions = n_positions
         # a [positions, positions] strictly lower triangle: each position's sum
         # of the rows before it
         before = torch.ones(n_positions, n_positions).tril(-1)
@@ -173,7 +172,7 @@ class PiecewiseFirstLayer(nn.Module):
         bin (below 0 or above 1 beyond the outer edges, as the package's
         encoding)."""
         x = numeric.T.contiguous()
-        n_positions = self.n_positions
+        n_positions = self.edges.shape[1] - 1  # edges padded to the widest
         last = self.last_bin[:, None]
         found = torch.searchsorted(self.edges, x, right=True, out_int32=True) - 1
         found = torch.minimum(found.clamp_min(0), last)

@@ -50,15 +50,6 @@ def gathered_rows(
     )
 
 
-def sorted_reads(position: torch.Tensor):
-    """[rows, columns] table rows read -> the reads in the order of a stable
-    sort of the table rows (flat indices into `position`) and the row of each
-    read."""
-    order = torch.argsort(position.reshape(-1), stable=True)
-    batch_rows = torch.div(order, position.shape[1], rounding_mode="floor")
-    return order, batch_rows
-
-
 def gathered_rows_gradients(
     position: torch.Tensor,
     fraction: torch.Tensor,
@@ -70,8 +61,10 @@ def gathered_rows_gradients(
     position + 1; rows no value reads get zeros): per table row, the sum of the
     output gradients of the rows that read it (times their fractions, for the
     slope table), in the order of a stable sort of the positions."""
-    order, batch_rows = sorted_reads(position)
-    counts = torch.bincount(position.reshape(-1), minlength=n_rows)
+    flat = position.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    batch_rows = torch.div(order, position.shape[1], rounding_mode="floor")
+    counts = torch.bincount(flat, minlength=n_rows)
     offsets = counts.cumsum(0) - counts
     grad = grad.contiguous()
     step_grad = F.embedding_bag(batch_rows, grad, offsets=offsets, mode="sum")
