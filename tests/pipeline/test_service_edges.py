@@ -16,8 +16,9 @@ import socket
 import threading
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Optional
 
+import fastapi.routing
 import pytest
 from fastapi.testclient import TestClient
 
@@ -29,7 +30,7 @@ from helpers import (
     wait_server_ready,
 )
 from modelsphere.inference.predictor import Predictor
-from modelsphere.serving.app import ServeSettings, create_app
+from modelsphere.serving.app import ServeSettings, create_app, thin_path
 from modelsphere.serving.routing import SCORING_THREAD_NAME
 
 pytestmark = pytest.mark.pipeline
@@ -140,10 +141,9 @@ def test_a_request_the_http_parser_refuses_gets_the_json_error(served):
 
 @pytest.fixture()
 def app_for(trained_runs, tmp_path):
-    run_dir = trained_runs.copy("binary_one_epoch", tmp_path)
-
     @contextmanager
-    def make(**settings) -> Iterator[TestClient]:
+    def make(recipe: str = "binary_one_epoch", **settings) -> Iterator[TestClient]:
+        run_dir = trained_runs.copy(recipe, tmp_path)
         settings.setdefault("engine", "torch")
         app = create_app(ServeSettings(run_dir=str(run_dir), **settings))
         with TestClient(app) as client:
@@ -165,7 +165,9 @@ def test_large_requests_are_parsed_and_scored_on_the_scoring_thread(
 
     monkeypatch.setattr(Predictor, "predict_records", recording)
     small, large = body_of(1), body_of(200)
-    with app_for(inline_max_bytes=len(small)) as client:
+    # (batching off: with it on, a small request is scored on the scoring thread
+    # as well, with the others that arrive with it: the tests below)
+    with app_for(inline_max_bytes=len(small), batching=False) as client:
         for body in (small, large):
             response = client.post(
                 "/predict", content=body, headers={"content-type": "application/json"}
@@ -203,6 +205,192 @@ def test_liveness_answers_while_a_large_request_is_being_scored(app_for, monkeyp
             release.set()
             sender.join(WAIT)
         assert answers[0].status_code == 200
+
+
+# ----------------------------------------------------------------------------
+# Small requests that arrive together share one engine call (issue 15;
+# serving/batching.py), and a well-formed one takes the thin path
+# (serving/thin_path.py)
+
+
+class EngineCalls:
+    """Records the rows of each call of the model after `arm()`; while held,
+    the first such call waits for `release()`."""
+
+    def __init__(self, monkeypatch):
+        self.sizes: list = []
+        self.armed = False
+        self.held, self.started = threading.Event(), threading.Event()
+        score = Predictor.predict_records
+
+        def recorded(predictor, rows):
+            if self.armed:
+                self.sizes.append(len(rows))
+                if not self.started.is_set():
+                    self.started.set()
+                    self.held.wait(WAIT)
+            return score(predictor, rows)
+
+        monkeypatch.setattr(Predictor, "predict_records", recorded)
+
+    def arm(self) -> None:
+        self.armed = True
+
+    def release(self) -> None:
+        self.held.set()
+
+
+def posted_together(
+    client, bodies: list, engine: EngineCalls, queued: Optional[int] = None
+) -> list:
+    """Each body in its own request; the first holds the engine while the rest
+    (or `queued` of them) queue behind it; then the engine is released. The
+    responses, in order."""
+    queued = len(bodies) - 1 if queued is None else queued
+    responses: list = [None] * len(bodies)
+
+    def send(index: int) -> None:
+        responses[index] = client.post("/predict", json=bodies[index])
+
+    senders = [threading.Thread(target=send, args=(i,)) for i in range(len(bodies))]
+    engine.arm()
+    senders[0].start()
+    assert engine.started.wait(WAIT)
+    for sender in senders[1:]:
+        sender.start()
+    batcher = client.app.state.batcher
+    deadline = time.monotonic() + WAIT
+    while batcher.queued < queued and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert batcher.queued == queued
+    engine.release()
+    for sender in senders:
+        sender.join(WAIT)
+    return responses
+
+
+def one_record(seed: int) -> dict:
+    return {"records": records(1, seed=seed)}
+
+
+def test_requests_that_queue_behind_the_engine_share_one_call(app_for, monkeypatch):
+    engine = EngineCalls(monkeypatch)
+    bodies = [one_record(seed) for seed in range(6)]
+    with app_for() as client:
+        together = posted_together(client, bodies, engine)
+        engine.armed = False
+        alone = [client.post("/predict", json=body) for body in bodies]
+        calls = client.get("/metrics").text
+    assert engine.sizes == [1, 5]  # the first alone, the five queued in one call
+    assert [r.status_code for r in together] == [200] * len(bodies)
+    # each request gets its own records' answer, as when it is scored alone
+    assert [r.json() for r in together] == [r.json() for r in alone]
+    assert len({json.dumps(r.json()) for r in alone}) == len(bodies)
+    assert "modelsphere_engine_calls_total 8.0" in calls  # 2 shared + 6 alone
+
+
+def test_a_batch_holds_at_most_batch_max_rows_and_a_larger_request_is_alone(
+    app_for, monkeypatch
+):
+    engine = EngineCalls(monkeypatch)
+    bodies = [one_record(1), {"records": records(3)}] + [
+        one_record(seed) for seed in (2, 3, 4)
+    ]
+    with app_for(batch_max_rows=2) as client:
+        together = posted_together(client, bodies, engine, queued=3)
+    assert [r.status_code for r in together] == [200] * len(bodies)
+    # 3 rows > batch_max_rows: the handler's own call, on the loop, not queued;
+    # the three single records behind the held one: 2, then 1
+    assert sorted(engine.sizes) == [1, 1, 2, 3]
+
+
+def test_a_bad_record_fails_only_its_own_request_in_a_shared_call(app_for, monkeypatch):
+    engine = EngineCalls(monkeypatch)
+    # finite, but beyond float32 once scaled: a model with standard scaling and
+    # no numeric embedding refuses it (tests/pipeline/test_hostile_second_pass.py)
+    bad = {"records": [dict(records(1, seed=5)[0], income=1e308)]}
+    bodies = [one_record(1), one_record(2), bad, one_record(3)]
+    with app_for("binary_standard") as client:
+        together = posted_together(client, bodies, engine)
+    assert [r.status_code for r in together] == [200, 200, 422, 200]
+    detail = together[2].json()["detail"]
+    assert [d["loc"] for d in detail] == [["body", "records", 0, "income"]]
+    assert "out of the range" in together[2].json()["error"]
+    # the shared call failed; each of its requests was then scored alone
+    assert engine.sizes == [1, 3, 1, 1, 1]
+
+
+def test_without_batching_each_request_is_its_own_call(app_for, monkeypatch):
+    engine = EngineCalls(monkeypatch)
+    with app_for(batching=False) as client:
+        assert client.app.state.batcher is None
+        engine.arm()
+        engine.release()
+        for seed in range(3):
+            assert client.post("/predict", json=one_record(seed)).status_code == 200
+    assert engine.sizes == [1, 1, 1]
+
+
+def test_a_well_formed_request_takes_the_thin_path_with_the_same_answer(
+    app_for, monkeypatch
+):
+    """The thin path answers without FastAPI's response serialisation, and
+    what it answers is what the route's full handler answers."""
+    serialised = []
+    full = fastapi.routing.serialize_response
+
+    async def counted(*args, **kwargs):
+        serialised.append(1)
+        return await full(*args, **kwargs)
+
+    monkeypatch.setattr(fastapi.routing, "serialize_response", counted)
+    body = {"records": records(3)}
+    with app_for(api_key=KEY) as client:
+        headers = {"X-API-Key": KEY}
+        serialised.clear()  # (the readiness probe's answer)
+        thin = client.post("/predict", json=body, headers=headers)
+        assert serialised == []
+        thin_path(client.app, "/predict").thin_handler = None
+        full_answer = client.post("/predict", json=body, headers=headers)
+        assert serialised == [1]
+    assert thin.status_code == full_answer.status_code == 200
+    assert thin.json() == full_answer.json()
+    assert thin.headers["content-type"] == full_answer.headers["content-type"]
+
+
+@pytest.mark.parametrize(
+    "headers, content, status",
+    [
+        ({"content-type": "application/json"}, body_of(1), 401),  # no key
+        ({"X-API-Key": "wrong", "content-type": "application/json"}, body_of(1), 401),
+        ({"X-API-Key": KEY, "content-type": "text/plain"}, body_of(1), 415),
+        ({"X-API-Key": KEY, "content-type": "application/json"}, b'{"records": [', 422),
+        (
+            {"X-API-Key": KEY, "content-type": "application/json"},
+            json.dumps({"records": [{"age": "forty"}]}).encode(),
+            422,
+        ),
+    ],
+    ids=["no-key", "wrong-key", "not-json", "broken-json", "invalid-record"],
+)
+def test_the_thin_path_leaves_every_refusal_to_the_full_handler(
+    app_for, headers, content, status
+):
+    declined = []
+    with app_for(api_key=KEY) as client:
+        route = thin_path(client.app, "/predict")
+        thin = route.thin_handler
+
+        async def recorded(request, body):
+            response = await thin(request, body)
+            declined.append(response is None)
+            return response
+
+        route.thin_handler = recorded
+        response = client.post("/predict", content=content, headers=headers)
+    assert declined == [True]
+    assert response.status_code == status, response.text
+    assert response.json()["error"]
 
 
 # ----------------------------------------------------------------------------

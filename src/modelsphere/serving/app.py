@@ -35,6 +35,7 @@ from modelsphere.inference.predictor import (
 )
 from modelsphere.models.artifact import META_FILE
 from modelsphere.serving import oip
+from modelsphere.serving.batching import RequestBatcher
 from modelsphere.serving.config import ServeConfig
 from modelsphere.serving.errors import RowsRefused, install_error_handlers
 from modelsphere.serving.docs import add_keyed_docs, hidden_docs_settings
@@ -52,6 +53,7 @@ from modelsphere.serving.schemas import (
 )
 from modelsphere.serving.shutdown import DRAIN_STATE_KEY, DrainSignal
 from modelsphere.serving.telemetry import MetricsMiddleware, Telemetry
+from modelsphere.serving.thin_path import thin_json_handler
 
 log = logging.getLogger(__name__)
 
@@ -144,12 +146,23 @@ def create_app(settings: ServeSettings) -> FastAPI:
             None, _load, settings, service
         )
         scoring = app.state.scoring = ScoringThread()
+        batcher = app.state.batcher = (
+            RequestBatcher(
+                lambda records: score(service.ready_predictor(), records),
+                scoring.post,
+                settings.batch_max_rows,
+            )
+            if settings.batching
+            else None
+        )
         try:
             yield {DRAIN_STATE_KEY: service.drain}
             await loading
         finally:
             if app.state.scoring is scoring:
                 app.state.scoring = None
+            if app.state.batcher is batcher:
+                app.state.batcher = None
             # joins a request still being scored: not on the event loop
             await asyncio.get_running_loop().run_in_executor(None, scoring.stop)
 
@@ -170,6 +183,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     if keyed_docs:
         add_keyed_docs(app, authorised)
     app.state.scoring = None  # started by the lifespan
+    app.state.batcher = None  # likewise, with serve.batching
     app.state.inline_max_bytes = settings.inline_max_bytes
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, telemetry=telemetry)
@@ -189,16 +203,24 @@ def create_app(settings: ServeSettings) -> FastAPI:
                 "(serve.max_batch_rows)",
             )
 
-    def run_predictor(
+    def score(predictor: Predictor, records: List[Dict[str, Any]]):
+        telemetry.engine_calls.inc()
+        return predictor.predict_records(records)
+
+    async def run_predictor(
         predictor: Predictor,
         records: List[Dict[str, Any]],
         loc_of: Callable[[int, Optional[str]], list],
     ):
-        """Score on the thread the route runs on (a large request's is the scoring
-        thread: serving.routing). Rows the model cannot score are a 422 naming
-        each one (`loc_of(position, column)`)."""
+        """Score a small request with the others that arrive with it (on the
+        scoring thread: serving.batching), a large one on the thread its route
+        runs on (the scoring thread: serving.routing). Rows the model cannot
+        score are a 422 naming each one (`loc_of(position, column)`)."""
+        batcher: Optional[RequestBatcher] = app.state.batcher
         try:
-            return predictor.predict_records(records)
+            if batcher is not None and batcher.takes(len(records)):
+                return await batcher.score(records)
+            return score(predictor, records)
         except RowError as exc:
             raise RowsRefused(exc, loc_of) from None
 
@@ -283,7 +305,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
                 return ["body", "inputs", tensors[column], "data", row]
             return ["body", "inputs"]
 
-        columns = run_predictor(predictor, records, loc_of)
+        columns = await run_predictor(predictor, records, loc_of)
         telemetry.rows.labels("/v2/models/{name}/infer").inc(len(records))
         outputs = oip.outputs_from_columns(columns, schema.classes, schema.task)
         if body.outputs:
@@ -313,10 +335,14 @@ def create_app(settings: ServeSettings) -> FastAPI:
         },
     )
     async def predict(body: PredictRequest) -> Dict[str, Any]:
+        return await predictions(body)
+
+    async def predictions(body) -> Dict[str, Any]:
+        """POST /predict's answer to a validated body (also its thin path's)."""
         check_rows(len(body.records))
         predictor = service.ready_predictor()
         records = [record.model_dump(by_alias=True) for record in body.records]
-        columns = run_predictor(
+        columns = await run_predictor(
             predictor,
             records,
             lambda row, column: ["body", "records", row] + ([column] if column else []),
@@ -337,9 +363,21 @@ def create_app(settings: ServeSettings) -> FastAPI:
     async def metrics():
         return telemetry.render()
 
+    thin_path(app, "/predict").thin_handler = thin_json_handler(
+        PredictRequest, predictions, PredictResponse, settings.api_key
+    )
     app.state.service = service
     app.state.model_name = model_name
     return app
+
+
+def thin_path(app: FastAPI, path: str) -> ServiceRoute:
+    """The app's route at `path` (to give it a thin handler)."""
+    return next(
+        route
+        for route in app.router.routes
+        if isinstance(route, ServiceRoute) and route.path == path
+    )
 
 
 def _predictions(records, columns, schema: Schema) -> List[Dict[str, Any]]:

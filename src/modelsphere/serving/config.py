@@ -38,6 +38,10 @@ class ServeConfig:
     max_body_bytes: int = setting(1 << 20, ge=1024)  # larger bodies: 413
     # larger request bodies are handled on the scoring thread, off the event loop
     inline_max_bytes: int = setting(32768, ge=0)
+    # small requests that arrive together are scored in one engine call on the
+    # scoring thread (serving/batching.py); false: each on the event loop, alone
+    batching: bool = True
+    batch_max_rows: int = setting(64, ge=1)  # records in one such call, at most
     forward_batch_rows: int = setting(8192, ge=1)  # rows per forward pass
     api_key: Optional[str] = None  # set it to require X-API-Key
     # with an API key: /docs, /redoc and /openapi.json require it too

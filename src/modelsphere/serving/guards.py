@@ -88,9 +88,14 @@ class BodyLimitMiddleware:
         await send(body)
 
 
-async def require_json(request: Request) -> None:
+def is_json(request: Request) -> bool:
     content_type = request.headers.get("content-type", "")
-    if content_type.split(";")[0].strip().lower() != "application/json":
+    return content_type.split(";")[0].strip().lower() == "application/json"
+
+
+async def require_json(request: Request) -> None:
+    if not is_json(request):
+        content_type = request.headers.get("content-type", "")
         raise HTTPException(
             415,
             f"content-type must be application/json, got {content_type or 'none'!r}",
@@ -111,8 +116,9 @@ def refuse_content_encoding(request: Request) -> None:
 
 # Declared as OpenAPI security schemes, so /docs has an "Authorize" button; the
 # check itself (and its 401) is ours. Either header may carry the key.
+KEY_HEADER_NAME = "X-API-Key"
 API_KEY_HEADER = APIKeyHeader(
-    name="X-API-Key",
+    name=KEY_HEADER_NAME,
     scheme_name="ApiKey",
     description="the service's API key (serve.api_key, from MODELSPHERE_API_KEY)",
     auto_error=False,
@@ -122,6 +128,15 @@ BEARER = HTTPBearer(
     description="the same key as `Authorization: Bearer <key>`",
     auto_error=False,
 )
+
+
+def key_matches(given: Optional[str], api_key: Optional[str]) -> bool:
+    """The key a request gave (None: none) against the service's (None: open)."""
+    if api_key is None:
+        return True
+    return given is not None and secrets.compare_digest(
+        given.encode(), api_key.encode()
+    )
 
 
 def api_key_guard(api_key: Optional[str]):
@@ -141,9 +156,7 @@ def api_key_guard(api_key: Optional[str]):
         given = (header or "").strip() or None
         if given is None and bearer is not None:
             given = bearer.credentials.strip() or None
-        if given is None or not secrets.compare_digest(
-            given.encode(), api_key.encode()
-        ):
+        if not key_matches(given, api_key):
             raise HTTPException(
                 401,
                 "missing or wrong API key: send it in the X-API-Key header",

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any, Awaitable, Optional
+from typing import Any, Awaitable, Callable, Optional
 
 from fastapi import HTTPException, Request
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modelsphere.serving.guards import refuse_content_encoding
+from modelsphere.serving.thin_path import ThinHandler
 
 SCORING_THREAD_NAME = "modelsphere-scoring"
 
@@ -44,6 +45,10 @@ class ScoringThread:
         future = asyncio.run_coroutine_threadsafe(work, self.loop)
         return await asyncio.wrap_future(future)
 
+    def post(self, function: Callable[[], None]) -> None:
+        """`function()` on the scoring thread, soon; not awaited."""
+        self.loop.call_soon_threadsafe(function)
+
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join()
@@ -53,7 +58,10 @@ class ScoringThread:
 class ServiceRoute(APIRoute):
     """Every route of the service: FastAPI's handler, with a body's parse errors
     said plainly and large bodies handled on the app's scoring thread
-    (`app.state.scoring`, `app.state.inline_max_bytes`)."""
+    (`app.state.scoring`, `app.state.inline_max_bytes`); a smaller body is
+    offered to the route's thin handler first, if it has one (serving.thin_path)."""
+
+    thin_handler: Optional[ThinHandler] = None
 
     def get_route_handler(self):
         handler = super().get_route_handler()
@@ -68,6 +76,10 @@ class ServiceRoute(APIRoute):
                     body = await request.body()  # cached for the handler
                     if len(body) > request.app.state.inline_max_bytes:
                         return await scoring.run(handler(request))
+                    if self.thin_handler is not None:
+                        response = await self.thin_handler(request, body)
+                        if response is not None:
+                            return response
                 return await handler(request)
             except StarletteHTTPException as exc:
                 cause = exc.__cause__

@@ -75,6 +75,12 @@ class Telemetry:
             ["route"],
             registry=self.registry,
         )
+        self.engine_calls = Counter(
+            "modelsphere_engine_calls_total",
+            "calls of the model on requests' records: small requests that arrive "
+            "together share one (serve.batching)",
+            registry=self.registry,
+        )
 
     def render(self) -> Response:
         registry = self.registry
