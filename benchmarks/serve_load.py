@@ -16,8 +16,13 @@ so the HTTP overhead (latency at concurrency 1 minus in-process time) is visible
 The client shares the CPUs with the server, as a client on the same host would:
 `--client wrk` (the default, Debian's `wrk`, for the published figures) or
 `--client python` (benchmarks/load_client.py, nothing to install; it saturates
-first on a small machine, so its rates are lower bounds). Results go to
-benchmarks/results/serve_load.{json,md} with the machine noted.
+first on a small machine, so its rates are lower bounds). The served default
+batches small requests that arrive together (`serve.batching`); with
+`--compare-batching` (the default) the ONNX engine (else the first one) on the
+fewest workers is also measured with `serve.batching=false`, right after, on the
+smallest request size, and each server's `/metrics` gives its mean records per
+engine call. Results go to benchmarks/results/serve_load.{json,md} with the
+machine noted.
 """
 
 from __future__ import annotations
@@ -70,6 +75,9 @@ TARGET_P99_MS = 10.0
 FLOOR_ROUTE = "/v2/health/live"
 TARGET_FLOOR_SHARE = 0.6
 FLOOR_CELL = {"rows": 1, "concurrency": 8}
+METRIC_LINE = re.compile(r"^(modelsphere_\w+?)(?:\{[^}]*\})? (\S+)$", re.M)
+ENGINE_CALLS = "modelsphere_engine_calls_total"
+ROWS_SCORED = "modelsphere_rows_predicted_total"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -88,6 +96,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads-per-worker", type=int, default=1)
     parser.add_argument("--inprocess-calls", type=int, default=2000)
     parser.add_argument("--ready-timeout", type=float, default=180.0)
+    parser.add_argument(
+        "--compare-batching",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure serve.batching=false (one engine and worker count)",
+    )
     add_output_arguments(parser, "serve_load")
     return parser.parse_args(argv)
 
@@ -207,6 +221,28 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def metric_totals(base: str) -> dict:
+    """The server's counters of `/metrics`, each summed over its labels."""
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    totals: Counter = Counter()
+    for name, value in METRIC_LINE.findall(text):
+        totals[name] += float(value)
+    return dict(totals)
+
+
+def records_per_engine_call(base: str) -> dict:
+    """Engine calls and records scored so far, and their ratio (with
+    serve.batching, small requests that arrive together share a call)."""
+    totals = metric_totals(base)
+    calls, rows = totals.get(ENGINE_CALLS, 0.0), totals.get(ROWS_SCORED, 0.0)
+    return {
+        "engine_calls": calls,
+        "records_scored": rows,
+        "records_per_engine_call": rows / calls if calls else None,
+    }
+
+
 def http_status(url: str, body: bytes | None = None) -> int:
     request = urllib.request.Request(
         url, data=body, headers={"content-type": "application/json"}
@@ -222,11 +258,12 @@ def http_status(url: str, body: bytes | None = None) -> int:
 
 
 @contextmanager
-def serving(args, engine: str, workers: int, scratch: Path):
+def serving(args, engine: str, workers: int, batching: bool, scratch: Path):
     """serve.py on a free loopback port; yields it once every worker has loaded
     the model; always stops it (and any worker left) afterwards."""
     port = free_port()
-    log_path = scratch / f"serve_{engine}_{workers}.log"
+    name = f"{engine}_{workers}_{'batched' if batching else 'unbatched'}"
+    log_path = scratch / f"serve_{name}.log"
     command = [
         sys.executable,
         str(REPO / "serve.py"),
@@ -236,7 +273,8 @@ def serving(args, engine: str, workers: int, scratch: Path):
         f"serve.workers={workers}",
         f"serve.threads_per_worker={args.threads_per_worker}",
         f"serve.max_batch_rows={max(1024, max(args.rows))}",
-        f"hydra.run.dir={scratch / f'hydra_{engine}_{workers}'}",
+        f"serve.batching={str(batching).lower()}",
+        f"hydra.run.dir={scratch / f'hydra_{name}'}",
     ]
     base = f"http://127.0.0.1:{port}"
     with open(log_path, "w") as log:
@@ -424,7 +462,7 @@ def targets(configs: list) -> list:
     out = []
     for config in configs:
         label = f"{config['engine']}, {config['workers']} worker(s)"
-        cell = find(config["cells"], rows=1, concurrency=8)
+        cell = find(config["cells"], **FLOOR_CELL)
         p99 = cell["latency_ms"]["p99"] if cell else None
         out.append(
             {
@@ -434,10 +472,7 @@ def targets(configs: list) -> list:
                 "met": None if p99 is None else p99 < TARGET_P99_MS,
             }
         )
-        floor = config.get("floor")
-        share = None
-        if cell and floor:
-            share = round(cell["requests_per_second"] / floor["requests_per_second"], 3)
+        share = floor_share(config)
         out.append(
             {
                 "target": f"requests/s >= {TARGET_FLOOR_SHARE:g}x GET {FLOOR_ROUTE}'s"
@@ -540,7 +575,7 @@ def main(argv=None) -> None:
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     load = {"start": os.getloadavg()}
     inproc = in_process(args, meta, records)
-    configs = []
+    configs, unbatched = [], None
     with tempfile.TemporaryDirectory(prefix="serve_load_") as tmp:
         scratch = Path(tmp)
         files, first = {}, {}
@@ -549,24 +584,27 @@ def main(argv=None) -> None:
             files[rows] = scratch / f"bodies_{rows}.jsonl"
             files[rows].write_text("\n".join(pool) + "\n")
             first[rows] = pool[0]
+        compared = batching_compared(args)
         for workers in args.workers:
             for engine in args.engines:
                 load[f"{engine},workers={workers}"] = os.getloadavg()
-                config = {"engine": engine, "workers": workers, "cells": []}
-                with serving(args, engine, workers, scratch) as server:
-                    for rows in args.rows:
-                        for conc in args.concurrency:
-                            cell = load_cell(
-                                args, server, files[rows], first[rows], rows, conc
-                            )
-                            config["cells"].append(cell)
-                            print(summary_line(engine, workers, cell), flush=True)
-                    if find(config["cells"], **FLOOR_CELL):
-                        config["floor"] = load_cell(
-                            args, server, None, "", 0, FLOOR_CELL["concurrency"]
-                        )
-                        print(f"GET {FLOOR_ROUTE}: {config['floor']}", flush=True)
-                configs.append(config)
+                configs.append(
+                    measure(
+                        args, engine, workers, True, args.rows, files, first, scratch
+                    )
+                )
+                if (engine, workers) == compared:
+                    load[f"{engine},workers={workers},unbatched"] = os.getloadavg()
+                    unbatched = measure(
+                        args,
+                        engine,
+                        workers,
+                        False,
+                        args.rows[:1],
+                        files,
+                        first,
+                        scratch,
+                    )
     load["end"] = os.getloadavg()
     payload = {
         "benchmark": "serve_load",
@@ -592,9 +630,12 @@ def main(argv=None) -> None:
             "wrk_threads": args.threads,
             "client_timeout_seconds": args.timeout,
             "inprocess_calls": args.inprocess_calls,
+            "compare_batching": args.compare_batching,
         },
         "in_process": inproc,
         "results": configs,
+        "unbatched": unbatched,
+        "batching_comparison": batching_comparison(configs, unbatched),
         "http_overhead": http_overhead(configs, inproc),
         "engine_comparison": engine_comparison(configs),
         "faster_engine": faster_engine(configs),
@@ -607,10 +648,75 @@ def main(argv=None) -> None:
         print(f"{target['config']}: {target['target']}: {target['value']} ({verdict})")
 
 
+def batching_compared(args) -> tuple | None:
+    """The (engine, workers) also measured with serve.batching=false."""
+    if not args.compare_batching:
+        return None
+    engine = "onnx" if "onnx" in args.engines else args.engines[0]
+    return engine, min(args.workers)
+
+
+def measure(args, engine, workers, batching, sizes, files, first, scratch) -> dict:
+    """One server: every request size in `sizes` at every concurrency, then the
+    framework's floor (when the floor's cell was measured) and the records per
+    engine call."""
+    config = {"engine": engine, "workers": workers, "batching": batching, "cells": []}
+    label = f"{engine} batching={'on' if batching else 'off'}"
+    with serving(args, engine, workers, batching, scratch) as server:
+        for rows in sizes:
+            for conc in args.concurrency:
+                cell = load_cell(args, server, files[rows], first[rows], rows, conc)
+                config["cells"].append(cell)
+                print(summary_line(label, workers, cell), flush=True)
+        if find(config["cells"], **FLOOR_CELL):
+            config["floor"] = load_cell(
+                args, server, None, "", 0, FLOOR_CELL["concurrency"]
+            )
+            print(f"GET {FLOOR_ROUTE}: {config['floor']}", flush=True)
+        config["engine_calls"] = records_per_engine_call(server.base)
+    return config
+
+
+def batching_comparison(configs: list, unbatched: dict | None) -> dict | None:
+    """Batched over unbatched requests/s per concurrency, same engine, workers
+    and request size; and each side's share of its own server's floor."""
+    if unbatched is None:
+        return None
+    batched = find(configs, engine=unbatched["engine"], workers=unbatched["workers"])
+    ratios = {}
+    for cell in unbatched["cells"]:
+        other = find(
+            batched["cells"], rows=cell["rows"], concurrency=cell["concurrency"]
+        )
+        key = f"rows={cell['rows']},c={cell['concurrency']}"
+        ratios[key] = other["requests_per_second"] / cell["requests_per_second"]
+    return {
+        "engine": unbatched["engine"],
+        "workers": unbatched["workers"],
+        "batched_over_unbatched_requests_per_second": ratios,
+        "floor_share": {
+            "batched": floor_share(batched),
+            "unbatched": floor_share(unbatched),
+        },
+        "records_per_engine_call": {
+            "batched": batched["engine_calls"]["records_per_engine_call"],
+            "unbatched": unbatched["engine_calls"]["records_per_engine_call"],
+        },
+    }
+
+
+def floor_share(config: dict) -> float | None:
+    """The floor cell's requests/s over the constant-JSON route's, same server."""
+    cell, floor = find(config["cells"], **FLOOR_CELL), config.get("floor")
+    if not (cell and floor):
+        return None
+    return round(cell["requests_per_second"] / floor["requests_per_second"], 3)
+
+
 def summary_line(engine: str, workers: int, cell: dict) -> str:
     latency = cell["latency_ms"]
     return (
-        f"{engine:5s} w={workers} rows={cell['rows']:<3d} c={cell['concurrency']:<3d}"
+        f"{engine} w={workers} rows={cell['rows']:<3d} c={cell['concurrency']:<3d}"
         f" {cell['requests_per_second']:9,.0f} req/s {cell['rows_per_second']:10,.0f}"
         f" rows/s  p50 {latency['p50']:7.2f}  p95 {latency['p95']:7.2f}"
         f"  p99 {latency['p99']:7.2f} ms  errors {cell['errors']}"
@@ -642,46 +748,28 @@ def render_markdown(payload: dict) -> str:
         "",
     ]
     for config in payload["results"]:
-        several = config["workers"] > 1
+        lines += config_section(config)
+    comparison = payload.get("batching_comparison")
+    if comparison:
+        lines += config_section(payload["unbatched"])
+        shares = comparison["floor_share"]
+        per_call = comparison["records_per_engine_call"]
         lines += [
-            f"## engine={config['engine']}, workers={config['workers']}",
+            f"`serve.batching` ({comparison['engine']}, workers="
+            f"{comparison['workers']}): batched/unbatched requests/s "
+            + ", ".join(
+                f"{k} {v:.2f}x"
+                for k, v in comparison[
+                    "batched_over_unbatched_requests_per_second"
+                ].items()
+            )
+            + f"; share of the floor at {_floor_cell()}: batched "
+            f"{_share(shares['batched'])}, unbatched {_share(shares['unbatched'])};"
+            f" records per engine call over the whole server run: batched "
+            f"{_per_call(per_call['batched'])}, unbatched "
+            f"{_per_call(per_call['unbatched'])}.",
             "",
-            "| rows/request | concurrency | requests/s | rows/s | p50 ms | p95 ms "
-            "| p99 ms | errors |" + (" connections per worker, each run |" * several),
-            "|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---|" * several),
         ]
-        for cell in config["cells"]:
-            lat = cell["latency_ms"]
-            spread = ", ".join(
-                "/".join(map(str, run["connections_per_worker"] or ["?"]))
-                for run in cell["runs"]
-            )
-            lines.append(
-                f"| {cell['rows']} | {cell['concurrency']} "
-                f"| {cell['requests_per_second']:,.0f} | {cell['rows_per_second']:,.0f}"
-                f" | {lat['p50']:.2f} | {lat['p95']:.2f} | {lat['p99']:.2f} "
-                f"| {cell['errors']} |" + (f" {spread} |" * several)
-            )
-        floor = config.get("floor")
-        if floor:
-            lat = floor["latency_ms"]
-            lines += [
-                "",
-                f"The framework's floor, GET `{FLOOR_ROUTE}` (constant JSON, same "
-                f"server, right after): {floor['requests_per_second']:,.0f} "
-                f"requests/s at concurrency {floor['concurrency']}, p50 "
-                f"{lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms, errors "
-                f"{floor['errors']}.",
-            ]
-        if several:
-            lines += [
-                "",
-                "The workers share one listening socket and wrk opens all its "
-                "connections at once, so one worker may hold most of them (sampled "
-                "with `ss` mid-run): a run with every connection on one worker "
-                "scores like a single worker.",
-            ]
-        lines.append("")
     lines += [
         "## In-process (no HTTP), median of " f"{setup['inprocess_calls']} calls",
         "",
@@ -739,6 +827,73 @@ def render_markdown(payload: dict) -> str:
         met = {None: "not measured", True: "yes", False: "**no**"}[t["met"]]
         lines.append(f"| {t['target']} | {t['config']} | {value} | {met} |")
     return "\n".join(lines) + "\n"
+
+
+def config_section(config: dict) -> list:
+    """One server's table, its floor and its records per engine call."""
+    several = config["workers"] > 1
+    batching = "on" if config.get("batching", True) else "off"
+    lines = [
+        f"## engine={config['engine']}, workers={config['workers']}, "
+        f"serve.batching={batching}",
+        "",
+        "| rows/request | concurrency | requests/s | rows/s | p50 ms | p95 ms "
+        "| p99 ms | errors |" + (" connections per worker, each run |" * several),
+        "|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---|" * several),
+    ]
+    for cell in config["cells"]:
+        lat = cell["latency_ms"]
+        spread = ", ".join(
+            "/".join(map(str, run["connections_per_worker"] or ["?"]))
+            for run in cell["runs"]
+        )
+        lines.append(
+            f"| {cell['rows']} | {cell['concurrency']} "
+            f"| {cell['requests_per_second']:,.0f} | {cell['rows_per_second']:,.0f}"
+            f" | {lat['p50']:.2f} | {lat['p95']:.2f} | {lat['p99']:.2f} "
+            f"| {cell['errors']} |" + (f" {spread} |" * several)
+        )
+    floor = config.get("floor")
+    if floor:
+        lat = floor["latency_ms"]
+        lines += [
+            "",
+            f"The framework's floor, GET `{FLOOR_ROUTE}` (constant JSON, same "
+            f"server, right after): {floor['requests_per_second']:,.0f} "
+            f"requests/s at concurrency {floor['concurrency']}, p50 "
+            f"{lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms, errors "
+            f"{floor['errors']}.",
+        ]
+    calls = config.get("engine_calls")
+    if calls and calls["records_per_engine_call"] is not None:
+        lines += [
+            "",
+            f"Records per engine call over this server's run (`/metrics`): "
+            f"{calls['records_per_engine_call']:.2f} ({calls['records_scored']:,.0f}"
+            f" records in {calls['engine_calls']:,.0f} calls).",
+        ]
+    if several:
+        lines += [
+            "",
+            "The workers share one listening socket and wrk opens all its "
+            "connections at once, so one worker may hold most of them (sampled "
+            "with `ss` mid-run): a run with every connection on one worker "
+            "scores like a single worker.",
+        ]
+    lines.append("")
+    return lines
+
+
+def _floor_cell() -> str:
+    return f"{FLOOR_CELL['rows']} row, concurrency {FLOOR_CELL['concurrency']}"
+
+
+def _share(value) -> str:
+    return "not measured" if value is None else f"{value:.2f}x"
+
+
+def _per_call(value) -> str:
+    return "not measured" if value is None else f"{value:.2f}"
 
 
 def _client(setup: dict) -> str:

@@ -45,6 +45,28 @@ def test_serve_load_smoke(tmp_path, monkeypatch, trained_runs):
     assert share["value"] == round(expected, 3) and share["met"] == (expected >= 0.6)
     assert {t["met"] for t in payload["targets"]} <= {True, False, None}
     assert payload["faster_engine"] is None  # one engine: nothing to compare
+    # serve.batching both ways, side by side: the same engine, workers and size
+    assert config["batching"] is True
+    unbatched = payload["unbatched"]
+    assert (unbatched["engine"], unbatched["workers"]) == ("torch", 1)
+    assert unbatched["batching"] is False
+    assert [(c["rows"], c["concurrency"]) for c in unbatched["cells"]] == [
+        (1, 1),
+        (1, 8),
+    ]
+    assert all(c["errors"] == 0 and c["requests"] > 0 for c in unbatched["cells"])
+    # unbatched, each single-record request is its own engine call
+    calls = unbatched["engine_calls"]
+    assert calls["engine_calls"] == calls["records_scored"] > 0
+    assert calls["records_per_engine_call"] == 1.0
+    assert config["engine_calls"]["records_per_engine_call"] >= 1.0
+    comparison = payload["batching_comparison"]
+    ratio = comparison["batched_over_unbatched_requests_per_second"]["rows=1,c=8"]
+    unbatched_c8 = unbatched["cells"][1]["requests_per_second"]
+    assert ratio == cell["requests_per_second"] / unbatched_c8
+    assert set(comparison["floor_share"]) == {"batched", "unbatched"}
     markdown = (tmp_path / "smoke.md").read_text()
+    assert "## engine=torch, workers=1, serve.batching=off" in markdown
+    assert "`serve.batching` (torch, workers=1): batched/unbatched" in markdown
     assert "## engine=torch, workers=1" in markdown and "## Targets" in markdown
     assert "The framework's floor, GET `/v2/health/live`" in markdown
