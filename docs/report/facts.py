@@ -743,11 +743,10 @@ def _missed_floor_reason(target: Dict[str, Any], serve: Dict[str, Any]) -> str:
     )
     comparison = serve.get("batching_comparison") or {}
     unbatched = comparison.get("floor_share", {}).get("unbatched")
-    per_call = comparison.get("records_per_engine_call", {}).get("batched")
-    if unbatched is not None and per_call is not None:
+    if unbatched is not None:
         reason += (
-            f", while the model runs beside it on the scoring thread "
-            f"({per_call:.1f} records per engine call; {unbatched:.2f}x with "
+            ", while the model runs beside it on the scoring thread, on every "
+            f"request queued meanwhile ({unbatched:.2f}x with "
             "serve.batching=false, same run)"
         )
     return reason
