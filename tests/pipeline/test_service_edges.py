@@ -141,9 +141,13 @@ def test_a_request_the_http_parser_refuses_gets_the_json_error(served):
 
 @pytest.fixture()
 def app_for(trained_runs, tmp_path):
+    copies: dict = {}  # recipe -> this test's copy of its run
+
     @contextmanager
     def make(recipe: str = "binary_one_epoch", **settings) -> Iterator[TestClient]:
-        run_dir = trained_runs.copy(recipe, tmp_path)
+        if recipe not in copies:
+            copies[recipe] = trained_runs.copy(recipe, tmp_path)
+        run_dir = copies[recipe]
         settings.setdefault("engine", "torch")
         app = create_app(ServeSettings(run_dir=str(run_dir), **settings))
         with TestClient(app) as client:
