@@ -21,8 +21,10 @@ batches small requests that arrive together (`serve.batching`); with
 `--compare-batching` (the default) the ONNX engine (else the first one) on the
 fewest workers is also measured with `serve.batching=false`, right after, on the
 smallest request size, and each server's `/metrics` gives its mean records per
-engine call. Results go to benchmarks/results/serve_load.{json,md} with the
-machine noted.
+engine call; with `--compare-heap-freeze` (the default) the same server is
+measured with `serve.freeze_startup_heap=false` as well (the tail latency of
+full garbage collections), and each server's log says whether it froze.
+Results go to benchmarks/results/serve_load.{json,md} with the machine noted.
 """
 
 from __future__ import annotations
@@ -76,8 +78,12 @@ FLOOR_ROUTE = "/v2/health/live"
 TARGET_FLOOR_SHARE = 0.6
 FLOOR_CELL = {"rows": 1, "concurrency": 8}
 METRIC_LINE = re.compile(r"^(modelsphere_\w+?)(?:\{[^}]*\})? (\S+)$", re.M)
+# serving/app.py's log line once a worker has frozen its start-up heap
+FROZEN_LINE = re.compile(r"(\d+) start-up objects frozen")
 ENGINE_CALLS = "modelsphere_engine_calls_total"
 ROWS_SCORED = "modelsphere_rows_predicted_total"
+# the settings each server runs with unless a comparison turns one off
+SERVER_DEFAULTS = {"batching": True, "freeze_startup_heap": True}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -101,6 +107,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="also measure serve.batching=false (one engine and worker count)",
+    )
+    parser.add_argument(
+        "--compare-heap-freeze",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure serve.freeze_startup_heap=false (as --compare-batching)",
     )
     add_output_arguments(parser, "serve_load")
     return parser.parse_args(argv)
@@ -213,6 +225,7 @@ class Server:
     base: str
     port: int
     workers: int
+    log: Path
 
 
 def free_port() -> int:
@@ -258,11 +271,12 @@ def http_status(url: str, body: bytes | None = None) -> int:
 
 
 @contextmanager
-def serving(args, engine: str, workers: int, batching: bool, scratch: Path):
-    """serve.py on a free loopback port; yields it once every worker has loaded
-    the model; always stops it (and any worker left) afterwards."""
+def serving(args, engine: str, workers: int, settings: dict, scratch: Path):
+    """serve.py on a free loopback port with the `serve.` `settings` given;
+    yields it once every worker has loaded the model; always stops it (and any
+    worker left) afterwards."""
     port = free_port()
-    name = f"{engine}_{workers}_{'batched' if batching else 'unbatched'}"
+    name = "_".join([engine, str(workers), *(f"{k}-{v}" for k, v in settings.items())])
     log_path = scratch / f"serve_{name}.log"
     command = [
         sys.executable,
@@ -273,7 +287,7 @@ def serving(args, engine: str, workers: int, batching: bool, scratch: Path):
         f"serve.workers={workers}",
         f"serve.threads_per_worker={args.threads_per_worker}",
         f"serve.max_batch_rows={max(1024, max(args.rows))}",
-        f"serve.batching={str(batching).lower()}",
+        *(f"serve.{key}={str(value).lower()}" for key, value in settings.items()),
         f"hydra.run.dir={scratch / f'hydra_{name}'}",
     ]
     base = f"http://127.0.0.1:{port}"
@@ -295,7 +309,7 @@ def serving(args, engine: str, workers: int, batching: bool, scratch: Path):
             if process.poll() is not None or time.monotonic() > deadline:
                 sys.exit(f"serve.py did not become ready:\n{log_path.read_text()}")
             time.sleep(0.2)
-        yield Server(base, port, workers)
+        yield Server(base, port, workers, log_path)
     finally:
         stop(process)
 
@@ -575,7 +589,7 @@ def main(argv=None) -> None:
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     load = {"start": os.getloadavg()}
     inproc = in_process(args, meta, records)
-    configs, unbatched = [], None
+    configs, unbatched, unfrozen = [], None, None
     with tempfile.TemporaryDirectory(prefix="serve_load_") as tmp:
         scratch = Path(tmp)
         files, first = {}, {}
@@ -584,26 +598,30 @@ def main(argv=None) -> None:
             files[rows] = scratch / f"bodies_{rows}.jsonl"
             files[rows].write_text("\n".join(pool) + "\n")
             first[rows] = pool[0]
-        compared = batching_compared(args)
+        compared = compared_server(args)
+        sized = dict(files=files, first=first, scratch=scratch)
         for workers in args.workers:
             for engine in args.engines:
                 load[f"{engine},workers={workers}"] = os.getloadavg()
-                configs.append(
-                    measure(
-                        args, engine, workers, True, args.rows, files, first, scratch
-                    )
-                )
-                if (engine, workers) == compared:
+                configs.append(measure(args, engine, workers, args.rows, **sized))
+                if (engine, workers) != compared:
+                    continue
+                # the same server with one setting off, right after, smallest size
+                smallest = args.rows[:1]
+                if args.compare_batching:
                     load[f"{engine},workers={workers},unbatched"] = os.getloadavg()
                     unbatched = measure(
+                        args, engine, workers, smallest, **sized, batching=False
+                    )
+                if args.compare_heap_freeze:
+                    load[f"{engine},workers={workers},unfrozen"] = os.getloadavg()
+                    unfrozen = measure(
                         args,
                         engine,
                         workers,
-                        False,
-                        args.rows[:1],
-                        files,
-                        first,
-                        scratch,
+                        smallest,
+                        **sized,
+                        freeze_startup_heap=False,
                     )
     load["end"] = os.getloadavg()
     payload = {
@@ -631,11 +649,14 @@ def main(argv=None) -> None:
             "client_timeout_seconds": args.timeout,
             "inprocess_calls": args.inprocess_calls,
             "compare_batching": args.compare_batching,
+            "compare_heap_freeze": args.compare_heap_freeze,
         },
         "in_process": inproc,
         "results": configs,
         "unbatched": unbatched,
         "batching_comparison": batching_comparison(configs, unbatched),
+        "unfrozen": unfrozen,
+        "heap_freeze_comparison": heap_freeze_comparison(configs, unfrozen),
         "http_overhead": http_overhead(configs, inproc),
         "engine_comparison": engine_comparison(configs),
         "faster_engine": faster_engine(configs),
@@ -648,21 +669,24 @@ def main(argv=None) -> None:
         print(f"{target['config']}: {target['target']}: {target['value']} ({verdict})")
 
 
-def batching_compared(args) -> tuple | None:
-    """The (engine, workers) also measured with serve.batching=false."""
-    if not args.compare_batching:
+def compared_server(args) -> tuple | None:
+    """The (engine, workers) also measured with serve.batching=false and with
+    serve.freeze_startup_heap=false."""
+    if not (args.compare_batching or args.compare_heap_freeze):
         return None
     engine = "onnx" if "onnx" in args.engines else args.engines[0]
     return engine, min(args.workers)
 
 
-def measure(args, engine, workers, batching, sizes, files, first, scratch) -> dict:
-    """One server: every request size in `sizes` at every concurrency, then the
-    framework's floor (when the floor's cell was measured) and the records per
-    engine call."""
-    config = {"engine": engine, "workers": workers, "batching": batching, "cells": []}
-    label = f"{engine} batching={'on' if batching else 'off'}"
-    with serving(args, engine, workers, batching, scratch) as server:
+def measure(args, engine, workers, sizes, files, first, scratch, **settings) -> dict:
+    """One server (`serve.` `settings` over the defaults: batching and a frozen
+    start-up heap): every request size in `sizes` at every concurrency, then
+    the framework's floor (when the floor's cell was measured), the records per
+    engine call and whether its workers froze their heaps (from its log)."""
+    settings = {**SERVER_DEFAULTS, **settings}
+    config = {"engine": engine, "workers": workers, **settings, "cells": []}
+    label = engine + "".join(f" {k}={v}" for k, v in settings.items())
+    with serving(args, engine, workers, settings, scratch) as server:
         for rows in sizes:
             for conc in args.concurrency:
                 cell = load_cell(args, server, files[rows], first[rows], rows, conc)
@@ -674,6 +698,9 @@ def measure(args, engine, workers, batching, sizes, files, first, scratch) -> di
             )
             print(f"GET {FLOOR_ROUTE}: {config['floor']}", flush=True)
         config["engine_calls"] = records_per_engine_call(server.base)
+        config["frozen_objects"] = [
+            int(n) for n in FROZEN_LINE.findall(server.log.read_text())
+        ]
     return config
 
 
@@ -701,6 +728,40 @@ def batching_comparison(configs: list, unbatched: dict | None) -> dict | None:
         "records_per_engine_call": {
             "batched": batched["engine_calls"]["records_per_engine_call"],
             "unbatched": unbatched["engine_calls"]["records_per_engine_call"],
+        },
+    }
+
+
+def heap_freeze_comparison(configs: list, unfrozen: dict | None) -> dict | None:
+    """Per concurrency, the frozen and the unfrozen server's p99 and p95
+    latency and the frozen/unfrozen requests/s; each side's floor share."""
+    if unfrozen is None:
+        return None
+    frozen = find(configs, engine=unfrozen["engine"], workers=unfrozen["workers"])
+    cells = {}
+    for cell in unfrozen["cells"]:
+        other = find(
+            frozen["cells"], rows=cell["rows"], concurrency=cell["concurrency"]
+        )
+        cells[f"rows={cell['rows']},c={cell['concurrency']}"] = {
+            "p99_ms": {
+                "frozen": other["latency_ms"]["p99"],
+                "unfrozen": cell["latency_ms"]["p99"],
+            },
+            "p95_ms": {
+                "frozen": other["latency_ms"]["p95"],
+                "unfrozen": cell["latency_ms"]["p95"],
+            },
+            "frozen_over_unfrozen_requests_per_second": other["requests_per_second"]
+            / cell["requests_per_second"],
+        }
+    return {
+        "engine": unfrozen["engine"],
+        "workers": unfrozen["workers"],
+        "cells": cells,
+        "floor_share": {
+            "frozen": floor_share(frozen),
+            "unfrozen": floor_share(unfrozen),
         },
     }
 
@@ -770,6 +831,26 @@ def render_markdown(payload: dict) -> str:
             f"{_per_call(per_call['unbatched'])}.",
             "",
         ]
+    freeze = payload.get("heap_freeze_comparison")
+    if freeze:
+        lines += config_section(payload["unfrozen"])
+        shares = freeze["floor_share"]
+        lines += [
+            f"`serve.freeze_startup_heap` ({freeze['engine']}, workers="
+            f"{freeze['workers']}): p99 ms frozen/unfrozen "
+            + ", ".join(
+                f"{k} {v['p99_ms']['frozen']:.1f}/{v['p99_ms']['unfrozen']:.1f}"
+                for k, v in freeze["cells"].items()
+            )
+            + "; frozen/unfrozen requests/s "
+            + ", ".join(
+                f"{k} {v['frozen_over_unfrozen_requests_per_second']:.2f}x"
+                for k, v in freeze["cells"].items()
+            )
+            + f"; share of the floor at {_floor_cell()}: frozen "
+            f"{_share(shares['frozen'])}, unfrozen {_share(shares['unfrozen'])}.",
+            "",
+        ]
     lines += [
         "## In-process (no HTTP), median of " f"{setup['inprocess_calls']} calls",
         "",
@@ -832,10 +913,12 @@ def render_markdown(payload: dict) -> str:
 def config_section(config: dict) -> list:
     """One server's table, its floor and its records per engine call."""
     several = config["workers"] > 1
-    batching = "on" if config.get("batching", True) else "off"
+    switch = {True: "on", False: "off"}
+    batching = switch[config.get("batching", True)]
+    frozen = switch[config.get("freeze_startup_heap", True)]
     lines = [
         f"## engine={config['engine']}, workers={config['workers']}, "
-        f"serve.batching={batching}",
+        f"serve.batching={batching}, serve.freeze_startup_heap={frozen}",
         "",
         "| rows/request | concurrency | requests/s | rows/s | p50 ms | p95 ms "
         "| p99 ms | errors |" + (" connections per worker, each run |" * several),
@@ -871,6 +954,13 @@ def config_section(config: dict) -> list:
             f"Records per engine call over this server's run (`/metrics`): "
             f"{calls['records_per_engine_call']:.2f} ({calls['records_scored']:,.0f}"
             f" records in {calls['engine_calls']:,.0f} calls).",
+        ]
+    if "frozen_objects" in config:
+        counts = config["frozen_objects"]
+        lines += [
+            "",
+            f"Start-up objects frozen, per worker (its log): "
+            f"{', '.join(f'{n:,}' for n in counts) if counts else 'none'}.",
         ]
     if several:
         lines += [

@@ -11,6 +11,7 @@ threads and spend their time switching between them."""
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 
@@ -35,6 +36,16 @@ def pytest_configure(config):
         torch.set_num_threads(threads)
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[name] = str(threads)  # for the CLI runs it starts
+
+
+@pytest.fixture(autouse=True)
+def unfrozen_heap():
+    """A served app freezes the heap of the process it loads in
+    (serving/heap.py): in the test process, every earlier test's objects too.
+    Each test gives them back to the collector when it ends."""
+    yield
+    if gc.get_freeze_count():
+        gc.unfreeze()
 
 
 def tier_of(item) -> str:

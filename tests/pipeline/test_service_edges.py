@@ -8,6 +8,7 @@ lives in the app (large requests off the event loop, docs behind the key).
 
 from __future__ import annotations
 
+import gc
 import http.client
 import json
 import os
@@ -32,6 +33,7 @@ from helpers import (
 from modelsphere.inference.predictor import Predictor
 from modelsphere.serving.app import ServeSettings, create_app, thin_path
 from modelsphere.serving.routing import SCORING_THREAD_NAME
+from modelsphere.serving.schemas import PredictResponse
 
 pytestmark = pytest.mark.pipeline
 
@@ -349,6 +351,7 @@ def test_a_well_formed_request_takes_the_thin_path_with_the_same_answer(
 
     monkeypatch.setattr(fastapi.routing, "serialize_response", counted)
     body = {"records": records(3)}
+    del body["records"][1]["customer_id"]  # no id: none in its answer either
     with app_for(api_key=KEY) as client:
         headers = {"X-API-Key": KEY}
         serialised.clear()  # (the readiness probe's answer)
@@ -360,6 +363,23 @@ def test_a_well_formed_request_takes_the_thin_path_with_the_same_answer(
     assert thin.status_code == full_answer.status_code == 200
     assert thin.json() == full_answer.json()
     assert thin.headers["content-type"] == full_answer.headers["content-type"]
+    PredictResponse.model_validate_json(thin.content)
+    assert [set(p) for p in thin.json()["predictions"]] == [
+        {"id", "prediction", "probabilities"},
+        {"prediction", "probabilities"},
+        {"id", "prediction", "probabilities"},
+    ]
+
+
+def test_a_loaded_worker_freezes_its_start_up_heap(app_for):
+    """serve.freeze_startup_heap (serving/heap.py): once the model is loaded,
+    the objects alive leave the garbage collector's scans; the setting off,
+    they stay in them."""
+    gc.unfreeze()
+    with app_for(freeze_startup_heap=False):
+        assert gc.get_freeze_count() == 0
+    with app_for():  # the default
+        assert gc.get_freeze_count() > 0
 
 
 @pytest.mark.parametrize(

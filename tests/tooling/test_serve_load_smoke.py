@@ -65,7 +65,22 @@ def test_serve_load_smoke(tmp_path, monkeypatch, trained_runs):
     unbatched_c8 = unbatched["cells"][1]["requests_per_second"]
     assert ratio == cell["requests_per_second"] / unbatched_c8
     assert set(comparison["floor_share"]) == {"batched", "unbatched"}
+    # serve.freeze_startup_heap both ways: the served default froze its heap
+    # (its log says so), the compared server did not
+    assert config["freeze_startup_heap"] is True and config["frozen_objects"][0] > 0
+    unfrozen = payload["unfrozen"]
+    assert unfrozen["freeze_startup_heap"] is False and unfrozen["batching"] is True
+    assert unfrozen["frozen_objects"] == []
+    assert [(c["rows"], c["concurrency"]) for c in unfrozen["cells"]] == [
+        (1, 1),
+        (1, 8),
+    ]
+    freeze = payload["heap_freeze_comparison"]["cells"]["rows=1,c=8"]
+    assert freeze["p99_ms"]["frozen"] == cell["latency_ms"]["p99"]
+    assert freeze["p99_ms"]["unfrozen"] == unfrozen["cells"][1]["latency_ms"]["p99"]
     markdown = (tmp_path / "smoke.md").read_text()
+    assert "`serve.freeze_startup_heap` (torch, workers=1): p99 ms" in markdown
+    assert "serve.batching=on, serve.freeze_startup_heap=off" in markdown
     assert "## engine=torch, workers=1, serve.batching=off" in markdown
     assert "`serve.batching` (torch, workers=1): batched/unbatched" in markdown
     assert "## engine=torch, workers=1" in markdown and "## Targets" in markdown

@@ -44,6 +44,7 @@ from modelsphere.serving.guards import (
     api_key_guard,
     require_json,
 )
+from modelsphere.serving.heap import freeze_startup_heap
 from modelsphere.serving.routing import ScoringThread, ServiceRoute
 from modelsphere.serving.schemas import (
     ErrorResponse,
@@ -116,6 +117,9 @@ def _load(settings: ServeSettings, service: _Service) -> None:
             settings.threads_per_worker,
         )
         predictor.warm_up()
+        if settings.freeze_startup_heap:
+            frozen = freeze_startup_heap()
+            log.info("%d start-up objects frozen out of the GC's scans", frozen)
         service.predictor = predictor
         log.info("model ready (%s engine, %s)", settings.engine, device.device)
     except Exception as exc:  # noqa: BLE001 - reported by the readiness probe
@@ -337,6 +341,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
     async def predict(body: PredictRequest) -> Dict[str, Any]:
         return await predictions(body)
 
+    predict_rows = telemetry.rows.labels("/predict")
+
     async def predictions(body) -> Dict[str, Any]:
         """POST /predict's answer to a validated body (also its thin path's)."""
         check_rows(len(body.records))
@@ -347,7 +353,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
             records,
             lambda row, column: ["body", "records", row] + ([column] if column else []),
         )
-        telemetry.rows.labels("/predict").inc(len(records))
+        predict_rows.inc(len(records))
         return {
             "model_name": model_name,
             "model_version": model_version,
@@ -364,7 +370,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         return telemetry.render()
 
     thin_path(app, "/predict").thin_handler = thin_json_handler(
-        PredictRequest, predictions, PredictResponse, settings.api_key
+        PredictRequest, predictions, settings.api_key
     )
     app.state.service = service
     app.state.model_name = model_name
@@ -381,24 +387,30 @@ def thin_path(app: FastAPI, path: str) -> ServiceRoute:
 
 
 def _predictions(records, columns, schema: Schema) -> List[Dict[str, Any]]:
-    labels = columns[PREDICTION_COLUMN]
-    out = []
-    for row, label in enumerate(labels):
-        item: Dict[str, Any] = {}
-        if schema.id_column is not None:
-            item["id"] = records[row].get(schema.id_column)
-        if schema.task == "regression":
-            item["prediction"] = float(label)
-        else:
-            item["prediction"] = (
-                int(label) if schema.target_kind == "int" else str(label)
-            )
-            item["probabilities"] = {
-                str(cls): float(columns[f"{cls}{PROBABILITY_SUFFIX}"][row])
-                for cls in schema.classes
-            }
-        out.append(item)
-    return out
+    """Each record's answer in `Prediction`'s shape (schemas.py), without the
+    fields it has no value for (as the route's response_model_exclude_none):
+    Python numbers and strings, each column converted once."""
+    labels = columns[PREDICTION_COLUMN].tolist()
+    if schema.task == "regression":
+        answers = [{"prediction": float(label)} for label in labels]
+    else:
+        cast = int if schema.target_kind == "int" else str
+        keys = [str(cls) for cls in schema.classes]
+        shares = [
+            columns[f"{cls}{PROBABILITY_SUFFIX}"].astype(float).tolist()
+            for cls in schema.classes
+        ]
+        answers = [
+            {"prediction": cast(label), "probabilities": dict(zip(keys, row))}
+            for label, row in zip(labels, zip(*shares))
+        ]
+    if schema.id_column is None:
+        return answers
+    ids = [record.get(schema.id_column) for record in records]
+    return [
+        answer if row_id is None else {"id": row_id, **answer}
+        for row_id, answer in zip(ids, answers)
+    ]
 
 
 def app_from_environment() -> FastAPI:

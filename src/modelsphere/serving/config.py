@@ -43,6 +43,10 @@ class ServeConfig:
     batching: bool = True
     batch_max_rows: int = setting(64, ge=1)  # records in one such call, at most
     forward_batch_rows: int = setting(8192, ge=1)  # rows per forward pass
+    # once the model is loaded, the worker's objects leave the garbage
+    # collector's scans (serving/heap.py): no full-collection pauses of the
+    # event loop under load; false: every collection scans them
+    freeze_startup_heap: bool = True
     api_key: Optional[str] = None  # set it to require X-API-Key
     # with an API key: /docs, /redoc and /openapi.json require it too
     docs_require_key: bool = True
