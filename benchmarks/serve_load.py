@@ -19,12 +19,14 @@ The client shares the CPUs with the server, as a client on the same host would:
 first on a small machine, so its rates are lower bounds). The served default
 batches small requests that arrive together (`serve.batching`); with
 `--compare-batching` (the default) the ONNX engine (else the first one) on the
-fewest workers is also measured with `serve.batching=false`, right after, on the
-smallest request size, and each server's `/metrics` gives its mean records per
-engine call; with `--compare-heap-freeze` (the default) the same server is
-measured with `serve.freeze_startup_heap=false` as well (the tail latency of
-full garbage collections), and each server's log says whether it froze.
-Results go to benchmarks/results/serve_load.{json,md} with the machine noted.
+fewest workers is measured beside a server with `serve.batching=false` on the
+smallest request size, and with `--compare-heap-freeze` (the default) beside
+one with `serve.freeze_startup_heap=false` (the tail latency of full garbage
+collections) as well: the servers run at once and take turns, run by run, so
+that a slower minute on a shared machine falls on each of them alike. Each
+server's `/metrics` gives its mean records per engine call, and its log says
+whether it froze its heap. Results go to benchmarks/results/serve_load.{json,md}
+with the machine noted.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -429,21 +431,29 @@ def _run_wrk(args, server, bodies_file, concurrency: int, seconds: int):
     return json.loads(line.split(" ", 1)[1]), spread
 
 
-def load_cell(args, server: Server, bodies_file: Path, body: str, rows: int, conc: int):
-    """Warm up, then `--repeats` client runs; medians of rates and latencies.
+def load_cells(args, servers: list, bodies_file, body: str, rows: int, conc: int):
+    """Per server, one cell: a warm-up each, then `--repeats` rounds of one
+    client run per server in turn; medians of rates and latencies.
     `bodies_file` None: the constant-JSON route instead."""
-    if bodies_file is None:
-        status = http_status(f"{server.base}{FLOOR_ROUTE}")
-    else:
-        status = http_status(f"{server.base}/predict", body.encode())
-    if status != 200:
-        sys.exit(f"the {rows}-row request of the load answered {status}")
-    if args.warmup > 0:
-        run_client(args, server, bodies_file, conc, args.warmup)
-    runs = [
-        run_client(args, server, bodies_file, conc, args.duration)
-        for _ in range(args.repeats)
-    ]
+    for server in servers:
+        if bodies_file is None:
+            status = http_status(f"{server.base}{FLOOR_ROUTE}")
+        else:
+            status = http_status(f"{server.base}/predict", body.encode())
+        if status != 200:
+            sys.exit(f"the {rows}-row request of the load answered {status}")
+        if args.warmup > 0:
+            run_client(args, server, bodies_file, conc, args.warmup)
+    runs = [[] for _ in servers]
+    for _ in range(args.repeats):
+        for own, server in zip(runs, servers):
+            started = time.monotonic()  # (the turns are in the results)
+            run = run_client(args, server, bodies_file, conc, args.duration)
+            own.append({**run, "started_monotonic": started})
+    return [cell_of(rows, conc, own) for own in runs]
+
+
+def cell_of(rows: int, conc: int, runs: list) -> dict:
     rps = statistics.median(r["requests_per_second"] for r in runs)
     latency = {
         key: statistics.median(r["latency_ms"][key] for r in runs)
@@ -603,26 +613,20 @@ def main(argv=None) -> None:
         for workers in args.workers:
             for engine in args.engines:
                 load[f"{engine},workers={workers}"] = os.getloadavg()
-                configs.append(measure(args, engine, workers, args.rows, **sized))
-                if (engine, workers) != compared:
-                    continue
-                # the same server with one setting off, right after, smallest size
-                smallest = args.rows[:1]
-                if args.compare_batching:
-                    load[f"{engine},workers={workers},unbatched"] = os.getloadavg()
-                    unbatched = measure(
-                        args, engine, workers, smallest, **sized, batching=False
-                    )
-                if args.compare_heap_freeze:
-                    load[f"{engine},workers={workers},unfrozen"] = os.getloadavg()
-                    unfrozen = measure(
-                        args,
-                        engine,
-                        workers,
-                        smallest,
-                        **sized,
-                        freeze_startup_heap=False,
-                    )
+                # the compared server beside the same server with one setting
+                # off, on the smallest size: run for run, taking turns
+                variants = [({}, args.rows)]
+                if (engine, workers) == compared:
+                    variants += [
+                        (off, args.rows[:1]) for off in compared_settings(args)
+                    ]
+                group = measure(args, engine, workers, variants, **sized)
+                configs.append(group[0])
+                for config in group[1:]:
+                    if not config["batching"]:
+                        unbatched = config
+                    if not config["freeze_startup_heap"]:
+                        unfrozen = config
     load["end"] = os.getloadavg()
     payload = {
         "benchmark": "serve_load",
@@ -678,30 +682,62 @@ def compared_server(args) -> tuple | None:
     return engine, min(args.workers)
 
 
-def measure(args, engine, workers, sizes, files, first, scratch, **settings) -> dict:
-    """One server (`serve.` `settings` over the defaults: batching and a frozen
-    start-up heap): every request size in `sizes` at every concurrency, then
-    the framework's floor (when the floor's cell was measured), the records per
+def compared_settings(args) -> list:
+    """The settings turned off, one server each, beside the compared server."""
+    off = []
+    if args.compare_batching:
+        off.append({"batching": False})
+    if args.compare_heap_freeze:
+        off.append({"freeze_startup_heap": False})
+    return off
+
+
+def measure(args, engine, workers, variants, files, first, scratch) -> list:
+    """One server per variant ((`serve.` settings over SERVER_DEFAULTS, request
+    sizes)), all started together: every size at every concurrency, the servers
+    that measure a cell taking turns run by run (so a slower minute on these
+    shared machines falls on each of them alike); then each server's floor
+    (when its floor cell was measured), taking turns too, its records per
     engine call and whether its workers froze their heaps (from its log)."""
-    settings = {**SERVER_DEFAULTS, **settings}
-    config = {"engine": engine, "workers": workers, **settings, "cells": []}
-    label = engine + "".join(f" {k}={v}" for k, v in settings.items())
-    with serving(args, engine, workers, settings, scratch) as server:
-        for rows in sizes:
-            for conc in args.concurrency:
-                cell = load_cell(args, server, files[rows], first[rows], rows, conc)
-                config["cells"].append(cell)
-                print(summary_line(label, workers, cell), flush=True)
-        if find(config["cells"], **FLOOR_CELL):
-            config["floor"] = load_cell(
-                args, server, None, "", 0, FLOOR_CELL["concurrency"]
+    configs, labels = [], []
+    for overrides, _ in variants:
+        settings = {**SERVER_DEFAULTS, **overrides}
+        configs.append({"engine": engine, "workers": workers, **settings, "cells": []})
+        labels.append(engine + "".join(f" {k}={v}" for k, v in settings.items()))
+    with ExitStack() as stack:
+        servers = [
+            stack.enter_context(
+                serving(args, engine, workers, {**SERVER_DEFAULTS, **o}, scratch)
             )
-            print(f"GET {FLOOR_ROUTE}: {config['floor']}", flush=True)
-        config["engine_calls"] = records_per_engine_call(server.base)
-        config["frozen_objects"] = [
-            int(n) for n in FROZEN_LINE.findall(server.log.read_text())
+            for o, _ in variants
         ]
-    return config
+        for rows in args.rows:
+            for conc in args.concurrency:
+                taking = [i for i, (_, sizes) in enumerate(variants) if rows in sizes]
+                cells = load_cells(
+                    args,
+                    [servers[i] for i in taking],
+                    files[rows],
+                    first[rows],
+                    rows,
+                    conc,
+                )
+                for i, cell in zip(taking, cells):
+                    configs[i]["cells"].append(cell)
+                    print(summary_line(labels[i], workers, cell), flush=True)
+        floored = [i for i, c in enumerate(configs) if find(c["cells"], **FLOOR_CELL)]
+        floors = load_cells(
+            args, [servers[i] for i in floored], None, "", 0, FLOOR_CELL["concurrency"]
+        )
+        for i, floor in zip(floored, floors):
+            configs[i]["floor"] = floor
+            print(f"{labels[i]}: GET {FLOOR_ROUTE}: {floor}", flush=True)
+        for config, server in zip(configs, servers):
+            config["engine_calls"] = records_per_engine_call(server.base)
+            config["frozen_objects"] = [
+                int(n) for n in FROZEN_LINE.findall(server.log.read_text())
+            ]
+    return configs
 
 
 def batching_comparison(configs: list, unbatched: dict | None) -> dict | None:

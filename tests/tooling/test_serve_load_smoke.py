@@ -14,7 +14,7 @@ def test_serve_load_smoke(tmp_path, monkeypatch, trained_runs):
     run_dir = trained_runs.copy("binary", tmp_path)
     argv = ["serve_load.py", "--run-dir", str(run_dir), "--engines", "torch"]
     argv += ["--workers", "1", "--rows", "1", "--concurrency", "1", "8"]
-    argv += ["--duration", "1", "--warmup", "0", "--repeats", "1"]
+    argv += ["--duration", "1", "--warmup", "0", "--repeats", "2"]
     argv += ["--inprocess-calls", "20", "--out", str(tmp_path), "--name", "smoke"]
     argv += ["--client", "python"]  # installs with nothing: wrk is for the figures
     monkeypatch.setattr(sys, "argv", argv)
@@ -31,8 +31,9 @@ def test_serve_load_smoke(tmp_path, monkeypatch, trained_runs):
     assert (cell["rows"], cell["concurrency"]) == (1, 8)
     assert cell["requests_per_second"] > 0 and cell["rows_per_second"] > 0
     assert cell["requests"] > 0 and cell["errors"] == 0
-    [run] = cell["runs"]
-    assert run["connections_per_worker"] in (None, [8])  # None: no `ss` here
+    assert len(cell["runs"]) == 2
+    for run in cell["runs"]:
+        assert run["connections_per_worker"] in (None, [8])  # None: no `ss` here
     assert 0 < cell["latency_ms"]["p50"] <= cell["latency_ms"]["p99"]
     timing = payload["in_process"]["torch"]["1"]
     assert timing["predict_records_ms"] > 0 and timing["engine_forward_ms"] > 0
@@ -78,6 +79,16 @@ def test_serve_load_smoke(tmp_path, monkeypatch, trained_runs):
     freeze = payload["heap_freeze_comparison"]["cells"]["rows=1,c=8"]
     assert freeze["p99_ms"]["frozen"] == cell["latency_ms"]["p99"]
     assert freeze["p99_ms"]["unfrozen"] == unfrozen["cells"][1]["latency_ms"]["p99"]
+    # the three servers took turns, run by run: each repeat of each cell ran
+    # on all of them before the next repeat began
+    servers = [config, unbatched, unfrozen]
+    for position in range(2):  # (1 row, c=1) and (1 row, c=8)
+        turns = sorted(
+            (run["started_monotonic"], i)
+            for i, server in enumerate(servers)
+            for run in server["cells"][position]["runs"]
+        )
+        assert [i for _, i in turns] == [0, 1, 2, 0, 1, 2]
     markdown = (tmp_path / "smoke.md").read_text()
     assert "`serve.freeze_startup_heap` (torch, workers=1): p99 ms" in markdown
     assert "serve.batching=on, serve.freeze_startup_heap=off" in markdown
