@@ -12,11 +12,12 @@ import gc
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from typing import Iterator, Optional
 
 import fastapi.routing
@@ -86,6 +87,50 @@ def parsed(response: bytes):
         line.decode().lower().split(": ", 1) for line in head.split(b"\r\n")[1:]
     )
     return status, headers, json.loads(body)
+
+
+def engine_calls_via(connection: http.client.HTTPConnection) -> dict:
+    """/metrics' engine calls per path (batcher, direct), read on `connection`."""
+    connection.request("GET", "/metrics")
+    text = connection.getresponse().read().decode()
+    found = re.findall(
+        r'^modelsphere_engine_calls_total\{via="(\w+)"\} (\S+)$', text, re.M
+    )
+    return {via: float(count) for via, count in found}
+
+
+def test_a_request_on_the_only_connection_skips_the_batcher(served):
+    """serving.protocol puts the worker's open connections in each request's
+    scope: on its only one, no other request can join a request, so it is
+    scored at once on the loop (via="direct"); with a second connection open,
+    it goes through the batcher."""
+    port, _ = served
+    headers = {"Content-Type": "application/json"}
+
+    def post_on(connection, seeds):
+        for seed in seeds:
+            connection.request(
+                "POST", "/predict", json.dumps(one_record(seed)), headers
+            )
+            response = connection.getresponse()
+            assert response.status == 200, response.read()
+            response.read()
+
+    with closing(http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)) as one:
+        before = engine_calls_via(one)
+        post_on(one, range(3))
+        alone = engine_calls_via(one)
+        with closing(
+            http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
+        ) as two:
+            two.request("GET", "/v2/health/live")  # open, answered, kept alive
+            assert two.getresponse().read()
+            post_on(one, range(2))
+            beside = engine_calls_via(one)
+    assert alone["direct"] - before["direct"] == 3
+    assert alone["batcher"] == before["batcher"]
+    assert beside["batcher"] - alone["batcher"] == 2
+    assert beside["direct"] == alone["direct"]
 
 
 # ----------------------------------------------------------------------------
@@ -292,7 +337,8 @@ def test_requests_that_queue_behind_the_engine_share_one_call(app_for, monkeypat
     # each request gets its own records' answer, as when it is scored alone
     assert [r.json() for r in together] == [r.json() for r in alone]
     assert len({json.dumps(r.json()) for r in alone}) == len(bodies)
-    assert "modelsphere_engine_calls_total 8.0" in calls  # 2 shared + 6 alone
+    # 2 shared + 6 alone, all through the batcher (in process: no connections)
+    assert 'modelsphere_engine_calls_total{via="batcher"} 8.0' in calls
 
 
 def test_a_batch_holds_at_most_batch_max_rows_and_a_larger_request_is_alone(

@@ -152,7 +152,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
         scoring = app.state.scoring = ScoringThread()
         batcher = app.state.batcher = (
             RequestBatcher(
-                lambda records: score(service.ready_predictor(), records),
+                lambda records: score(
+                    service.ready_predictor(), records, batched_calls
+                ),
                 scoring.post,
                 settings.batch_max_rows,
             )
@@ -207,8 +209,11 @@ def create_app(settings: ServeSettings) -> FastAPI:
                 "(serve.max_batch_rows)",
             )
 
-    def score(predictor: Predictor, records: List[Dict[str, Any]]):
-        telemetry.engine_calls.inc()
+    batched_calls = telemetry.engine_calls.labels("batcher")
+    direct_calls = telemetry.engine_calls.labels("direct")
+
+    def score(predictor: Predictor, records: List[Dict[str, Any]], calls=direct_calls):
+        calls.inc()
         return predictor.predict_records(records)
 
     async def run_predictor(
@@ -217,8 +222,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
         loc_of: Callable[[int, Optional[str]], list],
     ):
         """Score a small request with the others that arrive with it (on the
-        scoring thread: serving.batching), a large one on the thread its route
-        runs on (the scoring thread: serving.routing). Rows the model cannot
+        scoring thread: serving.batching), a large one, or one on the worker's
+        only connection, on the thread its route runs on (a large one's: the
+        scoring thread, serving.routing). Rows the model cannot
         score are a 422 naming each one (`loc_of(position, column)`)."""
         batcher: Optional[RequestBatcher] = app.state.batcher
         try:

@@ -11,6 +11,12 @@ batch to fill: a request that finds the engine idle is scored at once, alone, so
 a lone client sees no added latency; the batches grow only as fast as requests
 queue up behind the engine.
 
+A request on the worker's only open connection is not batched: HTTP/1.1
+answers a connection's requests one after the other, so no other request can
+arrive while it is scored, and it is scored at once on the loop, without the
+hand-off to the scoring thread and back (`lone_connection`, set per request by
+serving.routing from the scope serving.protocol fills).
+
 A batch whose scoring fails (a row the model cannot score) is scored again one
 request at a time, so each request gets its own answer or its own error, with
 the positions of its own records.
@@ -21,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
@@ -39,6 +46,9 @@ class _Waiting:
 
 
 Answer = Tuple[_Waiting, Optional[Columns], Optional[BaseException]]
+# the request being handled came on the worker's only open connection (each
+# request's task has its own value; unknown, as in process: False)
+lone_connection: ContextVar[bool] = ContextVar("lone_connection", default=False)
 
 
 class RequestBatcher:
@@ -55,8 +65,13 @@ class RequestBatcher:
 
     def takes(self, rows: int) -> bool:
         """A request of `rows` records, handled on this batcher's loop (a large
-        request is handled whole on the scoring thread, and scores itself)."""
-        return rows <= self.max_rows and _running_loop() is self._loop
+        request is handled whole on the scoring thread, and scores itself),
+        that others may join (not on the worker's only connection)."""
+        return (
+            rows <= self.max_rows
+            and not lone_connection.get()
+            and _running_loop() is self._loop
+        )
 
     @property
     def queued(self) -> int:

@@ -9,6 +9,9 @@ the edges a public service needs.
 - Once the server stops accepting connections (the end of a drain), every
   response carries `Connection: close`, so each client ends its connection after
   the answer to its last request instead of racing a close.
+- Each request's ASGI scope says how many connections the worker has open
+  (`OPEN_CONNECTIONS_KEY`): on its only one, no other request can arrive while
+  it is answered, so there is nothing to batch it with (serving/batching.py).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from typing import Optional
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
+# the scope key of the worker's open connections when the request's head arrived
+OPEN_CONNECTIONS_KEY = "modelsphere.open_connections"
 STATUS_LINES = {
     400: b"HTTP/1.1 400 Bad Request\r\n",
     408: b"HTTP/1.1 408 Request Timeout\r\n",
@@ -95,6 +100,7 @@ class ServiceProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self.head_read = True
+        self.scope[OPEN_CONNECTIONS_KEY] = len(self.server_state.connections)
         super().on_headers_complete()
         if getattr(self.server_state, "closing", False) and self.cycle is not None:
             self.cycle.keep_alive = False

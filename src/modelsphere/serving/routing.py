@@ -21,7 +21,9 @@ from fastapi import HTTPException, Request
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from modelsphere.serving.batching import lone_connection
 from modelsphere.serving.guards import refuse_content_encoding
+from modelsphere.serving.protocol import OPEN_CONNECTIONS_KEY
 from modelsphere.serving.thin_path import ThinHandler
 
 SCORING_THREAD_NAME = "modelsphere-scoring"
@@ -68,6 +70,8 @@ class ServiceRoute(APIRoute):
 
         async def route(request: Request):
             refuse_content_encoding(request)
+            # (this request's task only: serving.batching)
+            lone_connection.set(request.scope.get(OPEN_CONNECTIONS_KEY) == 1)
             scoring: Optional[ScoringThread] = getattr(
                 request.app.state, "scoring", None
             )

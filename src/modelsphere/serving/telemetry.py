@@ -78,7 +78,9 @@ class Telemetry:
         self.engine_calls = Counter(
             "modelsphere_engine_calls_total",
             "calls of the model on requests' records: small requests that arrive "
-            "together share one (serve.batching)",
+            "together share one (serve.batching); via: batcher (on the scoring "
+            "thread, shared or not) or direct",
+            ["via"],
             registry=self.registry,
         )
 
