@@ -293,13 +293,14 @@ def render_serving(results: Dict[str, Any]) -> str:
   The framework's floor, a constant-JSON route of the same server
   (`GET /v2/health/live`), answers {v['floor_c8']} with 8 clients: single-row
   predictions reach {v['floor_share']} of it (target 0.6x). With
-  `serve.batching=false`, measured right after on the same machine, they reach
+  `serve.batching=false`, measured beside it (the servers taking turns, run by
+  run), they reach
   {v['unbatched_share']}: batching gives {v['batched_over_unbatched']} the
   single-row requests/s at 8 clients. With one client, whose requests skip the
   batcher (on the worker's only connection nothing can join them), both
   servers run the same path: their ratio there, {v['batched_c1']}, is how far
   two servers drift apart on this machine in the same minutes. With
-  `serve.freeze_startup_heap=false`, also right after, the p99 with 32 clients
+  `serve.freeze_startup_heap=false`, also beside it, the p99 with 32 clients
   is {v['p99_c32_unfrozen']} (against {v['p99_c32']}): without the frozen
   start-up heap, each full garbage collection scans every object the model
   and its libraries left, while the event loop and every request in flight
