@@ -433,8 +433,10 @@ def _run_wrk(args, server, bodies_file, concurrency: int, seconds: int):
 
 def load_cells(args, servers: list, bodies_file, body: str, rows: int, conc: int):
     """Per server, one cell: a warm-up each, then `--repeats` rounds of one
-    client run per server in turn; medians of rates and latencies.
-    `bodies_file` None: the constant-JSON route instead."""
+    client run per server in turn, each round starting one server further on
+    (so that no server always runs first, when the machine is freshest);
+    medians of rates and latencies. `bodies_file` None: the constant-JSON
+    route instead."""
     for server in servers:
         if bodies_file is None:
             status = http_status(f"{server.base}{FLOOR_ROUTE}")
@@ -445,8 +447,10 @@ def load_cells(args, servers: list, bodies_file, body: str, rows: int, conc: int
         if args.warmup > 0:
             run_client(args, server, bodies_file, conc, args.warmup)
     runs = [[] for _ in servers]
-    for _ in range(args.repeats):
-        for own, server in zip(runs, servers):
+    for repeat in range(args.repeats):
+        turn = repeat % len(servers)
+        order = list(zip(runs, servers))
+        for own, server in order[turn:] + order[:turn]:
             started = time.monotonic()  # (the turns are in the results)
             run = run_client(args, server, bodies_file, conc, args.duration)
             own.append({**run, "started_monotonic": started})

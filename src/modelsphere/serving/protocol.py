@@ -9,9 +9,10 @@ the edges a public service needs.
 - Once the server stops accepting connections (the end of a drain), every
   response carries `Connection: close`, so each client ends its connection after
   the answer to its last request instead of racing a close.
-- Each request's ASGI scope says how many connections the worker has open
-  (`OPEN_CONNECTIONS_KEY`): on its only one, no other request can arrive while
-  it is answered, so there is nothing to batch it with (serving/batching.py).
+- Each request's ASGI scope holds the worker's open connections
+  (`OPEN_CONNECTIONS_KEY`, the live set, counted when the request is scored):
+  on its only one, no other request can arrive while it is answered, so there
+  is nothing to batch it with (serving/batching.py).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Optional
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-# the scope key of the worker's open connections when the request's head arrived
+# the scope key of the worker's open connections (uvicorn's live set)
 OPEN_CONNECTIONS_KEY = "modelsphere.open_connections"
 STATUS_LINES = {
     400: b"HTTP/1.1 400 Bad Request\r\n",
@@ -100,7 +101,7 @@ class ServiceProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self.head_read = True
-        self.scope[OPEN_CONNECTIONS_KEY] = len(self.server_state.connections)
+        self.scope[OPEN_CONNECTIONS_KEY] = self.server_state.connections
         super().on_headers_complete()
         if getattr(self.server_state, "closing", False) and self.cycle is not None:
             self.cycle.keep_alive = False

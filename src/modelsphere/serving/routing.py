@@ -71,7 +71,8 @@ class ServiceRoute(APIRoute):
         async def route(request: Request):
             refuse_content_encoding(request)
             # (this request's task only: serving.batching)
-            lone_connection.set(request.scope.get(OPEN_CONNECTIONS_KEY) == 1)
+            connections = request.scope.get(OPEN_CONNECTIONS_KEY)
+            lone_connection.set(connections is not None and len(connections) == 1)
             scoring: Optional[ScoringThread] = getattr(
                 request.app.state, "scoring", None
             )

@@ -78,8 +78,9 @@ class Telemetry:
         self.engine_calls = Counter(
             "modelsphere_engine_calls_total",
             "calls of the model on requests' records: small requests that arrive "
-            "together share one (serve.batching); via: batcher (on the scoring "
-            "thread, shared or not) or direct",
+            "together share one (serve.batching); via: batcher (queued for the "
+            "scoring thread, shared or not) or direct (scored where the request "
+            "is handled: the event loop, or the scoring thread for a large one)",
             ["via"],
             registry=self.registry,
         )

@@ -52,6 +52,9 @@ def thin_json_handler(
             # not JSON, not UTF-8, nested too deeply, or not the model: the full
             # handler says which (a ValidationError is a ValueError)
             return None
-        return Response(to_json(await answer(parsed)), media_type=JSON_MEDIA_TYPE)
+        # (non-finite scores never reach an answer: the predictor refuses them
+        # as row errors; were one to, it would be null, never bare NaN)
+        content = to_json(await answer(parsed), inf_nan_mode="null")
+        return Response(content, media_type=JSON_MEDIA_TYPE)
 
     return handle
