@@ -298,8 +298,7 @@ def render_serving(results: Dict[str, Any]) -> str:
   {v['unbatched_share']}: batching gives {v['batched_over_unbatched']} the
   single-row requests/s at 8 clients. With one client, whose requests skip the
   batcher (on the worker's only connection nothing can join them), both
-  servers run the same path: their ratio there, {v['batched_c1']}, is how far
-  two servers drift apart on this machine in the same minutes. With
+  servers run the same path ({v['batched_c1']}). With
   `serve.freeze_startup_heap=false`, also beside it, the p99 with 32 clients
   is {v['p99_c32_unfrozen']} (against {v['p99_c32']}): without the frozen
   start-up heap, each full garbage collection scans every object the model
