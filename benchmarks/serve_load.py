@@ -744,19 +744,31 @@ def measure(args, engine, workers, variants, files, first, scratch) -> list:
     return configs
 
 
+def paired_cells(configs: list, twin: dict) -> tuple:
+    """The default server `twin` was measured beside (same engine and workers)
+    and, per cell of the twin's, ("rows=R,c=C", the default's cell, the twin's)."""
+    default = find(configs, engine=twin["engine"], workers=twin["workers"])
+    pairs = [
+        (
+            f"rows={cell['rows']},c={cell['concurrency']}",
+            find(default["cells"], rows=cell["rows"], concurrency=cell["concurrency"]),
+            cell,
+        )
+        for cell in twin["cells"]
+    ]
+    return default, pairs
+
+
 def batching_comparison(configs: list, unbatched: dict | None) -> dict | None:
     """Batched over unbatched requests/s per concurrency, same engine, workers
     and request size; and each side's share of its own server's floor."""
     if unbatched is None:
         return None
-    batched = find(configs, engine=unbatched["engine"], workers=unbatched["workers"])
-    ratios = {}
-    for cell in unbatched["cells"]:
-        other = find(
-            batched["cells"], rows=cell["rows"], concurrency=cell["concurrency"]
-        )
-        key = f"rows={cell['rows']},c={cell['concurrency']}"
-        ratios[key] = other["requests_per_second"] / cell["requests_per_second"]
+    batched, pairs = paired_cells(configs, unbatched)
+    ratios = {
+        key: other["requests_per_second"] / cell["requests_per_second"]
+        for key, other, cell in pairs
+    }
     return {
         "engine": unbatched["engine"],
         "workers": unbatched["workers"],
@@ -777,13 +789,10 @@ def heap_freeze_comparison(configs: list, unfrozen: dict | None) -> dict | None:
     latency and the frozen/unfrozen requests/s; each side's floor share."""
     if unfrozen is None:
         return None
-    frozen = find(configs, engine=unfrozen["engine"], workers=unfrozen["workers"])
+    frozen, pairs = paired_cells(configs, unfrozen)
     cells = {}
-    for cell in unfrozen["cells"]:
-        other = find(
-            frozen["cells"], rows=cell["rows"], concurrency=cell["concurrency"]
-        )
-        cells[f"rows={cell['rows']},c={cell['concurrency']}"] = {
+    for key, other, cell in pairs:
+        cells[key] = {
             "p99_ms": {
                 "frozen": other["latency_ms"]["p99"],
                 "unfrozen": cell["latency_ms"]["p99"],
