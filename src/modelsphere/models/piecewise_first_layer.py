@@ -3,21 +3,25 @@
 
 The embeddings have no activation (version "B"), so per numeric column c the
 first Linear of the flattened embeddings is linear in the column's encoding
-e = [1, ..., 1, f, 0, ..., 0] (x in bin j, f its fraction of it). With
-R_c = E_c W_c^T, the column's bin rows (`linear.weight[c]`, [bins, d]) through
-its slice of the first Linear ([hidden, d]), the column adds
+e = [1, ..., 1, f, 0, ..., 0] (x in bin j, f its fraction of it). With E_c the
+column's bin rows (`linear.weight[c]`, [bins, d]), S_c[k] = sum_{i<k} E_c[i]
+their sums before each bin (and one past the last), W_c the column's [hidden, d]
+slice of the first Linear and a_c, b_c its `linear0`, the column adds
 
-    sum_{k<j} R_c[k] + f R_c[j] + x (W_c a_c) + W_c b_c
+    W_c S_c[j] + f (W_c S_c[j + 1] - W_c S_c[j]) + x (W_c a_c) + W_c b_c
 
-(a_c, b_c: its `linear0`): a row of the exclusive cumulative sum of R_c plus f
-times a row of R_c, two gathered rows, instead of the (bins x d) product per
-column and the (columns x d) x hidden product of the first Linear. R is computed
-once per batch from the same parameters, so the model, its gradients (autograd
-through the products) and its saved weights are those of the embedding form;
-only the order of the floating-point sums differs. The cumulative sums are
-taken on the [bins, d] rows before the product, as a triangular matrix
-product (deterministic on CUDA too, where a cumulative sum is not). Per
-training step this costs one product of every bin's two rows with the first
+(W_c S_c[j + 1] - W_c S_c[j] is W_c E_c[j], the bin's own row): two gathered
+rows of the mapped sums, instead of the (bins x d) product per column and the
+(columns x d) x hidden product of the first Linear. The mapped rows are
+computed once per batch from the same parameters, so the model, its gradients
+(autograd through the products) and its saved weights are those of the
+embedding form; only the order of the floating-point sums differs. The sums
+are taken on the [bins, d] rows, as a triangular matrix product (deterministic
+on CUDA too, where a cumulative sum is not), and only they (bins + 1 rows per
+column) go through the first Linear: each bin's own row is the difference of
+two mapped sums, taken in the hidden space (in bfloat16 under CUDA's autocast
+it then carries the sums' rounding, of the order the sum term already has).
+Per training step this costs one product of every column's sums with the first
 Linear, shared by the batch, and per row two gathered rows per column
 (benchmarks/results/train_throughput.md). Differentiable in the weights only:
 the training loop's inputs need no gradient.
@@ -65,47 +69,60 @@ class _ThroughColumns(torch.autograd.Function):
 
 
 class _MappedRowsSum(torch.autograd.Function):
-    """[columns, 2 positions + 2, hidden] mapped rows (per column: its bins'
-    rows, the sums of the rows before each, linear0's slope and bias) and the
-    first Linear's bias -> the first layer's numeric part, [rows, hidden]: per
-    value, a row of the sums plus its fraction times a row of the bins, plus
-    the value times the slope; plus every bias. Positions index the mapped
-    rows' own layout (bin j of column c at c x (2 positions + 2) + j), so both
-    tables are views of them. The backward writes their gradient as one
-    tensor: through slices of it, autograd would zero-fill and add a tensor of
-    its size per slice, which cost more than the gathers at 48 bins."""
+    """[columns, positions + 3, hidden] mapped rows (per column: the sums of its
+    bins' rows before each position and one past the last, then linear0's slope
+    and bias) and the first Linear's bias -> the first layer's numeric part,
+    [rows, hidden]: per value, the sum before its bin plus its fraction times
+    the bin's own row (the next sum minus this one), plus the value times the
+    slope; plus every bias. Positions index the mapped rows' own layout (the
+    sum before bin j of column c at c x (positions + 3) + j); the bins' own
+    rows are laid out alike, so one position reads both. The backward writes
+    the mapped rows' gradient as one tensor: through slices of it, autograd
+    would zero-fill and add a tensor of its size per slice."""
 
     @staticmethod
     def forward(ctx, mapped, bias, numeric, position, fraction):
         n_columns, width, hidden = mapped.shape
-        n_positions = (width - 2) // 2
+        n_positions = width - 3
         ctx.save_for_backward(numeric, position, fraction)
         ctx.shape, ctx.dtype = mapped.shape, mapped.dtype
         ctx.bias_dtype = bias.dtype
-        flat = mapped.reshape(-1, hidden)
-        slope, shift = mapped[:, 2 * n_positions :].unbind(1)
+        # each bin's own row, in its sum's place (no position reads the rows
+        # past the bins: they are left unset)
+        bin_rows = torch.empty_like(mapped)
+        torch.sub(
+            mapped[:, 1 : n_positions + 1],
+            mapped[:, :n_positions],
+            out=bin_rows[:, :n_positions],
+        )
+        slope, shift = mapped[:, n_positions + 1 :].unbind(1)
         out = torch.addmm(bias + shift.sum(0), numeric.to(mapped.dtype), slope)
-        # a bin's sum of the rows before it: n_positions rows after its own row
-        return out + gathered_rows(flat[n_positions:], flat, position, fraction)
+        return out + gathered_rows(
+            mapped.reshape(-1, hidden),
+            bin_rows.reshape(-1, hidden),
+            position,
+            fraction,
+        )
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
         numeric, position, fraction = ctx.saved_tensors
         n_columns, width, hidden = ctx.shape
-        n_positions = (width - 2) // 2
+        n_positions = width - 3
         grad = grad.to(ctx.dtype).contiguous()
-        below_grad, rows_grad = gathered_rows_gradients(
+        sums_grad, bin_rows_grad = gathered_rows_gradients(
             position, fraction, grad, n_columns * width
         )
-        mapped_grad = rows_grad.view(ctx.shape)
-        mapped_grad[:, n_positions : 2 * n_positions] = below_grad.view(ctx.shape)[
-            :, :n_positions
-        ]
-        mapped_grad[:, 2 * n_positions] = numeric.T.to(ctx.dtype) @ grad
-        mapped_grad[:, 2 * n_positions + 1] = grad.sum(0)
+        mapped_grad = sums_grad.view(ctx.shape)
+        # a bin's own row is the next sum minus its own
+        bin_rows_grad = bin_rows_grad.view(ctx.shape)[:, :n_positions]
+        mapped_grad[:, 1 : n_positions + 1] += bin_rows_grad
+        mapped_grad[:, :n_positions] -= bin_rows_grad
+        mapped_grad[:, n_positions + 1] = numeric.T.to(ctx.dtype) @ grad
+        mapped_grad[:, n_positions + 2] = grad.sum(0)
         # a copy: as a view it would hold all of mapped_grad as the bias's grad
-        bias_grad = mapped_grad[0, 2 * n_positions + 1].to(ctx.bias_dtype, copy=True)
+        bias_grad = mapped_grad[0, n_positions + 2].to(ctx.bias_dtype, copy=True)
         return mapped_grad, bias_grad, None, None, None
 
 
@@ -146,41 +163,49 @@ class PiecewiseFirstLayer(nn.Module):
             list(column) + [float("inf")] * (n_positions - n)
             for column, n in zip(edges, bins)
         ]
-        # per position of the mapped rows' layout (`_MappedRowsSum`: a column's
-        # 2 x positions + 2 rows), the scale and shift of a value's fraction of
-        # the bin there (zeros where no bin is)
-        width = 2 * n_positions + 2
-        encoding = torch.zeros(n_features, width, 2)
-        encoding[:, :n_positions] = torch.stack([impl.weight, impl.bias], dim=-1)
         self.register_buffer("edges", torch.tensor(padded), persistent=False)
-        last_bin = torch.tensor(bins, dtype=torch.int32) - 1
-        self.register_buffer("last_bin", last_bin, persistent=False)
-        # a column's first mapped row (int32 indices: a faster sort in the
-        # backward)
-        offsets = torch.arange(n_features, dtype=torch.int32) * width
-        self.register_buffer("offset", offsets, persistent=False)
-        self.register_buffer("encoding", encoding.reshape(-1, 2), persistent=False)
-        # a [positions, positions] strictly lower triangle: each position's sum
-        # of the rows before it
-        before = torch.ones(n_positions, n_positions).tril(-1)
+        # A value's sorted search among its column's edges (padded with +inf to
+        # the widest column) returns one of positions + 2 slots. Per column and
+        # slot: the value's row in the mapped rows' layout (`_MappedRowsSum`: a
+        # column's positions + 3 rows; values below the first edge in the first
+        # bin, above the last in the last, which sits at the column's last
+        # position as in the package's [columns x positions] layout), and the
+        # scale and shift of its fraction of that bin. int32 rows: a faster sort
+        # in the backward.
+        width, slots = n_positions + 3, n_positions + 2
+        found = torch.arange(slots)[None, :] - 1
+        last = torch.tensor(bins)[:, None] - 1
+        found = torch.minimum(found.clamp_min(0), last)
+        position = torch.where(found == last, n_positions - 1, found)
+        encoding = torch.stack([impl.weight, impl.bias], dim=-1)
+        slot_encoding = encoding.gather(1, position[..., None].expand(-1, -1, 2))
+        position = position + torch.arange(n_features)[:, None] * width
+        self.register_buffer(
+            "slot_position", position.reshape(-1).int(), persistent=False
+        )
+        self.register_buffer(
+            "slot_encoding", slot_encoding.reshape(-1, 2), persistent=False
+        )
+        slot_offset = torch.arange(n_features, dtype=torch.int32) * slots
+        self.register_buffer("slot_offset", slot_offset[:, None], persistent=False)
+        # [positions + 1, positions], ones below the diagonal: each position's
+        # sum of the rows before it, and one past the last
+        before = torch.ones(n_positions + 1, n_positions).tril(-1)
         self.register_buffer("before", before, persistent=False)
 
     def positions(self, numeric: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """[rows, columns] numerics -> the row of each value's bin in the mapped
-        rows' layout (as in the package's [columns x positions] one, a column's
-        last bin sits at its last position) and the value's fraction of that
-        bin (below 0 or above 1 beyond the outer edges, as the package's
-        encoding)."""
-        x = numeric.T.contiguous()
-        n_positions = self.edges.shape[1] - 1  # edges padded to the widest
-        last = self.last_bin[:, None]
-        found = torch.searchsorted(self.edges, x, right=True, out_int32=True) - 1
-        found = torch.minimum(found.clamp_min(0), last)
-        position = (
-            torch.where(found == last, n_positions - 1, found) + self.offset[:, None]
-        )
-        scale, shift = F.embedding(position, self.encoding).unbind(-1)
-        return position.T, (x * scale + shift).T
+        rows' layout and the value's fraction of that bin (below 0 or above 1
+        beyond the outer edges, as the package's encoding), both [rows,
+        columns] and contiguous (the gathers and their gradient read them
+        flat)."""
+        x = numeric.T.contiguous()  # the search runs column by column
+        slot = torch.searchsorted(self.edges, x, right=True, out_int32=True)
+        slot = (slot + self.slot_offset).view(-1)
+        position = self.slot_position.index_select(0, slot).view_as(x)
+        scale, shift = self.slot_encoding.index_select(0, slot).unbind(-1)
+        fraction = torch.addcmul(shift.view_as(x), x, scale.view_as(x))
+        return position.T.contiguous(), fraction.T.contiguous()
 
     def forward(
         self,
@@ -195,11 +220,10 @@ class PiecewiseFirstLayer(nn.Module):
             bin_weight = bin_weight * impl.mask[..., None]
         linear0 = embedding.linear0
         # every [d] row a column maps through its [d, hidden] slice of `first`:
-        # its bins' rows, the sums of the rows before each, then linear0's slope
-        # and bias, in one batched product
+        # the sums of its bins' rows before each position and one past the
+        # last, then linear0's slope and bias, in one batched product
         through = torch.cat(
             [
-                bin_weight,
                 self.before.to(bin_weight.dtype) @ bin_weight,
                 linear0.weight[:, None],
                 linear0.bias[:, None],

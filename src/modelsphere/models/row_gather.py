@@ -72,7 +72,7 @@ def gathered_rows_gradients(
         batch_rows,
         grad,
         offsets=offsets,
-        per_sample_weights=fraction.reshape(-1)[order].to(grad.dtype),
+        per_sample_weights=fraction.reshape(-1).index_select(0, order).to(grad.dtype),
         mode="sum",
     )
     return step_grad, slope_grad
