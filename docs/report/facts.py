@@ -17,6 +17,9 @@ from markupsafe import escape
 
 RESULT_NAMES = (
     "train_throughput",
+    # the same benchmark run again for its targets' comparisons (`--name
+    # train_throughput_repeat`): a target is met only where both runs meet it
+    "train_throughput_repeat",
     "serve_load",
     "preprocess_scale",
     "quality",
@@ -697,6 +700,21 @@ def _requirement(name, target, value, met, source, why="") -> Dict[str, Any]:
     }
 
 
+def _missed_earlier_path_reason(paths: Dict[str, Any]) -> str:
+    """Why the default batch path is not further ahead of the earlier one: the
+    share of its run the network's products need at the matmul peak."""
+    floor = paths.get("model_forward_floor", {}).get("seconds")
+    if floor is None:
+        return ""
+    default = paths["batch"]["parquet -> parquet"]["in_process_seconds"]
+    return (
+        f"the network's matrix products alone need {floor:.2f} s of the "
+        f"default's {default:.2f} s at the matmul peak of both cores, and the "
+        "earlier path runs them on both cores too: overlapping the other stages "
+        "with the forward pass is what is left to gain"
+    )
+
+
 def _missed_training_reason(name: str, data: Dict[str, Any]) -> str:
     """Why a training-loop target was missed, from the same result file."""
     models = data.get("models", {})
@@ -823,9 +841,27 @@ def _requirements(results) -> List[Dict[str, Any]]:
                 "inference_paths.json",
                 f"{paths['startup']['seconds']:.2f} s of start-up (interpreter, "
                 "torch, pandas, Hydra) before the first row: a 1M-row file is too "
-                "small to amortise it; the in-process path meets the target",
+                "small to amortise it"
+                + (
+                    "; the in-process path meets the target"
+                    if paths["target"]["in_process_met"]
+                    else ""
+                ),
             )
         )
+        earlier = paths.get("vs_earlier_path")
+        if earlier:
+            rows.append(
+                _requirement(
+                    "batch predict against the earlier path (eager PyTorch, one "
+                    "stage after the other), in process, in the same rounds",
+                    f">= {earlier['goal']:g}x",
+                    f"{earlier['value']:.2f}x",
+                    earlier["met"],
+                    "inference_paths.json",
+                    _missed_earlier_path_reason(paths),
+                )
+            )
     scale = results["preprocess_scale"]
     if scale is not None:
         target = scale["target"]
@@ -852,18 +888,39 @@ def _requirements(results) -> List[Dict[str, Any]]:
                 )
             )
     train = results["train_throughput"]
+    repeats = (results.get("train_throughput_repeat") or {}).get("targets") or {}
     for name, target in ((train or {}).get("targets") or {}).items():
-        rows.append(
-            _requirement(
-                "training loop: " + name.replace("_", " "),
-                f">= {target['goal']:g}",
-                f"{target['value']:.2f}",
-                target["met"],
-                "train_throughput.json",
-                _missed_training_reason(name, train),
-            )
+        row = _requirement(
+            "training loop: " + name.replace("_", " "),
+            f">= {target['goal']:g}",
+            f"{target['value']:.2f}",
+            target["met"],
+            "train_throughput.json",
+            _missed_training_reason(name, train),
         )
+        if name in repeats:
+            row = _with_repeat(row, repeats[name])
+        rows.append(row)
     return rows
+
+
+def _with_repeat(row: Dict[str, Any], repeat: Dict[str, Any]) -> Dict[str, Any]:
+    """A training target's row with its repeat run's value beside it: met only
+    where both runs meet it (the ratios move with the shared machine's load)."""
+    value = f"{row['value']} (repeat run: {repeat['value']:.2f})"
+    met = bool(row["met"]) and bool(repeat["met"])
+    why = row["why"] or (
+        f"a repeat of the same comparison measured {repeat['value']:.2f}: on "
+        "these shared CPUs the ratio moves with the machine's load from run to run"
+    )
+    return _requirement(
+        row["name"],
+        row["target"],
+        value,
+        met,
+        "train_throughput.json, train_throughput_repeat.json",
+        why,
+    )
 
 
 def all_facts(results) -> Dict[str, Any]:

@@ -221,3 +221,52 @@ def test_a_serve_load_file_without_the_floor_keeps_every_requirement(results):
         assert len(facts.requirements(older)) == expected
         text = benchmarks_summary.render_serving(older)
         assert "answers not measured" in text or "not measured" in text
+
+
+def test_a_training_target_is_met_only_where_its_repeat_run_meets_it(results):
+    """train_throughput_repeat.json (the same benchmark run again) stands beside
+    train_throughput.json: each target both files hold shows both values, and
+    counts as met only where both runs meet it; without a repeat, as before."""
+    goal = "default_model_vs_plain_mlp_batch_1024"
+    name = "training loop: " + goal.replace("_", " ")
+    first = json.loads(json.dumps(results["train_throughput"]))
+    first["targets"][goal].update(value=0.67, met=True)
+    repeat = {"targets": {goal: {"value": 0.57, "goal": 0.6, "met": False}}}
+
+    def row(**files):
+        rows = facts.requirements(dict(results, train_throughput=first, **files))
+        return next(r for r in rows if r["name"] == name)
+
+    alone = row(train_throughput_repeat=None)
+    assert alone["met"] and alone["value"] == "0.67"
+    repeated = row(train_throughput_repeat=repeat)
+    assert not repeated["met"]
+    assert repeated["value"] == "0.67 (repeat run: 0.57)"
+    assert "0.57" in repeated["why"]
+    assert "train_throughput_repeat.json" in repeated["source"]
+    repeat["targets"][goal].update(value=0.62, met=True)
+    assert row(train_throughput_repeat=repeat)["met"]
+
+
+def test_the_batch_rows_say_only_what_their_file_measured(results):
+    """inference_paths.json's side-by-side ratio against the earlier path is a
+    requirement row of its own (none from an older file without it), and the
+    whole-process row says the in-process path meets the target only where the
+    file says it does."""
+    name = "batch predict against the earlier path"
+    paths = json.loads(json.dumps(results["inference_paths"]))
+    paths["vs_earlier_path"] = {"value": 1.19, "goal": 1.3, "met": False}
+
+    def rows(data):
+        return facts.requirements(dict(results, inference_paths=data))
+
+    row = next(r for r in rows(paths) if r["name"].startswith(name))
+    assert (row["value"], row["target"], row["met"]) == ("1.19x", ">= 1.3x", False)
+    assert "matrix products" in row["why"]
+    older = json.loads(json.dumps(paths))
+    del older["vs_earlier_path"]
+    assert not any(r["name"].startswith(name) for r in rows(older))
+    for met in (False, True):
+        paths["target"]["in_process_met"] = met
+        whole = next(r for r in rows(paths) if r["name"].startswith("the same, whole"))
+        assert ("the in-process path meets the target" in whole["why"]) == met
