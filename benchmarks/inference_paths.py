@@ -10,7 +10,11 @@ Both paths score the same Telco churn model with the same `Predictor`:
   (seeded), Parquet -> Parquet and CSV -> Parquet with the defaults (engine=auto:
   ONNX Runtime; reading + transform, forward and writing overlap in three
   threads), and Parquet -> Parquet the
-  earlier way (engine=torch, prefetch_chunks=0) side by side; wall seconds include
+  earlier way (engine=torch, prefetch_chunks=0) side by side, taking turns (each
+  of `--repeats` rounds runs every path once, starting one path further on than
+  the round before: with fewer rounds than paths some path never starts a round);
+  issue 15's target is the default Parquet path's in-process rows/s over the
+  earlier path's (>= 1.3x); wall seconds include
   start-up, the run's own figure (`prediction.json`, file read to file written)
   does not; the same default run on `--large-rows` rows shows start-up amortised;
 - where the batch time goes: one in-process run of `predict_file` under cProfile

@@ -559,7 +559,7 @@ def test_the_default_first_layer_reads_a_weight_of_any_layout():
 
 def test_the_default_first_layer_gradients_hold_only_their_own_memory():
     """The first Linear's bias gradient is computed with all the layer's mapped
-    rows' gradient ([columns, 2 x bins + 2, hidden]): it is a tensor of its own,
+    rows' gradient ([columns, positions + 3, hidden]): it is a tensor of its own,
     not a view that would keep that buffer alive as `bias.grad` until the next
     zero_grad (and share it with every in-place change to the gradients)."""
     edges = FIRST_LAYER_EDGES[0]

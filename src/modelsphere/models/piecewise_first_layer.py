@@ -17,10 +17,12 @@ computed once per batch from the same parameters, so the model, its gradients
 (autograd through the products) and its saved weights are those of the
 embedding form; only the order of the floating-point sums differs. The sums
 are taken on the [bins, d] rows, as a triangular matrix product (deterministic
-on CUDA too, where a cumulative sum is not), and only they (bins + 1 rows per
-column) go through the first Linear: each bin's own row is the difference of
-two mapped sums, taken in the hidden space (in bfloat16 under CUDA's autocast
-it then carries the sums' rounding, of the order the sum term already has).
+on CUDA too, where a cumulative sum is not), and only they (the widest
+column's bins + 1 per column, with linear0's two rows) go through the first
+Linear: each bin's own row is the difference of two mapped sums, taken in the
+hidden space (in bfloat16 under CUDA's autocast it then carries the sums'
+rounding: for fractions within the bin, of the order the sum term already
+has).
 Per training step this costs one product of every column's sums with the first
 Linear, shared by the batch, and per row two gathered rows per column
 (benchmarks/results/train_throughput.md). Differentiable in the weights only:
@@ -75,8 +77,9 @@ class _MappedRowsSum(torch.autograd.Function):
     [rows, hidden]: per value, the sum before its bin plus its fraction times
     the bin's own row (the next sum minus this one), plus the value times the
     slope; plus every bias. Positions index the mapped rows' own layout (the
-    sum before bin j of column c at c x (positions + 3) + j); the bins' own
-    rows are laid out alike, so one position reads both. The backward writes
+    sum before position j of column c at c x (positions + 3) + j; a column's
+    last bin sits at its last position, as in the package's layout); the
+    bins' own rows are laid out alike, so one position reads both. The backward writes
     the mapped rows' gradient as one tensor: through slices of it, autograd
     would zero-fill and add a tensor of its size per slice."""
 
@@ -195,10 +198,11 @@ class PiecewiseFirstLayer(nn.Module):
 
     def positions(self, numeric: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """[rows, columns] numerics -> the row of each value's bin in the mapped
-        rows' layout and the value's fraction of that bin (below 0 or above 1
-        beyond the outer edges, as the package's encoding), both [rows,
-        columns] and contiguous (the gathers and their gradient read them
-        flat)."""
+        rows' layout (a column's last bin at its last position, as in the
+        package's [columns x positions] layout) and the value's fraction of
+        that bin (below 0 or above 1 beyond the outer edges, as the package's
+        encoding), both [rows, columns] and contiguous (the gathers and their
+        gradient read them flat)."""
         x = numeric.T.contiguous()  # the search runs column by column
         slot = torch.searchsorted(self.edges, x, right=True, out_int32=True)
         slot = (slot + self.slot_offset).view(-1)
