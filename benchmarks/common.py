@@ -114,6 +114,14 @@ def synthetic_numeric_overrides(args, work: Path) -> List[str]:
     ]
 
 
+def round_order(items: List[Any], round_index: int) -> List[Any]:
+    """`items` in the order round `round_index` runs them: each round starts one
+    item further on, so none always runs first (when the machine is freshest)
+    while a slower spell of these shared CPUs reaches each alike."""
+    start = round_index % len(items)
+    return items[start:] + items[:start]
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

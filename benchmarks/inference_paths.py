@@ -52,6 +52,7 @@ from benchmarks.common import (
     RESULTS,
     add_output_arguments,
     machine,
+    round_order,
     write_results,
 )
 from benchmarks.processes import measured, predict_command, raw_csv_command
@@ -196,8 +197,7 @@ def batch_paths_in_turns(
     names = list(paths)
     runs: Dict[str, List[Dict[str, Any]]] = {name: [] for name in names}
     for round_index in range(args.repeats):
-        start = round_index % len(names)
-        for turn, name in enumerate(names[start:] + names[:start]):
+        for turn, name in enumerate(round_order(names, round_index)):
             source, options = paths[name]
             run = predict_once(run_dir, source, work, options)
             runs[name].append(dict(run, round=round_index, turn=turn))

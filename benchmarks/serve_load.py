@@ -56,7 +56,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from benchmarks.common import REPO, add_output_arguments, machine, write_results
+from benchmarks.common import (
+    REPO,
+    add_output_arguments,
+    machine,
+    round_order,
+    write_results,
+)
 from benchmarks.load_client import run_load
 from modelsphere.core.devices import select_device
 from modelsphere.core.fileio import read_json
@@ -448,9 +454,7 @@ def load_cells(args, servers: list, bodies_file, body: str, rows: int, conc: int
             run_client(args, server, bodies_file, conc, args.warmup)
     runs = [[] for _ in servers]
     for repeat in range(args.repeats):
-        turn = repeat % len(servers)
-        order = list(zip(runs, servers))
-        for own, server in order[turn:] + order[:turn]:
+        for own, server in round_order(list(zip(runs, servers)), repeat):
             started = time.monotonic()  # (the turns are in the results)
             run = run_client(args, server, bodies_file, conc, args.duration)
             own.append({**run, "started_monotonic": started})

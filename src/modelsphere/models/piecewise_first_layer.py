@@ -22,9 +22,8 @@ column's bins + 1 per column, with linear0's two rows) go through the first
 Linear: each bin's own row is the difference of two mapped sums, taken in the
 hidden space (in bfloat16 under CUDA's autocast it then carries the sums'
 rounding: for fractions within the bin, of the order the sum term already
-has).
-Per training step this costs one product of every column's sums with the first
-Linear, shared by the batch, and per row two gathered rows per column
+has). Per training step this costs one product of every column's sums with the
+first Linear, shared by the batch, and per row two gathered rows per column
 (benchmarks/results/train_throughput.md). Differentiable in the weights only:
 the training loop's inputs need no gradient.
 """
@@ -79,9 +78,9 @@ class _MappedRowsSum(torch.autograd.Function):
     slope; plus every bias. Positions index the mapped rows' own layout (the
     sum before position j of column c at c x (positions + 3) + j; a column's
     last bin sits at its last position, as in the package's layout); the
-    bins' own rows are laid out alike, so one position reads both. The backward writes
-    the mapped rows' gradient as one tensor: through slices of it, autograd
-    would zero-fill and add a tensor of its size per slice."""
+    bins' own rows are laid out alike, so one position reads both. The
+    backward writes the mapped rows' gradient as one tensor: through slices of
+    it, autograd would zero-fill and add a tensor of its size per slice."""
 
     @staticmethod
     def forward(ctx, mapped, bias, numeric, position, fraction):
