@@ -241,13 +241,15 @@ def test_predict_parquet_to_csv(work, unlabelled, scored_parquet):
 
 
 def test_predict_engines_and_prefetch_agree(work, unlabelled, scored_parquet):
-    """engine=auto (ONNX Runtime on the CPU) with the chunk prefetch, and eager
-    PyTorch one stage after the other, in small chunks: the same rows, the same
-    labels, probabilities equal to float32 rounding."""
+    """engine=auto (ONNX Runtime on the CPU) with the chunk prefetch, one and
+    three forward passes at once, and eager PyTorch one stage after the other,
+    in small chunks: the same rows in the same order, the same labels,
+    probabilities equal to float32 rounding."""
     outputs = {}
     for name, options in {
         "torch_in_turn": ["engine=torch", "prefetch_chunks=0"],
-        "auto_prefetched": ["prefetch_chunks=2", "threads=1"],
+        "auto_prefetched": ["prefetch_chunks=2", "forward_workers=1", "threads=1"],
+        "auto_parallel": ["prefetch_chunks=2", "forward_workers=3", "threads=1"],
     }.items():
         outputs[name] = work / "scored" / f"{name}.parquet"
         result = run_cli(
@@ -260,13 +262,14 @@ def test_predict_engines_and_prefetch_agree(work, unlabelled, scored_parquet):
             *options,
         )
         assert_ok(result)
-    eager, fast = (pd.read_parquet(path) for path in outputs.values())
-    assert len(eager) == len(fast) == 240
-    assert eager["customer_id"].tolist() == fast["customer_id"].tolist()
-    assert eager["prediction"].tolist() == fast["prediction"].tolist()
-    np.testing.assert_allclose(
-        eager["yes_probability"], fast["yes_probability"], rtol=0, atol=1e-5
-    )
+    eager, *fast_ones = (pd.read_parquet(path) for path in outputs.values())
+    for fast in fast_ones:
+        assert len(eager) == len(fast) == 240
+        assert eager["customer_id"].tolist() == fast["customer_id"].tolist()
+        assert eager["prediction"].tolist() == fast["prediction"].tolist()
+        np.testing.assert_allclose(
+            eager["yes_probability"], fast["yes_probability"], rtol=0, atol=1e-5
+        )
 
 
 def test_train_preprocesses_a_fresh_data_dir_itself(tmp_path, tiny_csv):

@@ -189,3 +189,25 @@ def test_writing_the_graph_of_no_run_stops_with_one_line(tmp_path, caplog):
         assert onnx_cache.main([str(tmp_path / "no_run")]) == 2
     (line,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert line.startswith("error: ") and "no_run" in line
+
+
+def test_the_onnx_engine_runs_batch_size_rows_at_a_time(run_dir):
+    """40 rows at 16 per run: three session runs, the outputs in the rows'
+    order, equal to one run of them all."""
+    frame = make_table(rows=40).drop(columns=["label"])
+    sliced = Predictor.from_run_dir(run_dir, CPU, 16, engine="onnx")
+    whole = Predictor.from_run_dir(run_dir, CPU, 1_000, engine="onnx")
+    runs = []
+    session = sliced.engine.session
+
+    class CountingSession:
+        def run(self, names, feeds):
+            runs.append(len(next(iter(feeds.values()))))
+            return session.run(names, feeds)
+
+    sliced.engine.session = CountingSession()
+    got = sliced.predict_frame(frame)
+    assert runs == [16, 16, 8]
+    np.testing.assert_allclose(
+        got["yes_probability"], whole.predict_frame(frame)["yes_probability"], atol=1e-7
+    )

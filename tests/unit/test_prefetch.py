@@ -1,5 +1,6 @@
 """`prefetched`: the iterator runs ahead in a thread, bounded, in order, and errors
-arrive where they would without the thread."""
+arrive where they would without the thread. `mapped_in_order`: calls run at
+once on several threads, results and errors arrive in the items' order."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 
 import pytest
 
-from modelsphere.inference.prefetch import prefetched
+from modelsphere.inference.prefetch import mapped_in_order, prefetched
 
 
 def test_items_arrive_complete_and_in_order():
@@ -109,3 +110,92 @@ def test_chained_stages_pass_errors_on_and_stop_together():
     assert next(stream) == 0
     stream.close()
     assert threading.active_count() == before
+
+
+def test_mapped_results_keep_the_items_order_when_later_calls_finish_first():
+    def slower_first(item):
+        time.sleep(0.05 * (3 - item))
+        return item * 10
+
+    assert list(mapped_in_order(slower_first, iter(range(4)), workers=4)) == [
+        0,
+        10,
+        20,
+        30,
+    ]
+
+
+def test_mapped_calls_run_at_once():
+    # each call waits for the other: only two calls running together get past
+    both_running = threading.Barrier(2, timeout=30)
+
+    def meet(item):
+        both_running.wait()
+        return item
+
+    assert list(mapped_in_order(meet, iter(range(6)), workers=2)) == list(range(6))
+
+
+def test_mapped_takes_at_most_workers_items_ahead():
+    taken = []
+
+    def items():
+        for i in range(20):
+            taken.append(i)
+            yield i
+
+    stream = mapped_in_order(lambda item: item, items(), workers=3)
+    assert next(stream) == 0
+    time.sleep(0.3)  # give it every chance to take more
+    assert len(taken) <= 3
+    assert list(stream) == list(range(1, 20))
+
+
+def test_one_mapped_worker_calls_in_the_consumers_thread():
+    threads = set()
+
+    def where(item):
+        threads.add(threading.get_ident())
+        return item
+
+    assert list(mapped_in_order(where, iter(range(3)), workers=1)) == [0, 1, 2]
+    assert threads == {threading.get_ident()}
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_a_mapped_error_surfaces_after_the_results_before_it(workers):
+    def checked(item):
+        if item == 4:
+            raise ValueError("row 4 is bad")
+        time.sleep(0.01)
+        return item
+
+    seen = []
+    with pytest.raises(ValueError, match="row 4 is bad"):
+        for result in mapped_in_order(checked, iter(range(10)), workers=workers):
+            seen.append(result)
+    assert seen == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_stopping_mapped_early_closes_the_items_and_ends_the_threads(workers):
+    closed = threading.Event()
+
+    def items():
+        try:
+            yield from range(10_000)
+        finally:
+            closed.set()
+
+    before = threading.active_count()
+    source = items()  # held here: only an explicit close() ends it now
+    stream = mapped_in_order(lambda item: item, source, workers=workers)
+    assert next(stream) == 0
+    stream.close()
+    assert closed.is_set()
+    assert threading.active_count() == before
+
+
+def test_workers_must_be_positive():
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        list(mapped_in_order(lambda item: item, iter([1]), workers=0))

@@ -101,6 +101,7 @@ def test_predict_config_composes_and_needs_input_and_output():
         (["engine=tensorrt"], "engine='tensorrt' is not valid"),
         (["engine=onnx", "device=cuda"], "engine=onnx runs on the CPU"),
         (["threads=0"], "threads must be >= 1 or null"),
+        (["forward_workers=0"], "forward_workers must be >= 1 or null"),
         (["prefetch_chunks=-1"], "prefetch_chunks must be >= 0"),
     ],
 )

