@@ -150,8 +150,8 @@ def render(results: Dict[str, Any]) -> str:
    chunks, with ONNX Runtime on the CPU (`engine=auto`) and three overlapping
    stages in their own threads (read + transform, forward pass, write;
    `prefetch_chunks`), the forward pass on one chunk per core at once
-   (`forward_workers`) in 2,048-row runs (`batch_size`). One record through the same `Predictor` in process costs
-   {i['record_over_row']} a row of a batch
+   (`forward_workers`) in 2,048-row runs (`batch_size`). One record through
+   the same `Predictor` in process costs {i['record_over_row']} a row of a batch
    ([`inference_paths.md`]({LINK}/inference_paths.md),
    `python -m benchmarks.inference_paths`), and ONNX Runtime is
    {v['onnx_vs_torch']} eager PyTorch's requests/s in the service

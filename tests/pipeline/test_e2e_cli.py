@@ -242,14 +242,15 @@ def test_predict_parquet_to_csv(work, unlabelled, scored_parquet):
 
 def test_predict_engines_and_prefetch_agree(work, unlabelled, scored_parquet):
     """engine=auto (ONNX Runtime on the CPU) with the chunk prefetch, one and
-    three forward passes at once, and eager PyTorch one stage after the other,
-    in small chunks: the same rows in the same order, the same labels,
-    probabilities equal to float32 rounding."""
-    outputs = {}
+    three forward passes at once, eager PyTorch two at once, and eager PyTorch
+    one stage after the other, in small chunks: the same rows in the same
+    order, the same labels, probabilities equal to float32 rounding."""
+    outputs, logs = {}, {}
     for name, options in {
         "torch_in_turn": ["engine=torch", "prefetch_chunks=0"],
         "auto_prefetched": ["prefetch_chunks=2", "forward_workers=1", "threads=1"],
         "auto_parallel": ["prefetch_chunks=2", "forward_workers=3", "threads=1"],
+        "torch_parallel": ["engine=torch", "forward_workers=2", "threads=1"],
     }.items():
         outputs[name] = work / "scored" / f"{name}.parquet"
         result = run_cli(
@@ -261,7 +262,9 @@ def test_predict_engines_and_prefetch_agree(work, unlabelled, scored_parquet):
             "chunk_rows=50",
             *options,
         )
-        assert_ok(result)
+        logs[name] = assert_ok(result)
+    assert "forward pass: 3 at once, 1 thread(s) each" in logs["auto_parallel"]
+    assert "forward pass: 2 at once, 1 thread(s) each" in logs["torch_parallel"]
     eager, *fast_ones = (pd.read_parquet(path) for path in outputs.values())
     for fast in fast_ones:
         assert len(eager) == len(fast) == 240

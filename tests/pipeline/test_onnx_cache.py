@@ -211,3 +211,10 @@ def test_the_onnx_engine_runs_batch_size_rows_at_a_time(run_dir):
     np.testing.assert_allclose(
         got["yes_probability"], whole.predict_frame(frame)["yes_probability"], atol=1e-7
     )
+
+
+def test_the_onnx_engine_scores_no_rows_as_no_outputs(run_dir):
+    engine = Predictor.from_run_dir(run_dir, CPU, 16, engine="onnx").engine
+    numeric = np.empty((0, engine.n_numeric), dtype=np.float32)
+    categorical = np.empty((0, engine.n_categorical), dtype=np.int64)
+    assert len(engine(numeric, categorical)) == 0

@@ -26,6 +26,7 @@ def test_otherwise_one_pass_on_every_core(four_cores, engine, prefetch_chunks):
 
 def test_the_settings_win_and_share_the_cores(four_cores):
     assert forward_plan("onnx", 2, workers=2) == (2, 2)
-    assert forward_plan("onnx", 2, threads=3) == (4, 3)
+    assert forward_plan("onnx", 2, threads=2) == (2, 2)
+    assert forward_plan("onnx", 2, threads=3) == (1, 3)
     assert forward_plan("torch", 2, workers=3) == (3, 1)
     assert forward_plan("torch", 0, workers=8) == (8, 1)

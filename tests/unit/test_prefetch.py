@@ -177,6 +177,41 @@ def test_a_mapped_error_surfaces_after_the_results_before_it(workers):
     assert seen == [0, 1, 2, 3]
 
 
+@pytest.mark.parametrize("workers", [1, 3])
+def test_an_error_of_the_items_surfaces_after_the_results_before_it(workers):
+    """predict.py's case: the reading stage fails at a chunk after the ones
+    the forward pass already has in hand."""
+
+    def items():
+        yield from range(5)
+        raise ValueError("chunk 5 is bad")
+
+    def slow(item):
+        time.sleep(0.02)
+        return item
+
+    seen = []
+    with pytest.raises(ValueError, match="chunk 5 is bad"):
+        for result in mapped_in_order(slow, items(), workers=workers):
+            seen.append(result)
+    assert seen == [0, 1, 2, 3, 4]
+
+
+def test_stopping_mapped_early_waits_for_the_running_calls():
+    running = []
+
+    def slow(item):
+        running.append(item)
+        time.sleep(0.2)
+        running.remove(item)
+        return item
+
+    stream = mapped_in_order(slow, iter(range(100)), workers=3)
+    assert next(stream) == 0
+    stream.close()
+    assert running == []
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_stopping_mapped_early_closes_the_items_and_ends_the_threads(workers):
     closed = threading.Event()
@@ -196,6 +231,6 @@ def test_stopping_mapped_early_closes_the_items_and_ends_the_threads(workers):
     assert threading.active_count() == before
 
 
-def test_workers_must_be_positive():
+def test_workers_must_be_positive_when_asked():
     with pytest.raises(ValueError, match="workers must be >= 1"):
-        list(mapped_in_order(lambda item: item, iter([1]), workers=0))
+        mapped_in_order(lambda item: item, iter([1]), workers=0)

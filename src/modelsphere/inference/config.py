@@ -32,8 +32,8 @@ class EvaluateAppConfig:
     # a split of the run's own processed data
     split: str = setting("test", choices=SPLITS)
     input: Optional[str] = None  # or a labelled CSV/Parquet file instead
-    # rows per forward pass: 2,048 keeps a pass's activations in the CPU's
-    # caches (inference/engines.py)
+    # rows per forward pass: on the CPU, 2,048 keeps a pass's activations in
+    # the caches (Telco: 0.73x eager PyTorch's, 0.79x ONNX's 8,192-row time)
     batch_size: int = setting(2048, ge=1)
     plot: bool = True
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -49,18 +49,19 @@ class PredictAppConfig:
     output: str = MISSING  # .parquet or .csv; written atomically
     # rows read, scored and written at a time (bounds memory)
     chunk_rows: int = setting(65_536, ge=1)
-    # rows per forward pass: 2,048 keeps a pass's activations in the CPU's
-    # caches (inference/engines.py)
+    # rows per forward pass: on the CPU, 2,048 keeps a pass's activations in
+    # the caches (Telco: 0.73x eager PyTorch's, 0.79x ONNX's 8,192-row time)
     batch_size: int = setting(2048, ge=1)
     # chunks queued between the three stages (read + transform, forward, write),
     # each in its own thread; 0: one after the other. Memory holds up to
-    # chunk_rows x (2 x this + 2 + forward_workers) rows
+    # chunk_rows x (2 x this + 2 + forward passes at once) rows
     prefetch_chunks: int = setting(2, ge=0)
     engine: str = setting("auto", choices=PREDICT_ENGINES)
     # forward passes on consecutive chunks at once; null: one per core with
     # ONNX Runtime and prefetching, else 1 (batch_predict.forward_plan)
     forward_workers: Optional[int] = setting(None, ge=1)
-    # threads per forward pass; null: the cores shared among forward_workers
+    # intra-op threads of a forward pass (ONNX Runtime's session, or eager
+    # PyTorch's on the CPU); null: the cores shared among forward_workers
     threads: Optional[int] = setting(None, ge=1)
     delimiter: str = setting(",", length=1)  # CSV input only
     encoding: str = "utf8"  # CSV input only: e.g. latin-1, cp1252

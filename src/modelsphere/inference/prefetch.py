@@ -61,9 +61,7 @@ def prefetched(items: Iterable[T], depth: int) -> Iterator[T]:
         finally:
             # A source that is itself a generator (a prefetched stage, say) is
             # closed here, in the thread that iterates it, so it stops at once.
-            close = getattr(items, "close", None)
-            if close is not None:
-                close()
+            _close(items)
         offer(_DONE)
 
     thread = threading.Thread(target=produce, name="prefetch", daemon=True)
@@ -88,18 +86,33 @@ def mapped_in_order(
     their own threads, yielded in the items' order (one worker: in this thread).
 
     At most `workers` items are taken ahead of the one yielded, so memory stays
-    bounded. An error surfaces after the results before it; stopping early
-    (an error, `break`, `close()`) cancels the calls not started, waits for the
-    running ones and closes `items`."""
+    bounded. An error, from `function` or from `items`, surfaces after the
+    results before it; stopping early (an error, `break`, `close()`) cancels the
+    calls not started, waits for the running ones and closes `items`."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     if workers == 1:
-        yield from _mapped_here(function, items)
-        return
+        return _mapped_here(function, items)
+    return _mapped_on_threads(function, items, workers)
+
+
+def _mapped_on_threads(
+    function: Callable[[T], R], items: Iterable[T], workers: int
+) -> Iterator[R]:
     pending: Deque[Future] = deque()
     pool = ThreadPoolExecutor(workers, thread_name_prefix="mapped")
+    source = iter(items)
     try:
-        for item in items:
+        while True:
+            try:
+                item = next(source)
+            except StopIteration:
+                break
+            except BaseException:
+                # the items' own error comes after the results taken before it
+                while pending:
+                    yield pending.popleft().result()
+                raise
             pending.append(pool.submit(function, item))
             if len(pending) >= workers:
                 yield pending.popleft().result()
@@ -109,9 +122,7 @@ def mapped_in_order(
         for future in pending:
             future.cancel()
         pool.shutdown(wait=True)
-        close = getattr(items, "close", None)
-        if close is not None:
-            close()
+        _close(items)
 
 
 def _mapped_here(function: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
@@ -119,6 +130,10 @@ def _mapped_here(function: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
         for item in items:
             yield function(item)
     finally:
-        close = getattr(items, "close", None)
-        if close is not None:
-            close()
+        _close(items)
+
+
+def _close(items: Iterable) -> None:
+    close = getattr(items, "close", None)
+    if close is not None:
+        close()
