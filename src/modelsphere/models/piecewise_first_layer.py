@@ -12,7 +12,11 @@ slice of the first Linear and a_c, b_c its `linear0`, the column adds
 
 (W_c S_c[j + 1] - W_c S_c[j] is W_c E_c[j], the bin's own row): two gathered
 rows of the mapped sums, instead of the (bins x d) product per column and the
-(columns x d) x hidden product of the first Linear. The mapped rows are
+(columns x d) x hidden product of the first Linear. The value's own term joins
+the two rows: the encoding's fraction is f = x s_j + t_j (its scale and shift
+for bin j), so x = l_j + f / s_j with l_j = -t_j / s_j, and the gathered rows
+are W_c S_c[j] + l_j W_c a_c and W_c E_c[j] + W_c a_c / s_j (no product of the
+batch's values with the slopes, forward or backward). The mapped rows are
 computed once per batch from the same parameters, so the model, its gradients
 (autograd through the products) and its saved weights are those of the
 embedding form; only the order of the floating-point sums differs. The sums
@@ -74,58 +78,73 @@ class _MappedRowsSum(torch.autograd.Function):
     bins' rows before each position and one past the last, then linear0's slope
     and bias) and the first Linear's bias -> the first layer's numeric part,
     [rows, hidden]: per value, the sum before its bin plus its fraction times
-    the bin's own row (the next sum minus this one), plus the value times the
-    slope; plus every bias. Positions index the mapped rows' own layout (the
-    sum before position j of column c at c x (positions + 3) + j; a column's
-    last bin sits at its last position, as in the package's layout); the
-    bins' own rows are laid out alike, so one position reads both. The
-    backward writes the mapped rows' gradient as one tensor: through slices of
-    it, autograd would zero-fill and add a tensor of its size per slice."""
+    the bin's own row (the next sum minus this one), each with its share of the
+    value times the slope (`left` + fraction x `inverse_scale` is the value,
+    both [columns, positions], zero at the package's padding); plus every
+    bias. Positions index the mapped rows' own layout (the sum before position
+    j of column c at c x (positions + 3) + j; a column's last bin sits at its
+    last position, as in the package's layout); the bins' own rows are laid out
+    alike, so one position reads both. The backward writes the mapped rows'
+    gradient as one tensor: through slices of it, autograd would zero-fill and
+    add a tensor of its size per slice."""
 
     @staticmethod
-    def forward(ctx, mapped, bias, numeric, position, fraction):
+    def forward(ctx, mapped, bias, left, inverse_scale, position, fraction):
         n_columns, width, hidden = mapped.shape
         n_positions = width - 3
-        ctx.save_for_backward(numeric, position, fraction)
+        left, inverse_scale = left.to(mapped.dtype), inverse_scale.to(mapped.dtype)
+        ctx.save_for_backward(left, inverse_scale, position, fraction)
         ctx.shape, ctx.dtype = mapped.shape, mapped.dtype
         ctx.bias_dtype = bias.dtype
-        # each bin's own row, in its sum's place (no position reads the rows
-        # past the bins: they are left unset)
-        bin_rows = torch.empty_like(mapped)
+        slope, shift = mapped[:, n_positions + 1 :].unbind(1)
+        # per bin, in the sums' layout (no position reads the rows past the
+        # bins: they are left unset): the sum before it with the value's left
+        # edge times the slope, and its own row with the slope over its scale
+        steps, bin_rows = torch.empty_like(mapped), torch.empty_like(mapped)
+        torch.addcmul(
+            mapped[:, :n_positions],
+            left[..., None],
+            slope[:, None],
+            out=steps[:, :n_positions],
+        )
         torch.sub(
             mapped[:, 1 : n_positions + 1],
             mapped[:, :n_positions],
             out=bin_rows[:, :n_positions],
         )
-        slope, shift = mapped[:, n_positions + 1 :].unbind(1)
-        out = torch.addmm(bias + shift.sum(0), numeric.to(mapped.dtype), slope)
-        return out + gathered_rows(
-            mapped.reshape(-1, hidden),
+        bin_rows[:, :n_positions].addcmul_(inverse_scale[..., None], slope[:, None])
+        out = gathered_rows(
+            steps.reshape(-1, hidden),
             bin_rows.reshape(-1, hidden),
             position,
             fraction,
         )
+        return out.add_(bias + shift.sum(0))
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        numeric, position, fraction = ctx.saved_tensors
+        left, inverse_scale, position, fraction = ctx.saved_tensors
         n_columns, width, hidden = ctx.shape
         n_positions = width - 3
         grad = grad.to(ctx.dtype).contiguous()
-        sums_grad, bin_rows_grad = gathered_rows_gradients(
+        steps_grad, bin_rows_grad = gathered_rows_gradients(
             position, fraction, grad, n_columns * width
         )
-        mapped_grad = sums_grad.view(ctx.shape)
-        # a bin's own row is the next sum minus its own
+        mapped_grad = steps_grad.view(ctx.shape)
         bin_rows_grad = bin_rows_grad.view(ctx.shape)[:, :n_positions]
+        # linear0's slope, through both rows (before the sums' gradient is
+        # written over the steps' in place)
+        slope_grad = torch.bmm(left[:, None], mapped_grad[:, :n_positions])
+        slope_grad.baddbmm_(inverse_scale[:, None], bin_rows_grad)
+        # a bin's own row is the next sum minus its own
         mapped_grad[:, 1 : n_positions + 1] += bin_rows_grad
         mapped_grad[:, :n_positions] -= bin_rows_grad
-        mapped_grad[:, n_positions + 1] = numeric.T.to(ctx.dtype) @ grad
+        mapped_grad[:, n_positions + 1] = slope_grad[:, 0]
         mapped_grad[:, n_positions + 2] = grad.sum(0)
         # a copy: as a view it would hold all of mapped_grad as the bias's grad
         bias_grad = mapped_grad[0, n_positions + 2].to(ctx.bias_dtype, copy=True)
-        return mapped_grad, bias_grad, None, None, None
+        return mapped_grad, bias_grad, None, None, None, None
 
 
 def _column_slices(weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -235,7 +254,13 @@ class PiecewiseFirstLayer(nn.Module):
         )
         mapped = _ThroughColumns.apply(through, first.weight)
         position, encoded = self.positions(numeric)
-        out = _MappedRowsSum.apply(mapped, first.bias, numeric, position, encoded)
+        # each bin's value as its left edge + fraction / scale (padding: 0)
+        scale = impl.weight
+        inverse_scale = torch.where(scale != 0, scale.reciprocal(), 0.0)
+        left = -impl.bias * inverse_scale
+        out = _MappedRowsSum.apply(
+            mapped, first.bias, left, inverse_scale, position, encoded
+        )
         if categorical:
             categorical_weight = first.weight[:, n_features * d :]
             out = out + F.linear(torch.cat(categorical, dim=1), categorical_weight)

@@ -62,10 +62,11 @@ def gathered_rows_gradients(
     output gradients of the rows that read it (times their fractions, for the
     slope table), in the order of a stable sort of the positions."""
     flat = position.reshape(-1)
-    order = torch.argsort(flat, stable=True)
+    keys, order = torch.sort(flat, stable=True)
     batch_rows = torch.div(order, position.shape[1], rounding_mode="floor")
-    counts = torch.bincount(flat, minlength=n_rows)
-    offsets = counts.cumsum(0) - counts
+    # where each table row's run of sorted positions starts (empty runs too)
+    table_rows = torch.arange(n_rows, dtype=keys.dtype, device=keys.device)
+    offsets = torch.searchsorted(keys, table_rows)
     grad = grad.contiguous()
     step_grad = F.embedding_bag(batch_rows, grad, offsets=offsets, mode="sum")
     slope_grad = F.embedding_bag(
