@@ -531,6 +531,29 @@ def test_the_default_first_layer_trains_under_bfloat16_autocast():
         assert (half - full).norm() <= 0.03 * full.norm()
 
 
+def test_the_default_first_layer_scores_edges_past_float16s_range_under_autocast():
+    """Under a float16 autocast the first layer's products run in float16; the
+    value's share of linear0 is added in the encoding's float32, so a column
+    whose edges and bin widths pass float16's range (65,504: numerics left
+    unscaled) still gets finite outputs. (Its linear0 gradient, the values
+    times the output's, can still pass float16's range: scale such columns.)"""
+    edges = [[0.0, 1e5, 3e5], [-1.0, 0.0, 1.0]]
+    spec = embedding_form_spec(edges, [], n_outputs=1)
+    torch.manual_seed(0)
+    model = build_model(spec)
+    gen = torch.Generator().manual_seed(1)
+    numeric = torch.stack(
+        [torch.rand(64, generator=gen) * 3e5, torch.randn(64, generator=gen)], dim=1
+    )
+    categorical = torch.zeros(64, 0, dtype=torch.long)
+    with torch.no_grad():
+        expected = model(numeric, categorical)
+        with torch.autocast("cpu", dtype=torch.float16):
+            out = model(numeric, categorical)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.float(), expected, rtol=0.02, atol=0.02)
+
+
 def test_the_default_first_layer_reads_a_weight_of_any_layout():
     """The first Linear's weight in another memory layout (same values): the
     same outputs and gradients, as slices are views that follow its strides."""

@@ -19,14 +19,17 @@ are W_c S_c[j] + l_j W_c a_c and W_c E_c[j] + W_c a_c / s_j (no product of the
 batch's values with the slopes, forward or backward). The mapped rows are
 computed once per batch from the same parameters, so the model, its gradients
 (autograd through the products) and its saved weights are those of the
-embedding form; only the order of the floating-point sums differs. The sums
+embedding form; only the order of the floating-point sums differs, and the
+value's term takes the value back from its rounded fraction (to about the
+rounding of the bin's edge and width, as the fraction itself). The sums
 are taken on the [bins, d] rows, as a triangular matrix product (deterministic
 on CUDA too, where a cumulative sum is not), and only they (the widest
 column's bins + 1 per column, with linear0's two rows) go through the first
 Linear: each bin's own row is the difference of two mapped sums, taken in the
 hidden space (in bfloat16 under CUDA's autocast it then carries the sums'
 rounding: for fractions within the bin, of the order the sum term already
-has). Per training step this costs one product of every column's sums with the
+has); the value's share of the slope is added to both rows in the encoding's
+float32. Per training step this costs one product of every column's sums with the
 first Linear, shared by the batch, and per row two gathered rows per column
 (benchmarks/results/train_throughput.md). Differentiable in the weights only:
 the training loop's inputs need no gradient.
@@ -92,17 +95,20 @@ class _MappedRowsSum(torch.autograd.Function):
     def forward(ctx, mapped, bias, left, inverse_scale, position, fraction):
         n_columns, width, hidden = mapped.shape
         n_positions = width - 3
-        left, inverse_scale = left.to(mapped.dtype), inverse_scale.to(mapped.dtype)
+        # the rows in the encoding's precision at least: under a float16
+        # autocast, an edge or bin width past its range would be infinite
+        dtype = torch.promote_types(mapped.dtype, left.dtype)
         ctx.save_for_backward(left, inverse_scale, position, fraction)
-        ctx.shape, ctx.dtype = mapped.shape, mapped.dtype
+        ctx.shape, ctx.dtype, ctx.table_dtype = mapped.shape, mapped.dtype, dtype
         ctx.bias_dtype = bias.dtype
-        slope, shift = mapped[:, n_positions + 1 :].unbind(1)
+        slope, shift = mapped[:, n_positions + 1 :].to(dtype).unbind(1)
         # per bin, in the sums' layout (no position reads the rows past the
         # bins: they are left unset): the sum before it with the value's left
         # edge times the slope, and its own row with the slope over its scale
-        steps, bin_rows = torch.empty_like(mapped), torch.empty_like(mapped)
+        steps = torch.empty(mapped.shape, dtype=dtype, device=mapped.device)
+        bin_rows = torch.empty_like(steps)
         torch.addcmul(
-            mapped[:, :n_positions],
+            mapped[:, :n_positions].to(dtype),
             left[..., None],
             slope[:, None],
             out=steps[:, :n_positions],
@@ -127,7 +133,7 @@ class _MappedRowsSum(torch.autograd.Function):
         left, inverse_scale, position, fraction = ctx.saved_tensors
         n_columns, width, hidden = ctx.shape
         n_positions = width - 3
-        grad = grad.to(ctx.dtype).contiguous()
+        grad = grad.to(ctx.table_dtype).contiguous()
         steps_grad, bin_rows_grad = gathered_rows_gradients(
             position, fraction, grad, n_columns * width
         )
@@ -144,7 +150,7 @@ class _MappedRowsSum(torch.autograd.Function):
         mapped_grad[:, n_positions + 2] = grad.sum(0)
         # a copy: as a view it would hold all of mapped_grad as the bias's grad
         bias_grad = mapped_grad[0, n_positions + 2].to(ctx.bias_dtype, copy=True)
-        return mapped_grad, bias_grad, None, None, None, None
+        return mapped_grad.to(ctx.dtype), bias_grad, None, None, None, None
 
 
 def _column_slices(weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
