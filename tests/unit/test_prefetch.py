@@ -20,15 +20,16 @@ def test_an_empty_iterator_yields_nothing():
     assert list(prefetched(iter([]), depth=1)) == []
 
 
+def recorded(count, taken):
+    """range(count), each item appended to `taken` as it is taken."""
+    for i in range(count):
+        taken.append(i)
+        yield i
+
+
 def test_the_producer_runs_at_most_depth_items_ahead():
     produced = []
-
-    def items():
-        for i in range(20):
-            produced.append(i)
-            yield i
-
-    stream = prefetched(items(), depth=2)
+    stream = prefetched(recorded(20, produced), depth=2)
     assert next(stream) == 0
     time.sleep(0.3)  # give the producer every chance to run further ahead
     # item 0 consumed, 2 waiting in the queue, 1 produced and blocked on put
@@ -51,14 +52,8 @@ def test_an_error_surfaces_after_the_items_before_it():
 
 def test_stopping_early_stops_the_producer():
     produced = []
-
-    def items():
-        for i in range(10_000):
-            produced.append(i)
-            yield i
-
     before = threading.active_count()
-    stream = prefetched(items(), depth=1)
+    stream = prefetched(recorded(10_000, produced), depth=1)
     for item in stream:
         if item == 3:
             break
@@ -138,13 +133,7 @@ def test_mapped_calls_run_at_once():
 
 def test_mapped_takes_at_most_workers_items_ahead():
     taken = []
-
-    def items():
-        for i in range(20):
-            taken.append(i)
-            yield i
-
-    stream = mapped_in_order(lambda item: item, items(), workers=3)
+    stream = mapped_in_order(lambda item: item, recorded(20, taken), workers=3)
     assert next(stream) == 0
     time.sleep(0.3)  # give it every chance to take more
     assert len(taken) <= 3

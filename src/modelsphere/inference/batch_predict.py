@@ -36,7 +36,7 @@ from modelsphere.data.table_io import (
 )
 from modelsphere.inference.config import validate_predict_app
 from modelsphere.inference.engines import resolve_engine
-from modelsphere.inference.predictor import Predictor, PreparedRows, ScoredRows
+from modelsphere.inference.predictor import Predictor, PreparedRows
 from modelsphere.inference.prefetch import mapped_in_order, prefetched
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,8 @@ def predict_file(
     prepared = _prepared_chunks(predictor, input_path, chunk_rows, csv)
     if prefetch_chunks:
         prepared = prefetched(prepared, prefetch_chunks)
-    scored = _forward_chunks(predictor, prepared, forward_workers)
+    # closes `prepared` when it stops: the stage before stops at once
+    scored = mapped_in_order(predictor.forward, prepared, forward_workers)
     if prefetch_chunks:
         scored = prefetched(scored, prefetch_chunks)
     # closing(): a failed write stops the stage threads now, not at garbage collection
@@ -122,13 +123,6 @@ def _prepared_chunks(
     for chunk in iter_table_chunks(input_path, chunk_rows, csv=csv):
         yield predictor.prepare_rows(chunk, where=str(input_path), row_offset=rows)
         rows += len(chunk)
-
-
-def _forward_chunks(
-    predictor: Predictor, prepared: Iterator[PreparedRows], workers: int
-) -> Iterator[ScoredRows]:
-    # closes `prepared` when it stops: the stage before stops at once
-    return mapped_in_order(predictor.forward, prepared, workers)
 
 
 def _delimiter_hint(columns: List[str], csv: CsvOptions) -> str:
