@@ -14,8 +14,10 @@ where they cost least.
 from __future__ import annotations
 
 import asyncio
+import logging
+import queue
 import threading
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, Callable, Coroutine, Optional
 
 from fastapi import HTTPException, Request
 from fastapi.routing import APIRoute
@@ -28,33 +30,77 @@ from modelsphere.serving.thin_path import ThinHandler
 
 SCORING_THREAD_NAME = "modelsphere-scoring"
 
+log = logging.getLogger(__name__)
+
 
 class ScoringThread:
-    """A daemon thread with its own event loop; `run` awaits a coroutine there."""
+    """The worker's one scoring thread: it does its work one piece at a time, in
+    the order given: functions posted to it (`post`: the request batcher's) and
+    coroutines (`run`: large requests), each run to its end on the thread's own
+    event loop. It waits on a queue, not in an event loop: what wakes it is the
+    release of the queue's lock, where an event loop's `call_soon_threadsafe`
+    writes a byte to its self-pipe (a socket). The server's event loop, whose
+    thread is what limits a worker's requests/s, posts the batcher's work once per
+    batch and pays for the wake-up: the lock costs it a fraction of the write
+    (benchmarks/results/serve_load.md has the requests/s)."""
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+        self._work: "queue.SimpleQueue[Optional[Callable[[], None]]]" = (
+            queue.SimpleQueue()
+        )
+        self._loop = asyncio.new_event_loop()
         self.thread = threading.Thread(
             target=self._run, name=SCORING_THREAD_NAME, daemon=True
         )
         self.thread.start()
 
     def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
+        asyncio.set_event_loop(self._loop)
+        try:
+            while (function := self._work.get()) is not None:
+                try:
+                    function()
+                except Exception:  # noqa: BLE001 - the thread serves on
+                    log.exception("work posted to the scoring thread failed")
+        finally:
+            self._loop.close()
 
-    async def run(self, work: Awaitable[Any]) -> Any:
-        future = asyncio.run_coroutine_threadsafe(work, self.loop)
-        return await asyncio.wrap_future(future)
+    async def run(self, work: Coroutine[Any, Any, Any]) -> Any:
+        """`await work` on the scoring thread; its result or error comes back to
+        the caller's loop. A request cancelled before its turn is not run."""
+        caller = asyncio.get_running_loop()
+        answer = caller.create_future()
+
+        def settle(result: Any, error: Optional[BaseException]) -> None:
+            if answer.done():  # cancelled meanwhile
+                return
+            if error is not None:
+                answer.set_exception(error)
+            else:
+                answer.set_result(result)
+
+        def run_work() -> None:
+            if answer.cancelled():
+                work.close()
+                return
+            try:
+                result = self._loop.run_until_complete(work)
+            except BaseException as exc:  # noqa: BLE001 - the caller's to raise
+                caller.call_soon_threadsafe(settle, None, exc)
+            else:
+                caller.call_soon_threadsafe(settle, result, None)
+
+        self._work.put(run_work)
+        return await answer
 
     def post(self, function: Callable[[], None]) -> None:
         """`function()` on the scoring thread, soon; not awaited."""
-        self.loop.call_soon_threadsafe(function)
+        self._work.put(function)
 
     def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
+        """Ends the thread once the work given before has run; waits for it."""
+        self._work.put(None)
         self.thread.join()
-        self.loop.close()
 
 
 class ServiceRoute(APIRoute):
