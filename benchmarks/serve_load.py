@@ -437,12 +437,23 @@ def _run_wrk(args, server, bodies_file, concurrency: int, seconds: int):
     return json.loads(line.split(" ", 1)[1]), spread
 
 
-def load_cells(args, servers: list, bodies_file, body: str, rows: int, conc: int):
+def load_cells(
+    args,
+    servers: list,
+    bodies_file,
+    body: str,
+    rows: int,
+    conc: int,
+    with_floor: bool = False,
+):
     """Per server, one cell: a warm-up each, then `--repeats` rounds of one
     client run per server in turn, each round starting one server further on
     (so that no server always runs first, when the machine is freshest);
     medians of rates and latencies. `bodies_file` None: the constant-JSON
-    route instead."""
+    route instead. `with_floor`: each run is paired with a run of the same
+    server's constant-JSON route at the same concurrency, right before it or
+    right after (in turn, round by round), and each server's floor cell comes
+    back beside its cell: (cells, floors)."""
     for server in servers:
         if bodies_file is None:
             status = http_status(f"{server.base}{FLOOR_ROUTE}")
@@ -452,13 +463,25 @@ def load_cells(args, servers: list, bodies_file, body: str, rows: int, conc: int
             sys.exit(f"the {rows}-row request of the load answered {status}")
         if args.warmup > 0:
             run_client(args, server, bodies_file, conc, args.warmup)
+            if with_floor:
+                run_client(args, server, None, conc, args.warmup)
     runs = [[] for _ in servers]
+    floor_runs = [[] for _ in servers]
     for repeat in range(args.repeats):
-        for own, server in round_order(list(zip(runs, servers)), repeat):
-            started = time.monotonic()  # (the turns are in the results)
-            run = run_client(args, server, bodies_file, conc, args.duration)
-            own.append({**run, "started_monotonic": started})
-    return [cell_of(rows, conc, own) for own in runs]
+        for (own, floor_own), server in round_order(
+            list(zip(zip(runs, floor_runs), servers)), repeat
+        ):
+            loads = [(own, bodies_file)]
+            if with_floor:
+                loads.insert(repeat % 2, (floor_own, None))
+            for into, bodies in loads:
+                started = time.monotonic()  # (the turns are in the results)
+                run = run_client(args, server, bodies, conc, args.duration)
+                into.append({**run, "started_monotonic": started})
+    cells = [cell_of(rows, conc, own) for own in runs]
+    if not with_floor:
+        return cells
+    return cells, [cell_of(0, conc, own) for own in floor_runs]
 
 
 def cell_of(rows: int, conc: int, runs: list) -> dict:
@@ -704,9 +727,10 @@ def measure(args, engine, workers, variants, files, first, scratch) -> list:
     """One server per variant ((`serve.` settings over SERVER_DEFAULTS, request
     sizes)), all started together: every size at every concurrency, the servers
     that measure a cell taking turns run by run (so a slower minute on these
-    shared machines falls on each of them alike); then each server's floor
-    (when its floor cell was measured), taking turns too, its records per
-    engine call and whether its workers froze their heaps (from its log)."""
+    shared machines falls on each of them alike), the floor cell's runs each
+    paired with a run of the same server's constant-JSON route (its floor);
+    then each server's records per engine call and whether its workers froze
+    their heaps (from its log)."""
     configs, labels = [], []
     for overrides, _ in variants:
         settings = {**SERVER_DEFAULTS, **overrides}
@@ -722,24 +746,23 @@ def measure(args, engine, workers, variants, files, first, scratch) -> list:
         for rows in args.rows:
             for conc in args.concurrency:
                 taking = [i for i, (_, sizes) in enumerate(variants) if rows in sizes]
-                cells = load_cells(
+                paired = {"rows": rows, "concurrency": conc} == FLOOR_CELL
+                measured = load_cells(
                     args,
                     [servers[i] for i in taking],
                     files[rows],
                     first[rows],
                     rows,
                     conc,
+                    with_floor=paired,
                 )
+                cells, floors = measured if paired else (measured, [])
                 for i, cell in zip(taking, cells):
                     configs[i]["cells"].append(cell)
                     print(summary_line(labels[i], workers, cell), flush=True)
-        floored = [i for i, c in enumerate(configs) if find(c["cells"], **FLOOR_CELL)]
-        floors = load_cells(
-            args, [servers[i] for i in floored], None, "", 0, FLOOR_CELL["concurrency"]
-        )
-        for i, floor in zip(floored, floors):
-            configs[i]["floor"] = floor
-            print(f"{labels[i]}: GET {FLOOR_ROUTE}: {floor}", flush=True)
+                for i, floor in zip(taking, floors):
+                    configs[i]["floor"] = floor
+                    print(f"{labels[i]}: GET {FLOOR_ROUTE}: {floor}", flush=True)
         for config, server in zip(configs, servers):
             config["engine_calls"] = records_per_engine_call(server.base)
             config["frozen_objects"] = [
@@ -820,11 +843,17 @@ def heap_freeze_comparison(configs: list, unfrozen: dict | None) -> dict | None:
 
 
 def floor_share(config: dict) -> float | None:
-    """The floor cell's requests/s over the constant-JSON route's, same server."""
+    """The floor cell's requests/s over the constant-JSON route's, same server:
+    the median of the paired runs' ratios (each run of the cell beside its own
+    floor run, so a faster or slower minute of the machine falls on both)."""
     cell, floor = find(config["cells"], **FLOOR_CELL), config.get("floor")
     if not (cell and floor):
         return None
-    return round(cell["requests_per_second"] / floor["requests_per_second"], 3)
+    shares = [
+        own["requests_per_second"] / constant["requests_per_second"]
+        for own, constant in zip(cell["runs"], floor["runs"])
+    ]
+    return round(statistics.median(shares), 3)
 
 
 def summary_line(engine: str, workers: int, cell: dict) -> str:
@@ -995,7 +1024,8 @@ def config_section(config: dict) -> list:
         lines += [
             "",
             f"The framework's floor, GET `{FLOOR_ROUTE}` (constant JSON, same "
-            f"server, right after): {floor['requests_per_second']:,.0f} "
+            f"server, each run beside one of the {_floor_cell()} runs): "
+            f"{floor['requests_per_second']:,.0f} "
             f"requests/s at concurrency {floor['concurrency']}, p50 "
             f"{lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms, errors "
             f"{floor['errors']}.",

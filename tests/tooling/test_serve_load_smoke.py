@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import runpy
+import statistics
 import sys
 
 
@@ -38,11 +39,27 @@ def test_serve_load_smoke(tmp_path, monkeypatch, trained_runs):
     timing = payload["in_process"]["torch"]["1"]
     assert timing["predict_records_ms"] > 0 and timing["engine_forward_ms"] > 0
     assert "torch,rows=1" in payload["http_overhead"]
-    # the framework's floor in the same server: a constant-JSON route
+    # the framework's floor in the same server: a constant-JSON route, each of
+    # its runs beside one of the cell's (before it, then after it, in turn)
     floor = config["floor"]
     assert floor["requests"] > 0 and floor["errors"] == 0
+    assert len(floor["runs"]) == len(cell["runs"]) == 2
+    for round_, (own, constant) in enumerate(zip(cell["runs"], floor["runs"])):
+        first, then = (constant, own) if round_ % 2 == 0 else (own, constant)
+        assert first["started_monotonic"] < then["started_monotonic"]
+        between = [
+            run["started_monotonic"]
+            for server in (payload["unbatched"], payload["unfrozen"])
+            for run in server["cells"][1]["runs"] + server["floor"]["runs"]
+        ]
+        assert not any(
+            first["started_monotonic"] < t < then["started_monotonic"] for t in between
+        )
     [share] = [t for t in payload["targets"] if "constant JSON" in t["target"]]
-    expected = cell["requests_per_second"] / floor["requests_per_second"]
+    expected = statistics.median(
+        own["requests_per_second"] / constant["requests_per_second"]
+        for own, constant in zip(cell["runs"], floor["runs"])
+    )
     assert share["value"] == round(expected, 3) and share["met"] == (expected >= 0.6)
     assert {t["met"] for t in payload["targets"]} <= {True, False, None}
     assert payload["faster_engine"] is None  # one engine: nothing to compare
