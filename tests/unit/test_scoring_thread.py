@@ -5,11 +5,13 @@ not write to an event loop's self-pipe."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import threading
 from asyncio import selector_events
 
 import pytest
+from fastapi import HTTPException
 
 from modelsphere.serving.routing import SCORING_THREAD_NAME, ScoringThread
 
@@ -80,7 +82,8 @@ def test_a_failed_posted_function_is_logged_and_the_thread_serves_on(scoring, ca
         scoring.post(failing)
         scoring.post(done.set)
         assert done.wait(WAIT)
-    assert "broken batch" in caplog.text
+    [record] = [r for r in caplog.records if r.name == "modelsphere.serving.routing"]
+    assert "broken batch" in record.exc_text
 
 
 def test_a_coroutine_cancelled_before_its_turn_is_not_run(scoring):
@@ -134,3 +137,52 @@ def test_posting_does_not_write_to_an_event_loops_self_pipe(scoring, monkeypatch
         scoring.post(done.set)
         assert done.wait(WAIT)
     assert writes == []
+
+
+def test_a_coroutine_runs_in_its_callers_context_variables(scoring):
+    request_id = contextvars.ContextVar("request_id", default=None)
+
+    async def work():
+        return request_id.get()
+
+    async def main():
+        request_id.set("r-17")
+        return await asyncio.wait_for(scoring.run(work()), WAIT)
+
+    assert asyncio.run(main()) == "r-17"
+
+
+def test_a_coroutine_on_the_scoring_thread_may_await_more_work_there():
+    # its own thread, stopped only once it passed: were the inner work queued
+    # behind the outer, the thread would never be free to stop
+    scoring = ScoringThread()
+
+    async def inner():
+        return threading.current_thread().name
+
+    async def outer():
+        return await scoring.run(inner())
+
+    async def main():
+        return await asyncio.wait_for(scoring.run(outer()), WAIT)
+
+    assert asyncio.run(main()) == SCORING_THREAD_NAME
+    scoring.stop()
+
+
+def test_work_given_after_stop_is_refused_with_a_503():
+    scoring = ScoringThread()
+    scoring.stop()
+    with pytest.raises(HTTPException) as refused:
+        scoring.post(lambda: None)
+    assert refused.value.status_code == 503
+    assert "shutting down" in refused.value.detail
+
+    async def work():
+        return 1
+
+    async def main():
+        await scoring.run(work())
+
+    with pytest.raises(HTTPException, match="503"):
+        asyncio.run(main())

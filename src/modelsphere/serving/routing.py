@@ -14,6 +14,7 @@ where they cost least.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import queue
 import threading
@@ -36,19 +37,23 @@ log = logging.getLogger(__name__)
 class ScoringThread:
     """The worker's one scoring thread: it does its work one piece at a time, in
     the order given: functions posted to it (`post`: the request batcher's) and
-    coroutines (`run`: large requests), each run to its end on the thread's own
-    event loop. It waits on a queue, not in an event loop: what wakes it is the
-    release of the queue's lock, where an event loop's `call_soon_threadsafe`
-    writes a byte to its self-pipe (a socket). The server's event loop, whose
-    thread is what limits a worker's requests/s, posts the batcher's work once per
-    batch and pays for the wake-up: the lock costs it a fraction of the write
-    (benchmarks/results/serve_load.md has the requests/s)."""
+    coroutines (`run`: large requests), each run on the thread's own event loop
+    until it returns (tasks it starts and leaves running move on only while a
+    later coroutine runs). It waits on a queue, not in an event loop: what wakes
+    it is the release of the queue's lock, where an event loop's
+    `call_soon_threadsafe` writes a byte to its self-pipe (a socket). The
+    server's event loop, whose thread is what limits a worker's requests/s,
+    posts the batcher's work once per batch and pays for the wake-up: the lock
+    costs it a fraction of the write (benchmarks/results/serve_load.md has the
+    requests/s)."""
 
     def __init__(self) -> None:
         self._work: "queue.SimpleQueue[Optional[Callable[[], None]]]" = (
             queue.SimpleQueue()
         )
         self._loop = asyncio.new_event_loop()
+        self._stopped = False
+        self._giving = threading.Lock()  # no work queued behind the stop
         self.thread = threading.Thread(
             target=self._run, name=SCORING_THREAD_NAME, daemon=True
         )
@@ -60,16 +65,22 @@ class ScoringThread:
             while (function := self._work.get()) is not None:
                 try:
                     function()
-                except Exception:  # noqa: BLE001 - the thread serves on
+                except BaseException:  # noqa: BLE001 - the thread serves on
                     log.exception("work posted to the scoring thread failed")
         finally:
             self._loop.close()
 
     async def run(self, work: Coroutine[Any, Any, Any]) -> Any:
-        """`await work` on the scoring thread; its result or error comes back to
-        the caller's loop. A request cancelled before its turn is not run."""
+        """`await work` on the scoring thread, in the caller's context variables;
+        its result or error comes back to the caller's loop. A request cancelled
+        before its turn is not run; one cancelled while it runs runs to its end
+        (its answer is dropped). Awaited on the scoring thread itself, `work`
+        runs there at once (queued, it would wait for the coroutine awaiting it)."""
+        if threading.current_thread() is self.thread:
+            return await work
         caller = asyncio.get_running_loop()
         answer = caller.create_future()
+        context = contextvars.copy_context()
 
         def settle(result: Any, error: Optional[BaseException]) -> None:
             if answer.done():  # cancelled meanwhile
@@ -84,23 +95,39 @@ class ScoringThread:
                 work.close()
                 return
             try:
-                result = self._loop.run_until_complete(work)
+                result = context.run(self._loop.run_until_complete, work)
             except BaseException as exc:  # noqa: BLE001 - the caller's to raise
                 caller.call_soon_threadsafe(settle, None, exc)
             else:
                 caller.call_soon_threadsafe(settle, result, None)
 
-        self._work.put(run_work)
+        try:
+            self._give(run_work)
+        except HTTPException:
+            work.close()  # never to run
+            raise
         return await answer
 
     def post(self, function: Callable[[], None]) -> None:
         """`function()` on the scoring thread, soon; not awaited."""
-        self._work.put(function)
+        self._give(function)
 
     def stop(self) -> None:
-        """Ends the thread once the work given before has run; waits for it."""
-        self._work.put(None)
+        """Ends the thread once the work given before has run; waits for it.
+        Work given afterwards is refused (a 503: the server is closing), not
+        left waiting."""
+        with self._giving:
+            self._stopped = True
+            self._work.put(None)
         self.thread.join()
+
+    def _give(self, function: Callable[[], None]) -> None:
+        with self._giving:
+            if self._stopped:
+                raise HTTPException(
+                    503, "shutting down: the scoring thread has stopped"
+                )
+            self._work.put(function)
 
 
 class ServiceRoute(APIRoute):
