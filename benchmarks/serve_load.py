@@ -461,6 +461,8 @@ def load_cells(
             status = http_status(f"{server.base}/predict", body.encode())
         if status != 200:
             sys.exit(f"the {rows}-row request of the load answered {status}")
+        if with_floor and http_status(f"{server.base}{FLOOR_ROUTE}") != 200:
+            sys.exit(f"GET {FLOOR_ROUTE}, the floor, did not answer 200")
         if args.warmup > 0:
             run_client(args, server, bodies_file, conc, args.warmup)
             if with_floor:
@@ -846,14 +848,20 @@ def floor_share(config: dict) -> float | None:
     """The floor cell's requests/s over the constant-JSON route's, same server:
     the median of the paired runs' ratios (each run of the cell beside its own
     floor run, so a faster or slower minute of the machine falls on both)."""
+    shares = paired_shares(config)
+    return round(statistics.median(shares), 3) if shares else None
+
+
+def paired_shares(config: dict) -> list:
+    """Per pair of runs (the floor cell's and its floor's), the cell's
+    requests/s over the floor's; empty where either was not measured."""
     cell, floor = find(config["cells"], **FLOOR_CELL), config.get("floor")
     if not (cell and floor):
-        return None
-    shares = [
+        return []
+    return [
         own["requests_per_second"] / constant["requests_per_second"]
         for own, constant in zip(cell["runs"], floor["runs"])
     ]
-    return round(statistics.median(shares), 3)
 
 
 def summary_line(engine: str, workers: int, cell: dict) -> str:
@@ -1028,7 +1036,9 @@ def config_section(config: dict) -> list:
             f"{floor['requests_per_second']:,.0f} "
             f"requests/s at concurrency {floor['concurrency']}, p50 "
             f"{lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms, errors "
-            f"{floor['errors']}.",
+            f"{floor['errors']}. Share of the floor, the median of the paired "
+            f"runs' ratios: {_share(floor_share(config))} (each pair "
+            f"{', '.join(f'{r:.2f}x' for r in paired_shares(config))}).",
         ]
     calls = config.get("engine_calls")
     if calls and calls["records_per_engine_call"] is not None:

@@ -293,7 +293,8 @@ def render_serving(results: Dict[str, Any]) -> str:
   {v['overhead_1']} per single-row request ({v['overhead_64']} for 64 rows).
   The framework's floor, a constant-JSON route of the same server
   (`GET /v2/health/live`), answers {v['floor_c8']} with 8 clients: single-row
-  predictions reach {v['floor_share']} of it (target 0.6x). With
+  predictions reach {v['floor_share']} of it (the median of its runs' ratios
+  to floor runs beside them; target 0.6x). With
   `serve.batching=false`, measured beside it (the servers taking turns, run by
   run), they reach
   {v['unbatched_share']}: batching gives {v['batched_over_unbatched']} the

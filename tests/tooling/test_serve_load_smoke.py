@@ -56,10 +56,12 @@ def test_serve_load_smoke(tmp_path, monkeypatch, trained_runs):
             first["started_monotonic"] < t < then["started_monotonic"] for t in between
         )
     [share] = [t for t in payload["targets"] if "constant JSON" in t["target"]]
-    expected = statistics.median(
+    pairs = [
         own["requests_per_second"] / constant["requests_per_second"]
         for own, constant in zip(cell["runs"], floor["runs"])
-    )
+    ]
+    expected = statistics.median(pairs)
+    expected_pairs = ", ".join(f"{pair:.2f}x" for pair in pairs)
     assert share["value"] == round(expected, 3) and share["met"] == (expected >= 0.6)
     assert {t["met"] for t in payload["targets"]} <= {True, False, None}
     assert payload["faster_engine"] is None  # one engine: nothing to compare
@@ -114,3 +116,8 @@ def test_serve_load_smoke(tmp_path, monkeypatch, trained_runs):
     assert "`serve.batching` (torch, workers=1): batched/unbatched" in markdown
     assert "## engine=torch, workers=1" in markdown and "## Targets" in markdown
     assert "The framework's floor, GET `/v2/health/live`" in markdown
+    # the share as the target reads it, with each pair's ratio
+    assert (
+        "Share of the floor, the median of the paired runs' ratios: "
+        f"{share['value']:.2f}x (each pair {expected_pairs})" in markdown
+    )
