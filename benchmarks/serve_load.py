@@ -449,16 +449,12 @@ def load_cells(
     """Per server, one cell: a warm-up each, then `--repeats` rounds of one
     client run per server in turn, each round starting one server further on
     (so that no server always runs first, when the machine is freshest);
-    medians of rates and latencies. `bodies_file` None: the constant-JSON
-    route instead. `with_floor`: each run is paired with a run of the same
-    server's constant-JSON route at the same concurrency, right before it or
-    right after (in turn, round by round), and each server's floor cell comes
-    back beside its cell: (cells, floors)."""
+    medians of rates and latencies. `with_floor`: each run is paired with a run
+    of the same server's constant-JSON route at the same concurrency, right
+    before it or right after (in turn, round by round), each server's floor
+    cell. Returns (cells, floors); floors is empty without `with_floor`."""
     for server in servers:
-        if bodies_file is None:
-            status = http_status(f"{server.base}{FLOOR_ROUTE}")
-        else:
-            status = http_status(f"{server.base}/predict", body.encode())
+        status = http_status(f"{server.base}/predict", body.encode())
         if status != 200:
             sys.exit(f"the {rows}-row request of the load answered {status}")
         if with_floor and http_status(f"{server.base}{FLOOR_ROUTE}") != 200:
@@ -481,9 +477,8 @@ def load_cells(
                 run = run_client(args, server, bodies, conc, args.duration)
                 into.append({**run, "started_monotonic": started})
     cells = [cell_of(rows, conc, own) for own in runs]
-    if not with_floor:
-        return cells
-    return cells, [cell_of(0, conc, own) for own in floor_runs]
+    floors = [cell_of(0, conc, own) for own in floor_runs] if with_floor else []
+    return cells, floors
 
 
 def cell_of(rows: int, conc: int, runs: list) -> dict:
@@ -748,17 +743,15 @@ def measure(args, engine, workers, variants, files, first, scratch) -> list:
         for rows in args.rows:
             for conc in args.concurrency:
                 taking = [i for i, (_, sizes) in enumerate(variants) if rows in sizes]
-                paired = {"rows": rows, "concurrency": conc} == FLOOR_CELL
-                measured = load_cells(
+                cells, floors = load_cells(
                     args,
                     [servers[i] for i in taking],
                     files[rows],
                     first[rows],
                     rows,
                     conc,
-                    with_floor=paired,
+                    with_floor={"rows": rows, "concurrency": conc} == FLOOR_CELL,
                 )
-                cells, floors = measured if paired else (measured, [])
                 for i, cell in zip(taking, cells):
                     configs[i]["cells"].append(cell)
                     print(summary_line(labels[i], workers, cell), flush=True)

@@ -10,6 +10,8 @@ import runpy
 import statistics
 import sys
 
+import pytest
+
 
 def test_serve_load_smoke(tmp_path, monkeypatch, trained_runs):
     run_dir = trained_runs.copy("binary", tmp_path)
@@ -121,3 +123,16 @@ def test_serve_load_smoke(tmp_path, monkeypatch, trained_runs):
         "Share of the floor, the median of the paired runs' ratios: "
         f"{share['value']:.2f}x (each pair {expected_pairs})" in markdown
     )
+
+
+def test_a_floor_route_that_does_not_answer_200_stops_the_load(monkeypatch):
+    from benchmarks import serve_load
+
+    def status(url, body=None):  # /predict answers, the floor does not
+        return 503 if url.endswith(serve_load.FLOOR_ROUTE) else 200
+
+    monkeypatch.setattr(serve_load, "http_status", status)
+    server = type("Server", (), {"base": "http://127.0.0.1:1"})()
+    args = type("Args", (), {"warmup": 0, "repeats": 1})()
+    with pytest.raises(SystemExit, match="the floor, did not answer 200"):
+        serve_load.load_cells(args, [server], None, "{}", 1, 8, with_floor=True)
