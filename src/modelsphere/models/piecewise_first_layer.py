@@ -204,20 +204,26 @@ class PiecewiseFirstLayer(nn.Module):
         last = torch.tensor(bins)[:, None] - 1
         found = torch.minimum(found.clamp_min(0), last)
         position = torch.where(found == last, n_positions - 1, found)
-        encoding = torch.stack([impl.weight, impl.bias], dim=-1)
-        slot_encoding = encoding.gather(1, position[..., None].expand(-1, -1, 2))
+        self.register_buffer(
+            "slot_scale", impl.weight.gather(1, position).reshape(-1), persistent=False
+        )
+        self.register_buffer(
+            "slot_shift", impl.bias.gather(1, position).reshape(-1), persistent=False
+        )
         position = position + torch.arange(n_features)[:, None] * width
         self.register_buffer(
             "slot_position", position.reshape(-1).int(), persistent=False
         )
-        self.register_buffer(
-            "slot_encoding", slot_encoding.reshape(-1, 2), persistent=False
-        )
         slot_offset = torch.arange(n_features, dtype=torch.int32) * slots
         self.register_buffer("slot_offset", slot_offset[:, None], persistent=False)
-        # [positions + 1, positions], ones below the diagonal: each position's
-        # sum of the rows before it, and one past the last
+        # per column [positions + 1, positions], ones below the diagonal: each
+        # position's sum of the rows before it, and one past the last; zeros at
+        # the package's padding positions (their rows stay out of every sum and
+        # get no gradient)
         before = torch.ones(n_positions + 1, n_positions).tril(-1)
+        if impl.mask is not None:
+            before = before * impl.mask[:, None, :]
+        before = before.expand(n_features, -1, -1).contiguous()
         self.register_buffer("before", before, persistent=False)
 
     def positions(self, numeric: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -225,15 +231,15 @@ class PiecewiseFirstLayer(nn.Module):
         rows' layout (a column's last bin at its last position, as in the
         package's [columns x positions] layout) and the value's fraction of
         that bin (below 0 or above 1 beyond the outer edges, as the package's
-        encoding), both [rows, columns] and contiguous (the gathers and their
-        gradient read them flat)."""
-        x = numeric.T.contiguous()  # the search runs column by column
+        encoding), both [rows, columns], laid out column by column (as the
+        search runs, and the gradient's sort reads them)."""
+        x = numeric.T.contiguous()
         slot = torch.searchsorted(self.edges, x, right=True, out_int32=True)
         slot = (slot + self.slot_offset).view(-1)
         position = self.slot_position.index_select(0, slot).view_as(x)
-        scale, shift = self.slot_encoding.index_select(0, slot).unbind(-1)
-        fraction = torch.addcmul(shift.view_as(x), x, scale.view_as(x))
-        return position.T.contiguous(), fraction.T.contiguous()
+        scale = self.slot_scale.index_select(0, slot).view_as(x)
+        shift = self.slot_shift.index_select(0, slot).view_as(x)
+        return position.T, torch.addcmul(shift, x, scale).T
 
     def forward(
         self,
@@ -243,9 +249,7 @@ class PiecewiseFirstLayer(nn.Module):
         first: nn.Linear,
     ) -> torch.Tensor:
         impl, bin_weight = embedding.impl, embedding.linear.weight
-        n_features, n_positions, d = bin_weight.shape
-        if impl.mask is not None:  # the package's padding positions stay zero
-            bin_weight = bin_weight * impl.mask[..., None]
+        n_features, _, d = bin_weight.shape
         linear0 = embedding.linear0
         # every [d] row a column maps through its [d, hidden] slice of `first`:
         # the sums of its bins' rows before each position and one past the

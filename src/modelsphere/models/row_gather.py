@@ -43,8 +43,9 @@ def gathered_rows(
     fraction: torch.Tensor,
 ) -> torch.Tensor:
     """The sum itself, without autograd (see `step_and_slope`)."""
+    position = position.contiguous()  # the bags read rows of it: one copy for both
     steps = F.embedding_bag(position, step, mode="sum")
-    fraction = fraction.to(slope.dtype)
+    fraction = fraction.to(slope.dtype).contiguous()
     return steps + F.embedding_bag(
         position, slope, per_sample_weights=fraction, mode="sum"
     )
@@ -60,20 +61,33 @@ def gathered_rows_gradients(
     [rows, width] gradient, each [n_rows, width] (n_rows: at least the largest
     position + 1; rows no value reads get zeros): per table row, the sum of the
     output gradients of the rows that read it (times their fractions, for the
-    slope table), in the order of a stable sort of the positions."""
-    flat = position.reshape(-1)
-    keys, order = torch.sort(flat, stable=True)
-    batch_rows = torch.div(order, position.shape[1], rounding_mode="floor")
+    slope table), in the order of a stable sort of the positions.
+
+    Each column reads its own table rows, after those of the columns before it
+    (both forms lay their tables out so). The sort then leaves every column's
+    values as one run, in column order: taken column by column (cheapest when
+    `position` and `fraction` are laid out so, as [columns, rows] tensors seen
+    transposed), a sorted value's batch row is its index in the sort's input
+    minus its column's start, and the sums are those of the [rows, columns]
+    order (a stable sort keeps a table row's readers in row order either way).
+    A layout that broke the rule would give batch rows outside the output's
+    gradient, which the gather refuses."""
+    n_batch, n_columns = position.shape
+    by_column = position.T.contiguous().view(-1)
+    keys, order = torch.sort(by_column, stable=True)
+    column_start = torch.arange(n_columns, device=order.device)[:, None] * n_batch
+    batch_rows = (order.view(n_columns, n_batch) - column_start).view(-1)
     # where each table row's run of sorted positions starts (empty runs too)
     table_rows = torch.arange(n_rows, dtype=keys.dtype, device=keys.device)
     offsets = torch.searchsorted(keys, table_rows)
     grad = grad.contiguous()
     step_grad = F.embedding_bag(batch_rows, grad, offsets=offsets, mode="sum")
+    weights = fraction.T.contiguous().view(-1).index_select(0, order)
     slope_grad = F.embedding_bag(
         batch_rows,
         grad,
         offsets=offsets,
-        per_sample_weights=fraction.reshape(-1).index_select(0, order).to(grad.dtype),
+        per_sample_weights=weights.to(grad.dtype),
         mode="sum",
     )
     return step_grad, slope_grad
