@@ -216,14 +216,9 @@ class PiecewiseFirstLayer(nn.Module):
         )
         slot_offset = torch.arange(n_features, dtype=torch.int32) * slots
         self.register_buffer("slot_offset", slot_offset[:, None], persistent=False)
-        # per column [positions + 1, positions], ones below the diagonal: each
-        # position's sum of the rows before it, and one past the last; zeros at
-        # the package's padding positions (their rows stay out of every sum and
-        # get no gradient)
+        # [positions + 1, positions], ones below the diagonal: each position's
+        # sum of the rows before it, and one past the last
         before = torch.ones(n_positions + 1, n_positions).tril(-1)
-        if impl.mask is not None:
-            before = before * impl.mask[:, None, :]
-        before = before.expand(n_features, -1, -1).contiguous()
         self.register_buffer("before", before, persistent=False)
 
     def positions(self, numeric: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -250,6 +245,8 @@ class PiecewiseFirstLayer(nn.Module):
     ) -> torch.Tensor:
         impl, bin_weight = embedding.impl, embedding.linear.weight
         n_features, _, d = bin_weight.shape
+        if impl.mask is not None:  # the package's padding positions stay zero
+            bin_weight = bin_weight * impl.mask[..., None]
         linear0 = embedding.linear0
         # every [d] row a column maps through its [d, hidden] slice of `first`:
         # the sums of its bins' rows before each position and one past the
