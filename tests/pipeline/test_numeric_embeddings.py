@@ -253,9 +253,70 @@ def test_the_folded_inference_form_computes_the_same_function(
             atol=1e-5,
             rtol=1e-5,
         )
-    # Fewer inputs to the first layer: the real bins, not columns x d_embedding.
+    # Fewer inputs to the first layer: the real bins, not columns x d_embedding;
+    # the categorical levels are rows of one table, read by one gather.
     n_bins = sum(len(column) - 1 for column in edges)
     assert folded.first.in_features == n_bins + len(edges) + 3 * len(cards)
+    assert folded.categorical_embedding.shape == (sum(cards), 3 if cards else 0)
+
+
+@pytest.mark.parametrize("form", ["embedding", "tables"])
+def test_categorical_embeddings_of_unequal_widths_fold_into_one_padded_table(form):
+    cards, dims = [5, 4, 3], [2, 5, 1]
+    edges = [[-1.0, 0.0, 1.0], [0.0, 0.5, 2.0, 3.0]]
+    spec = ModelSpec(
+        n_numeric=2,
+        cardinalities=cards,
+        embedding_dims=dims,
+        hidden_sizes=[16, 8],
+        n_outputs=1,
+        extra={"piecewise": {"d_embedding": 4, "edges": edges, "form": form}},
+    )
+    torch.manual_seed(0)
+    model = build_model(spec).eval()
+    for parameter in model.parameters():
+        torch.nn.init.normal_(parameter, std=0.5)
+    folded = inference_form(model)
+    assert folded.categorical_embedding.shape == (sum(cards), max(dims))
+    gen = torch.Generator().manual_seed(1)
+    numeric = torch.randn(64, 2, generator=gen) * 3
+    categorical = torch.stack(
+        [torch.randint(0, c, (64,), generator=gen) for c in cards], dim=1
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(
+            folded(numeric, categorical),
+            model(numeric, categorical),
+            atol=1e-5,
+            rtol=1e-5,
+        )
+
+
+@pytest.mark.parametrize("form", ["embedding", "tables"])
+def test_the_folded_forms_graph_reads_every_categorical_column_in_one_gather(form):
+    """ONNX Runtime pays a fixed cost per operator, most of a one-record call's:
+    the exported folded form has as many operators with 2 categorical columns
+    as with 6 (the levels are rows of one table, not a gather per column)."""
+    onnx = pytest.importorskip("onnx")
+    engines = pytest.importorskip("modelsphere.inference.engines")
+    edges = [[-1.0, 0.0, 1.0], [0.0, 0.5, 2.0, 3.0]]
+    counts = {}
+    for cards in ([5, 4], [5, 4, 3, 6, 2, 7]):
+        spec = ModelSpec(
+            n_numeric=2,
+            cardinalities=cards,
+            embedding_dims=[3] * len(cards),
+            hidden_sizes=[16, 8],
+            n_outputs=1,
+            extra={"piecewise": {"d_embedding": 4, "edges": edges, "form": form}},
+        )
+        torch.manual_seed(0)
+        folded = inference_form(build_model(spec).eval())
+        module = engines._PresentInputs(folded, 2, len(cards))
+        graph = onnx.load_from_string(engines._export(module, None))
+        counts[len(cards)] = [node.op_type for node in graph.graph.node]
+    assert counts[2] == counts[6]
+    assert counts[6].count("Gather") <= 2  # the levels' rows (and a numeric one)
 
 
 def test_models_without_piecewise_embeddings_run_as_they_are():

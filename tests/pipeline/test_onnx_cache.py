@@ -63,7 +63,9 @@ def test_first_use_exports_and_caches_stamped_with_the_weights(run_dir):
     stamps = {prop.key: prop.value for prop in graph.metadata_props}
     weights = json.loads((run_dir / "model.json").read_text())["weights_sha256"]
     # The weights and the inference form the graph was exported from.
-    assert stamps[engines.ONNX_WEIGHTS_KEY] == f"{weights}/FoldedPiecewiseMLP"
+    assert stamps[engines.ONNX_WEIGHTS_KEY] == (
+        f"{weights}/FoldedPiecewiseMLP+categorical-table"
+    )
     assert not list(run_dir.glob(".*.tmp")), "no temp file is left behind"
 
 
@@ -93,7 +95,26 @@ def test_a_graph_of_another_inference_form_is_exported_again(run_dir, caplog):
     assert "loaded the ONNX graph cached in" not in caplog.text
     graph = onnx.load(str(run_dir / engines.ONNX_FILE))
     stamps = {prop.key: prop.value for prop in graph.metadata_props}
-    assert stamps[engines.ONNX_WEIGHTS_KEY].endswith("/FoldedPiecewiseMLP")
+    assert stamps[engines.ONNX_WEIGHTS_KEY].endswith(
+        "/FoldedPiecewiseMLP+categorical-table"
+    )
+
+
+def test_a_graph_of_an_earlier_layout_of_the_form_is_exported_again(run_dir, caplog):
+    """A graph cached before the folded form read its categorical levels from
+    one table (same weights, same function, more operators) is replaced."""
+    scores(run_dir)
+    graph = onnx.load(str(run_dir / engines.ONNX_FILE))
+    for prop in graph.metadata_props:
+        if prop.key == engines.ONNX_WEIGHTS_KEY:
+            prop.value = prop.value.replace("+categorical-table", "")
+    onnx.save(graph, str(run_dir / engines.ONNX_FILE))
+    with caplog.at_level(logging.INFO, logger="modelsphere.inference.engines"):
+        scores(run_dir)
+    assert "loaded the ONNX graph cached in" not in caplog.text
+    graph = onnx.load(str(run_dir / engines.ONNX_FILE))
+    stamps = {prop.key: prop.value for prop in graph.metadata_props}
+    assert stamps[engines.ONNX_WEIGHTS_KEY].endswith("+categorical-table")
 
 
 def test_a_graph_from_other_weights_is_exported_again(run_dir, two_runs, caplog):

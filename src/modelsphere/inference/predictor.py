@@ -70,11 +70,14 @@ class ScoredRows:
 
 def graph_stamp(weights_sha256: Optional[str], model: torch.nn.Module) -> Optional[str]:
     """What a cached ONNX graph must have been exported from: these weights in
-    this inference form (a graph of the unfolded MLP computes the same function
-    more slowly, so it is exported again rather than reused)."""
+    this inference form and its graph layout (a graph of the unfolded MLP, or
+    of an earlier layout of the form, computes the same function more slowly,
+    so it is exported again rather than reused)."""
     if weights_sha256 is None:
         return None
-    return f"{weights_sha256}/{type(model).__name__}"
+    layout = getattr(model, "graph_layout", None)
+    form = type(model).__name__ + (f"+{layout}" if layout else "")
+    return f"{weights_sha256}/{form}"
 
 
 class Predictor:
