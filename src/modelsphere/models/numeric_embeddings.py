@@ -28,6 +28,7 @@ from types import ModuleType
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from modelsphere.core.config import setting
@@ -330,7 +331,10 @@ class FoldedPiecewiseMLP(nn.Module):
         parts = [encoded, numeric]
         if self.has_categorical:
             levels = categorical + self.categorical_offset
-            parts.append(self.categorical_embedding[levels].flatten(1))
+            # an embedding lookup, not indexing the table with `levels`: served
+            # by 2 torch workers, the indexing form answered 0.2x the requests/s
+            # (benchmarks/serve_load.py, 1 row, concurrency 8)
+            parts.append(F.embedding(levels, self.categorical_embedding).flatten(1))
         return self.head(self.rest(self.first(torch.cat(parts, dim=1))))
 
 
