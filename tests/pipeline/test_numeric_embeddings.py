@@ -239,20 +239,7 @@ def test_the_folded_inference_form_computes_the_same_function(
         torch.nn.init.normal_(parameter, std=0.5)
     folded = inference_form(model)
     assert isinstance(folded, FoldedPiecewiseMLP)
-    gen = torch.Generator().manual_seed(1)
-    numeric = torch.randn(64, len(edges), generator=gen) * 3  # inside and beyond
-    categorical = torch.stack(
-        [torch.randint(0, c, (64,), generator=gen) for c in cards]
-        or [torch.zeros(64, dtype=torch.long)],
-        dim=1,
-    )[:, : len(cards)]
-    with torch.no_grad():
-        torch.testing.assert_close(
-            folded(numeric, categorical),
-            model(numeric, categorical),
-            atol=1e-5,
-            rtol=1e-5,
-        )
+    assert_same_function(folded, model, len(edges), cards)
     # Fewer inputs to the first layer: the real bins, not columns x d_embedding;
     # the categorical levels are rows of one table, read by one gather.
     n_bins = sum(len(column) - 1 for column in edges)
@@ -278,11 +265,19 @@ def test_categorical_embeddings_of_unequal_widths_fold_into_one_padded_table(for
         torch.nn.init.normal_(parameter, std=0.5)
     folded = inference_form(model)
     assert folded.categorical_embedding.shape == (sum(cards), max(dims))
+    assert_same_function(folded, model, len(edges), cards)
+
+
+def assert_same_function(folded, model, n_numeric: int, cards) -> None:
+    """The folded form's outputs are the model's (to float rounding) on 64 rows
+    of numerics inside and beyond the edges and random levels."""
     gen = torch.Generator().manual_seed(1)
-    numeric = torch.randn(64, 2, generator=gen) * 3
+    numeric = torch.randn(64, n_numeric, generator=gen) * 3  # inside and beyond
     categorical = torch.stack(
-        [torch.randint(0, c, (64,), generator=gen) for c in cards], dim=1
-    )
+        [torch.randint(0, c, (64,), generator=gen) for c in cards]
+        or [torch.zeros(64, dtype=torch.long)],
+        dim=1,
+    )[:, : len(cards)]
     with torch.no_grad():
         torch.testing.assert_close(
             folded(numeric, categorical),

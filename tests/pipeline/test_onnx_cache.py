@@ -84,37 +84,34 @@ def test_a_valid_cache_is_used_without_exporting(run_dir, monkeypatch, caplog):
 def test_a_graph_of_another_inference_form_is_exported_again(run_dir, caplog):
     """A graph cached from the unfolded MLP (same weights, same function, more
     work) is replaced by the folded one."""
-    scores(run_dir)
-    graph = onnx.load(str(run_dir / engines.ONNX_FILE))
-    for prop in graph.metadata_props:
-        if prop.key == engines.ONNX_WEIGHTS_KEY:
-            prop.value = prop.value.replace("/FoldedPiecewiseMLP", "/TabularMLP")
-    onnx.save(graph, str(run_dir / engines.ONNX_FILE))
-    with caplog.at_level(logging.INFO, logger="modelsphere.inference.engines"):
-        scores(run_dir)
-    assert "loaded the ONNX graph cached in" not in caplog.text
-    graph = onnx.load(str(run_dir / engines.ONNX_FILE))
-    stamps = {prop.key: prop.value for prop in graph.metadata_props}
-    assert stamps[engines.ONNX_WEIGHTS_KEY].endswith(
-        "/FoldedPiecewiseMLP+categorical-table"
+    stamp = stamp_changed_and_scored(
+        run_dir, caplog, "/FoldedPiecewiseMLP", "/TabularMLP"
     )
+    assert stamp.endswith("/FoldedPiecewiseMLP+categorical-table")
 
 
 def test_a_graph_of_an_earlier_layout_of_the_form_is_exported_again(run_dir, caplog):
     """A graph cached before the folded form read its categorical levels from
     one table (same weights, same function, more operators) is replaced."""
+    stamp = stamp_changed_and_scored(run_dir, caplog, "+categorical-table", "")
+    assert stamp.endswith("+categorical-table")
+
+
+def stamp_changed_and_scored(run_dir, caplog, old: str, new: str) -> str:
+    """Caches the run's graph, replaces `old` by `new` in its stamp, scores again
+    (checking the cache was not used) and returns the stamp the graph has then."""
     scores(run_dir)
     graph = onnx.load(str(run_dir / engines.ONNX_FILE))
     for prop in graph.metadata_props:
         if prop.key == engines.ONNX_WEIGHTS_KEY:
-            prop.value = prop.value.replace("+categorical-table", "")
+            prop.value = prop.value.replace(old, new)
     onnx.save(graph, str(run_dir / engines.ONNX_FILE))
     with caplog.at_level(logging.INFO, logger="modelsphere.inference.engines"):
         scores(run_dir)
     assert "loaded the ONNX graph cached in" not in caplog.text
     graph = onnx.load(str(run_dir / engines.ONNX_FILE))
     stamps = {prop.key: prop.value for prop in graph.metadata_props}
-    assert stamps[engines.ONNX_WEIGHTS_KEY].endswith("+categorical-table")
+    return stamps[engines.ONNX_WEIGHTS_KEY]
 
 
 def test_a_graph_from_other_weights_is_exported_again(run_dir, two_runs, caplog):
